@@ -1,0 +1,74 @@
+"""The engine services the front ends (GUI, CLI) are given, as protocols.
+
+The GUI receives implementations of these at construction (composition root: ``app.py``), so GUI
+tests can pass fakes and the real ones live in ``dladiff_app.engine.services``. All methods may be
+slow and are called from the engine worker thread, never from the UI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from dladiff_app.core.cancel import CancelToken
+from dladiff_app.core.events import EventSink
+from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.presets import ProtectionSettings
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    kind: str            # "cuda" | "mps" | "cpu"
+    name: str            # e.g. "NVIDIA GeForce RTX 4070" or "CPU (8 threads)"
+    memory_bytes: int | None
+    reason: str          # e.g. "CUDA not available: using CPU; the fine-tuning shield will be slow"
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: str
+    title: str
+    purpose: str
+    present: bool
+    size_bytes: int | None
+    license_name: str
+    license_text: str
+    path: str | None
+    source: str          # "download" | "local" | "package" | "missing"
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    done: int
+    failed: int
+    skipped: int
+    cancelled: bool
+    output_dir: str
+    seconds: float
+
+
+class ProtectService(Protocol):
+    def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
+        """Run a whole job, reporting events to ``sink``; raises nothing for per-photo problems
+        (they become PhotoFailed/PhotoSkipped events); raises ``Cancelled`` only via the summary
+        (``cancelled=True``), never leaving half-written files."""
+        ...
+
+    def estimate_seconds(self, n_photos: int, settings: ProtectionSettings,
+                         megapixels: float = 12.0) -> float:
+        """Rough wall-clock estimate on the current device, for the UI's live estimate."""
+        ...
+
+
+class ModelService(Protocol):
+    def list_models(self) -> list[ModelRow]: ...
+
+    def download(self, model_id: str, progress: Callable[[int, int | None], None],
+                 cancel: CancelToken) -> None: ...
+
+    def use_local(self, model_id: str, path: str) -> None: ...
+
+
+class DeviceService(Protocol):
+    def describe(self, requested: str = "auto") -> DeviceSummary: ...
