@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Set up and run DLADiff from a source checkout, on Linux, macOS or Windows.
+
+    python3 dev.py run      # create/refresh .venv, then start the desktop app
+    python3 dev.py test     # create/refresh .venv (with test tools), then run the whole test suite
+    python3 dev.py check    # ruff, mypy (core + engine) and import-linter contracts
+    python3 dev.py cli ...  # run the `dladiff` command line inside the environment
+
+Each command creates or refreshes its own virtual environment (default ``.venv`` next to this
+file; ``DLADIFF_VENV`` overrides) and reinstalls only when pyproject.toml or the torch choice
+changed. Which torch build gets installed is explained in README.md ("Which torch");
+``DLADIFF_TORCH`` (a pip requirement such as ``torch==2.14.1``) and ``DLADIFF_TORCH_INDEX``
+(a pip index URL such as https://download.pytorch.org/whl/cu126) pick another one.
+Only the standard library is used here, so any Python >= 3.10 can run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("DLADIFF_VENV", ROOT / ".venv"))
+# The pinned default: on Linux PyPI serves it as a CUDA build, on macOS with MPS support, on
+# Windows as a CPU build; on this project's build machines it resolves to the CPU wheel that lies
+# on local disk (pip's configured find-links), which keeps the test environment ~1 GB.
+DEFAULT_TORCH = "torch==2.13.0"
+
+
+def _venv_python() -> Path:
+    if os.name == "nt":
+        return VENV / "Scripts" / "python.exe"
+    return VENV / "bin" / "python"
+
+
+def _bin(name: str) -> str:
+    folder = VENV / ("Scripts" if os.name == "nt" else "bin")
+    return str(folder / (name + (".exe" if os.name == "nt" else "")))
+
+
+def _run(cmd: list[str], **kw: object) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.call(cmd, **kw)  # type: ignore[call-overload]
+
+
+def _must(cmd: list[str]) -> None:
+    rc = _run(cmd)
+    if rc != 0:
+        sys.exit(f"dev.py: command failed with exit code {rc}: {' '.join(cmd)}")
+
+
+def ensure_env(extras: str) -> Path:
+    """Create the venv if needed and install the app (+ extras) when anything changed."""
+    if sys.version_info < (3, 10):
+        sys.exit("DLADiff needs Python 3.10 or newer.")
+    torch_req = os.environ.get("DLADIFF_TORCH", DEFAULT_TORCH)
+    torch_index = os.environ.get("DLADIFF_TORCH_INDEX", "")
+    py = _venv_python()
+    if not py.exists():
+        print(f"Creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    digest = hashlib.sha256()
+    digest.update((ROOT / "pyproject.toml").read_bytes())
+    digest.update(f"{torch_req}|{torch_index}|{extras}|{sys.version_info[:2]}".encode())
+    stamp = VENV / f".dladiff-installed-{extras or 'app'}"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return py
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
+    # torch first and on its own, so the chosen build wins over whatever a dependency would pull.
+    _must(pip + ([torch_req] if not torch_index else ["--index-url", torch_index, torch_req]))
+    _must(pip + ["-e", str(ROOT) + (f"[{extras}]" if extras else "")])
+    stamp.write_text(digest.hexdigest())
+    return py
+
+
+def cmd_run(args: list[str]) -> int:
+    ensure_env("")
+    return _run([_bin("dladiff-app"), *args])
+
+
+def cmd_cli(args: list[str]) -> int:
+    ensure_env("")
+    return _run([_bin("dladiff"), *args])
+
+
+def cmd_test(args: list[str]) -> int:
+    py = ensure_env("test")
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    rc = _run([str(py), "-m", "pytest", *args], cwd=ROOT, env=env)
+    if rc == 5:
+        print("dev.py: pytest collected no tests: that is a failure, not a pass.", file=sys.stderr)
+        return 1
+    return rc
+
+
+def cmd_check(args: list[str]) -> int:
+    py = ensure_env("test")
+    steps = [
+        [_bin("ruff"), "check", "dladiff_app", "tests", "benchmarks", "packaging", "dev.py"],
+        [str(py), "-m", "mypy", "dladiff_app/core", "dladiff_app/engine"],
+        [_bin("lint-imports"), "--config", "pyproject.toml"],
+    ]
+    failed = [s for s in steps if _run(s, cwd=ROOT) != 0]
+    for s in failed:
+        print(f"dev.py check: FAILED: {' '.join(s)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "check": cmd_check, "cli": cmd_cli}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        return 2
+    return COMMANDS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

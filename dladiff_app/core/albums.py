@@ -1,0 +1,153 @@
+"""Turn what the user gave (files, folders) into albums: one person's photos, protected together.
+
+Discovery never opens a file's pixels: it only decides *which* paths belong to the batch. A file
+named explicitly is always taken (if it is not an image the image I/O layer refuses it with a
+reason the user sees); inside folders only names that look like pictures are taken, so a
+``notes.txt`` beside the photos is ignored instead of being reported as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dladiff_app.core.jobs import AlbumMode
+
+# Suffixes taken from folders. Unsupported picture formats (GIF, HEIC, ...) are included on
+# purpose: the user then learns why they were not protected instead of silently losing them.
+PICTURE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp",
+    ".gif", ".heic", ".heif", ".avif", ".psd", ".ico", ".jp2", ".dng", ".cr2", ".nef", ".arw",
+})
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file of the batch and the folder that defines its album (its parent folder)."""
+
+    path: Path
+    folder: Path
+
+
+@dataclass(frozen=True)
+class Album:
+    """``name`` is unique within the job and is the album's sub-folder of the output folder."""
+
+    name: str
+    photos: tuple[Path, ...]
+
+    def output_dir(self, out_root: Path) -> Path:
+        return out_root / self.name
+
+
+@dataclass(frozen=True)
+class Discovery:
+    files: tuple[InputFile, ...]
+    missing: tuple[Path, ...]   # inputs that do not exist (reported, not fatal)
+    ignored: tuple[Path, ...]   # files in folders that are not pictures (reported as a notice)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
+                    exclude: Path | None = None) -> Discovery:
+    """Expand ``inputs`` into files, in a stable order (sorted per folder, inputs in given order).
+
+    ``exclude`` (the output folder) is never read as input, so protecting a folder into a
+    sub-folder of itself does not protect the protected files on the next run. Duplicates (the
+    same file reached twice) are kept once.
+    """
+    files: list[InputFile] = []
+    missing: list[Path] = []
+    ignored: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, folder: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(InputFile(path, folder))
+
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            if exclude is not None and _inside(path, exclude):
+                continue
+            for folder, entries in _walk(path, recursive):
+                if exclude is not None and _inside(folder, exclude):
+                    continue
+                for entry in entries:
+                    if entry.suffix.lower() in PICTURE_SUFFIXES:
+                        add(entry, folder)
+                    else:
+                        ignored.append(entry)
+        elif path.exists() or path.is_symlink():
+            add(path, path.parent)
+        else:
+            missing.append(path)
+    return Discovery(tuple(files), tuple(missing), tuple(ignored))
+
+
+def _walk(root: Path, recursive: bool) -> list[tuple[Path, list[Path]]]:
+    """Folders under ``root`` (root first, then sorted), each with its sorted visible files."""
+    out: list[tuple[Path, list[Path]]] = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            folder = Path(dirpath)
+            out.append((folder, sorted(folder / f for f in filenames if not f.startswith("."))))
+    else:
+        try:
+            entries = sorted(p for p in root.iterdir() if p.is_file() and not _is_hidden(p))
+        except OSError:
+            entries = []
+        out.append((root, entries))
+    return [(folder, [p for p in entries if p.is_file()]) for folder, entries in out]
+
+
+def _safe_name(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_. " else "_" for c in text).strip(" .")
+    return cleaned or "album"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate.lower() in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def group_albums(files: Sequence[InputFile], mode: AlbumMode = AlbumMode.PER_FOLDER) -> list[Album]:
+    """Group discovered files into albums.
+
+    ``PER_FOLDER``: one album per folder the photos sit in, named after that folder;
+    ``SINGLE``: one album named ``album``; ``PER_PHOTO``: one album per photo, named by its stem.
+    Names are made file-system safe and unique (``name``, ``name-2``, ...), case-insensitively so
+    they do not collide on macOS/Windows. The order is deterministic for the same inputs, which
+    is what lets ``--resume`` find the same album folders again.
+    """
+    taken: set[str] = set()
+    if mode is AlbumMode.SINGLE:
+        return [Album("album", tuple(f.path for f in files))] if files else []
+    if mode is AlbumMode.PER_PHOTO:
+        return [Album(_unique(_safe_name(f.path.stem), taken), (f.path,)) for f in files]
+    by_folder: dict[Path, list[Path]] = {}
+    for f in files:
+        by_folder.setdefault(f.folder.resolve(), []).append(f.path)
+    albums = []
+    for folder, paths in by_folder.items():
+        albums.append(Album(_unique(_safe_name(folder.name), taken), tuple(paths)))
+    return albums

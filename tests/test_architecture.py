@@ -1,0 +1,57 @@
+"""The layer rules are enforced by import-linter; prove the contracts bite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(tree / "pyproject.toml"),
+                           "--no-cache"], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _copy_tree(dest: Path) -> Path:
+    shutil.copytree(ROOT / "dladiff_app", dest / "dladiff_app",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
+@pytest.mark.parametrize(
+    ("module", "source", "broken"),
+    [
+        ("dladiff_app/core/_bad_qt.py", "import PySide6.QtCore\n", "core imports neither"),
+        ("dladiff_app/core/_bad_torch.py", "import torch\n", "core imports neither"),
+        ("dladiff_app/engine/_bad_qt.py", "from PySide6 import QtWidgets\n", "only gui imports Qt"),
+        ("dladiff_app/engine/_bad_up.py", "import dladiff_app.gui\n", "Layers"),
+        ("dladiff_app/core/_bad_up.py", "import dladiff_app.engine\n", "Layers"),
+    ],
+)
+def test_contracts_reject_a_wrong_import(tmp_path: Path, module: str, source: str,
+                                         broken: str) -> None:
+    tree = _copy_tree(tmp_path)
+    (tree / module).write_text(source)
+    result = _lint(tree)
+    assert result.returncode != 0, result.stdout
+    assert "BROKEN" in result.stdout
+    broken_lines = [ln for ln in result.stdout.splitlines() if "BROKEN" in ln]
+    assert any(broken in ln for ln in broken_lines), result.stdout
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
+def test_contracts_hold_on_the_real_tree(tmp_path: Path) -> None:
+    result = _lint(_copy_tree(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 3 kept, 0 broken" in result.stdout
