@@ -77,3 +77,20 @@ class DeviceError(DladiffError):
 
 class NoFaceError(DladiffError):
     """No face was found in a photo where one is needed."""
+
+
+class UnsupportedOnnxOp(ModelMissingError):
+    """An ONNX model uses operators our torch converter does not implement; names them and the file.
+
+    A subclass of ``ModelMissingError`` because, to the user, the differentiable model is not
+    available (the file itself may still run in onnxruntime).
+    """
+
+    def __init__(self, path: Path | str, ops: list[str]) -> None:
+        self.path = Path(path)
+        self.ops = sorted(set(ops))
+        super().__init__(
+            f"{self.path.name}: cannot be converted to a differentiable torch model because it "
+            f"uses unsupported ONNX operator(s) {', '.join(self.ops)}; use another recognizer "
+            "file or report these operator names."
+        )
