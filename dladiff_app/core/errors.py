@@ -71,6 +71,10 @@ class ModelIntegrityError(DladiffError):
     """A download or model file failed verification (hash mismatch, unsafe archive, ...)."""
 
 
+class ModelDownloadError(DladiffError):
+    """A download failed (network, server, disk); partial data is kept so a retry resumes."""
+
+
 class DeviceError(DladiffError):
     """The requested device cannot be used (or ran out of memory in a way we cannot recover)."""
 
