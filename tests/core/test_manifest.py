@@ -1,0 +1,111 @@
+"""Manifest building + schema validation, and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dladiff_app.core.manifest import build_manifest, load_schema, manifest_text, validate_manifest
+from dladiff_app.core.report_html import render_report, thumbnail_jpeg
+from dladiff_app.core.results import IdentityScore
+
+
+def _photo(source: str = "/in/IMG_0042.jpg") -> dict[str, Any]:
+    score = IdentityScore("dlib", "euclidean", 0.71, 0.6, False).to_dict()
+    return {
+        "source": source, "output": "/out/a/IMG_0042-protected.png", "sha256": "ab" * 32,
+        "width": 640, "height": 480, "preset": "medium", "eps": 8.0, "layers": "both",
+        "layers_done": ["layer1", "layer2"],
+        "steps": {"layer1_pgd": 100, "prior": 200, "layer1_lora": 50, "layer2": 100, "polish": 0},
+        "device": "cpu", "seconds": 12.5, "model_revisions": {"sd": "tiny"}, "app_version": "0.1.0",
+        "scores": [score], "scores_after_sharing": [score], "psnr": float("inf"), "ssim": 0.97,
+        "linf": 8.0, "faces": 1, "warnings": ["<b>no face</b> in 2nd face"],
+        "layer_notes": {"layer2": "dlib distance 0.71"},
+    }
+
+
+def _manifest(**over: Any) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        album="anna", job={"preset": "medium", "eps": 8.0, "layers": "both", "settings": {},
+                           "export": {"format": "png", "quality": 95, "keep_metadata": False}},
+        device={"kind": "cpu", "name": "CPU"},
+        models={"sd_pipeline": None, "detector": "dlib", "encoders": [{"name": "dlib"}]},
+        photos=[_photo()], failed=[{"source": "/in/bad.jpg", "reason": "bad.jpg: truncated"}])
+    kw.update(over)
+    return build_manifest(**kw)
+
+
+def test_manifest_validates_and_is_strict_json() -> None:
+    doc = _manifest()
+    assert validate_manifest(doc) == []
+    assert doc["photos"][0]["psnr"] is None  # inf has no JSON form
+    json.loads(manifest_text(doc))
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.pop("photos"), "missing required field 'photos'"),
+    (lambda d: d["photos"][0].update(sha256="nothex"), "does not match"),
+    (lambda d: d["photos"][0].update(width=0), "< minimum"),
+    (lambda d: d["photos"][0]["scores"][0].update(verdict="maybe"), "is not one of"),
+    (lambda d: d.update(extra=1), "unexpected field 'extra'"),
+    (lambda d: d["failed"][0].update(reason=""), "shorter than"),
+    (lambda d: d["job"].update(eps="8"), "expected number"),
+])
+def test_invalid_manifests_are_named(mutate: Any, expected: str) -> None:
+    doc = _manifest()
+    mutate(doc)
+    errors = validate_manifest(doc)
+    assert errors and expected in " ".join(errors)
+
+
+def test_schema_is_valid_json_schema_when_jsonschema_is_installed() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed: "
+                                     "the built-in validator is checked above instead")
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(_manifest())
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict[str, str | None]] = []
+        self.scripts = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        if tag in ("script", "link", "iframe"):
+            self.scripts += 1
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_report_is_self_contained_and_images_decode() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.random((480, 640, 3), dtype=np.float32)
+    before, after = thumbnail_jpeg(clean), thumbnail_jpeg(np.clip(clean + 0.03, 0, 1))
+    html = render_report(_manifest(), {"/in/IMG_0042.jpg": (before, after)})
+    parser = _Collect()
+    parser.feed(html)
+    parser.close()
+    assert parser.scripts == 0 and len(parser.imgs) == 2
+    for img in parser.imgs:
+        src = img["src"] or ""
+        assert src.startswith("data:image/jpeg;base64,")
+        pic = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        pic.load()
+        assert pic.size == (360, 270)  # aspect kept
+    text = "".join(parser.text)
+    assert "different person" in text and "bad.jpg: truncated" in text
+    assert "<b>no face</b>" in text  # escaped in the markup, shown literally
+    assert "<b>" not in html
