@@ -1,0 +1,507 @@
+"""Run an ONNX graph as a differentiable ``torch.nn.Module`` (our own converter, no torch.fx).
+
+Why: the zero-shot shield needs gradients through insightface's recognizers
+(``w600k_r50.onnx``, ``glintr100.onnx``), which ship only as ONNX. onnxruntime gives no input
+gradients, and onnx2torch drags in torchvision (which replaces the CPU torch here).
+
+The module keeps the graph's initializers as buffers (frozen weights: we differentiate with
+respect to the input, never the weights) and executes the node list in its stored order, which
+ONNX requires to be topological. Ops cover the CNN recognizers/detectors exported from PyTorch and
+MXNet. Anything else raises :class:`UnsupportedOnnxOp` at load time, naming every missing op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError, UnsupportedOnnxOp
+
+Tensor = torch.Tensor
+_OpFn = Callable[[list[Tensor | None], dict[str, Any]], Tensor | tuple[Tensor, ...]]
+
+# ONNX TensorProto data type -> torch dtype (the ones that occur in these models).
+_DTYPES: dict[int, torch.dtype] = {
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+}
+
+
+def _ints(t: Tensor | None) -> list[int]:
+    return [] if t is None else [int(v) for v in t.reshape(-1).tolist()]
+
+
+def _same_pads(pads: Sequence[int], n: int) -> tuple[bool, list[int]]:
+    """ONNX pads are [begin_1..begin_n, end_1..end_n]; returns (symmetric?, F.pad order)."""
+    begins, ends = list(pads[:n]), list(pads[n:])
+    f_pad: list[int] = []
+    for b, e in zip(reversed(begins), reversed(ends), strict=True):
+        f_pad += [b, e]
+    return begins == ends, f_pad
+
+
+def _conv(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp, w, b = x[0], x[1], x[2] if len(x) > 2 else None
+    assert inp is not None and w is not None
+    n = w.dim() - 2
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise NotImplementedError("Conv auto_pad SAME_*")
+    pads = a.get("pads", [0] * 2 * n)
+    sym, f_pad = _same_pads(pads, n)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    if not sym:
+        inp = F.pad(inp, f_pad)
+    return conv(
+        inp,
+        w,
+        b,
+        stride=a.get("strides", [1] * n),
+        padding=pads[:n] if sym else 0,
+        dilation=a.get("dilations", [1] * n),
+        groups=a.get("group", 1),
+    )
+
+
+def _batchnorm(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp, scale, bias, mean, var = x[:5]
+    assert inp is not None
+    # Inference semantics: the stored running statistics, never batch statistics.
+    return F.batch_norm(inp, mean, var, scale, bias, False, 0.0, a.get("epsilon", 1e-5))
+
+
+def _prelu(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp, slope = x[0], x[1]
+    assert inp is not None and slope is not None
+    return torch.where(inp >= 0, inp, inp * slope)
+
+
+def _gemm(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    m, w = x[0], x[1]
+    assert m is not None and w is not None
+    if a.get("transA", 0):
+        m = m.t()
+    if a.get("transB", 0):
+        w = w.t()
+    y = a.get("alpha", 1.0) * (m @ w)
+    if len(x) > 2 and x[2] is not None:
+        y = y + a.get("beta", 1.0) * x[2]
+    return y
+
+
+def _flatten(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    axis = a.get("axis", 1)
+    axis = axis + inp.dim() if axis < 0 else axis
+    lead = math.prod(inp.shape[:axis])
+    return inp.reshape(lead, -1)
+
+
+def _reshape(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    shape = _ints(x[1])
+    if not a.get("allowzero", 0):
+        # 0 copies the input's dimension at that position (ONNX semantics).
+        shape = [inp.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return inp.reshape(shape)
+
+
+def _axes(x: list[Tensor | None], a: dict[str, Any]) -> list[int] | None:
+    if "axes" in a:
+        return list(a["axes"])
+    if len(x) > 1 and x[1] is not None:
+        return _ints(x[1])
+    return None
+
+
+def _unsqueeze(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    axes = _axes(x, a) or []
+    rank = inp.dim() + len(axes)
+    for ax in sorted(v % rank for v in axes):
+        inp = inp.unsqueeze(ax)
+    return inp
+
+
+def _squeeze(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    axes = _axes(x, a)
+    if axes is None:
+        return inp.squeeze()
+    for ax in sorted((v % inp.dim() for v in axes), reverse=True):
+        inp = inp.squeeze(ax)
+    return inp
+
+
+def _gather(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    data, idx = x[0], x[1]
+    assert data is not None and idx is not None
+    axis = a.get("axis", 0) % data.dim()
+    idx = idx.long()
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    out = torch.index_select(data, axis, idx.reshape(-1))
+    return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1 :]))
+
+
+def _slice(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    data = x[0]
+    assert data is not None
+    if "starts" in a:  # opset < 10
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes = list(a.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(x[1]), _ints(x[2])
+        axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+        steps = _ints(x[4]) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    index: list[slice] = [slice(None)] * data.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+        ax %= data.dim()
+        size = data.shape[ax]
+        if st < 0:
+            raise NotImplementedError("Slice with negative steps")
+        s = max(0, min(size, s + size if s < 0 else s))
+        e = max(0, min(size, e + size if e < 0 else e))
+        index[ax] = slice(s, e, st)
+    return data[tuple(index)]
+
+
+def _concat(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    return torch.cat([t for t in x if t is not None], dim=a["axis"])
+
+
+def _shape(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    dims = list(inp.shape)[a.get("start", 0) : a.get("end")]
+    return torch.tensor(dims, dtype=torch.int64)
+
+
+def _constant(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in a:
+            v = a[key]
+            if isinstance(v, Tensor):
+                return v
+            dtype = torch.float32 if "float" in key else torch.int64
+            return torch.tensor(v, dtype=dtype)
+    raise NotImplementedError("Constant without a numeric value")
+
+
+def _constant_of_shape(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    value = a.get("value", torch.zeros(1))
+    return torch.full(_ints(x[0]), value.reshape(-1)[0].item(), dtype=value.dtype)
+
+
+def _pool(kind: str) -> _OpFn:
+    def run(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+        inp = x[0]
+        assert inp is not None
+        n = inp.dim() - 2
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise NotImplementedError(f"{kind} auto_pad SAME_*")
+        k = a["kernel_shape"]
+        strides = a.get("strides", [1] * n)
+        pads = a.get("pads", [0] * 2 * n)
+        sym, f_pad = _same_pads(pads, n)
+        ceil = bool(a.get("ceil_mode", 0))
+        if kind == "max":
+            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+            if not sym:
+                inp = F.pad(inp, f_pad, value=-math.inf)
+            return fn(inp, k, strides, pads[:n] if sym else 0, a.get("dilations", [1] * n), ceil)
+        afn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+        include = bool(a.get("count_include_pad", 0))
+        if not sym:
+            if not include and any(f_pad):
+                raise NotImplementedError("AveragePool asymmetric pads without count_include_pad")
+            inp = F.pad(inp, f_pad)
+        return afn(inp, k, strides, pads[:n] if sym else 0, ceil, include)  # type: ignore[operator]
+
+    return run
+
+
+def _global_avg(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    return inp.mean(dim=tuple(range(2, inp.dim())), keepdim=True)
+
+
+def _reduce(kind: str) -> _OpFn:
+    def run(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+        inp = x[0]
+        assert inp is not None
+        axes = _axes(x, a)
+        keep = bool(a.get("keepdims", 1))
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return inp
+            axes = list(range(inp.dim()))
+        fn = {"mean": torch.mean, "sum": torch.sum}[kind]
+        return fn(inp, dim=tuple(axes), keepdim=keep)
+
+    return run
+
+
+def _pad(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    pads = list(a["pads"]) if "pads" in a else _ints(x[1])
+    value = float(a.get("value", 0.0))
+    if len(x) > 2 and x[2] is not None:
+        value = float(x[2].reshape(-1)[0].item())
+    _, f_pad = _same_pads(pads, inp.dim())
+    mode = a.get("mode", "constant")
+    if mode == "constant":
+        return F.pad(inp, f_pad, value=value)
+    # reflect/edge apply to the spatial dimensions only in torch: drop the N, C zero pads.
+    spatial = f_pad[: 2 * (inp.dim() - 2)]
+    return F.pad(inp, spatial, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
+def _clip(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+    hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+    return torch.clamp(inp, lo, hi)  # type: ignore[arg-type]
+
+
+def _unary(fn: Callable[[Tensor], Tensor]) -> _OpFn:
+    return lambda x, a: fn(x[0])  # type: ignore[arg-type]
+
+
+def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> _OpFn:
+    return lambda x, a: fn(x[0], x[1])  # type: ignore[arg-type]
+
+
+def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> _OpFn:
+    def run(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+        ts = [t for t in x if t is not None]
+        out = ts[0]
+        for t in ts[1:]:
+            out = fn(out, t)
+        return out
+
+    return run
+
+
+def _cast(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp = x[0]
+    assert inp is not None
+    return inp.to(_DTYPES[a["to"]])
+
+
+def _dropout(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
+    inp = x[0]
+    assert inp is not None
+    return inp, torch.ones_like(inp, dtype=torch.bool)
+
+
+def _div(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    p, q = x[0], x[1]
+    assert p is not None and q is not None
+    if not p.is_floating_point() and not q.is_floating_point():
+        return torch.div(p, q, rounding_mode="trunc")
+    return p / q
+
+
+_OPS: dict[str, _OpFn] = {
+    "Conv": _conv,
+    "BatchNormalization": _batchnorm,
+    "PRelu": _prelu,
+    "Relu": _unary(torch.relu),
+    "LeakyRelu": lambda x, a: F.leaky_relu(x[0], a.get("alpha", 0.01)),  # type: ignore[arg-type]
+    "Sigmoid": _unary(torch.sigmoid),
+    "Tanh": _unary(torch.tanh),
+    "Exp": _unary(torch.exp),
+    "Log": _unary(torch.log),
+    "Neg": _unary(torch.neg),
+    "Sqrt": _unary(torch.sqrt),
+    "Abs": _unary(torch.abs),
+    "Erf": _unary(torch.erf),
+    "Clip": _clip,
+    "Add": _binary(torch.add),
+    "Sub": _binary(torch.sub),
+    "Mul": _binary(torch.mul),
+    "Div": _div,
+    "Pow": _binary(torch.pow),
+    "MatMul": _binary(torch.matmul),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
+    "Sum": _variadic(torch.add),
+    "Gemm": _gemm,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Transpose": lambda x, a: x[0].permute(  # type: ignore[union-attr]
+        a.get("perm", list(reversed(range(x[0].dim()))))  # type: ignore[union-attr]
+    ),
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Concat": _concat,
+    "Shape": _shape,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Cast": _cast,
+    "Identity": _unary(lambda t: t),
+    "Dropout": _dropout,
+    "Constant": _constant,
+    "ConstantOfShape": _constant_of_shape,
+    "GlobalAveragePool": _global_avg,
+    "AveragePool": _pool("avg"),
+    "MaxPool": _pool("max"),
+    "ReduceMean": _reduce("mean"),
+    "ReduceSum": _reduce("sum"),
+    "Softmax": lambda x, a: torch.softmax(x[0], a.get("axis", -1)),  # type: ignore[arg-type]
+    "Pad": _pad,
+}
+
+SUPPORTED_OPS: frozenset[str] = frozenset(_OPS)
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in node.attribute:
+        v = onnx.helper.get_attribute_value(attr)
+        if isinstance(v, onnx.TensorProto):
+            v = torch.from_numpy(np.array(numpy_helper.to_array(v)))
+        elif isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list | tuple):
+            v = list(v)
+        out[attr.name] = v
+    return out
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph executed with torch ops, differentiable with respect to its inputs.
+
+    ``forward(*inputs)`` takes the graph inputs in order (float32 tensors, shapes as the ONNX
+    file declares, with any batch size where the file allows it) and returns the single output
+    tensor, or a tuple when the graph has several outputs. Weights are frozen buffers.
+    """
+
+    def __init__(self, model: onnx.ModelProto, source: str = "model.onnx") -> None:
+        super().__init__()
+        graph = model.graph
+        unsupported = [n.op_type for n in graph.node if n.op_type not in _OPS]
+        if unsupported:
+            raise UnsupportedOnnxOp(source, unsupported)
+        self.source = source
+        self._const_names: dict[str, str] = {}
+        for i, init in enumerate(graph.initializer):
+            buf = f"w{i}"
+            arr = np.array(numpy_helper.to_array(init))
+            self.register_buffer(buf, torch.from_numpy(arr.copy()), persistent=True)
+            self._const_names[init.name] = buf
+        init_names = set(self._const_names)
+        self.input_names = [v.name for v in graph.input if v.name not in init_names]
+        self.input_shapes: list[list[int | str]] = [
+            [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in
+             v.type.tensor_type.shape.dim]
+            for v in graph.input
+            if v.name not in init_names
+        ]
+        self.output_names = [v.name for v in graph.output]
+        self._nodes = [
+            (n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node
+        ]
+        # Free intermediate tensors after their last use (autograd keeps what it needs).
+        last_use: dict[str, int] = {}
+        for i, (_, ins, _, _) in enumerate(self._nodes):
+            for name in ins:
+                last_use[name] = i
+        self._release = [
+            [name for name in ins if last_use.get(name) == i and name not in self.output_names]
+            for i, (_, ins, _, _) in enumerate(self._nodes)
+        ]
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"expected {len(self.input_names)} input(s), got {len(inputs)}")
+        env: dict[str, Tensor] = {
+            name: getattr(self, buf) for name, buf in self._const_names.items()
+        }
+        env.update(zip(self.input_names, inputs, strict=True))
+        for (op, ins, outs, attrs), release in zip(self._nodes, self._release, strict=True):
+            args: list[Tensor | None] = [env[n] if n else None for n in ins]
+            result = _OPS[op](args, attrs)
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(outs, results, strict=False):
+                if name:
+                    env[name] = value
+            for name in release:
+                if name not in self._const_names:
+                    env.pop(name, None)
+        out = tuple(env[n] for n in self.output_names)
+        return out[0] if len(out) == 1 else out
+
+
+def load_onnx(path: Path | str) -> onnx.ModelProto:
+    """Read an ONNX file, with typed errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMissingError(f"{path.name}: model file not found at {path}.")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several unrelated types on a corrupt file
+        raise ModelIntegrityError(f"{path.name}: not a readable ONNX model ({exc}).") from exc
+
+
+def onnx_to_torch(path: Path | str) -> OnnxModule:
+    """Convert the ONNX file at ``path`` into an :class:`OnnxModule` in eval mode (float32)."""
+    module = OnnxModule(load_onnx(path), source=str(path))
+    return module.eval()
+
+
+def _concrete_shape(shape: list[int | str]) -> list[int]:
+    # Symbolic dims: batch 1, spatial 640 (SCRFD's working size), everything else 1.
+    out = []
+    for i, d in enumerate(shape):
+        out.append(d if isinstance(d, int) else (640 if i >= 2 else 1))
+    return out
+
+
+def verify_against_onnxruntime(path: Path | str, module: OnnxModule, n: int = 2) -> float:
+    """Max absolute difference between ``module`` and onnxruntime on ``n`` random inputs.
+
+    Inputs are uniform in [-1, 1] (the range of a normalised image), seeded for reproducibility;
+    symbolic dimensions get batch 1 and spatial 640. Returns the largest difference over all
+    outputs and trials.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(n):
+        feeds = {
+            name: rng.uniform(-1, 1, _concrete_shape(shape)).astype(np.float32)
+            for name, shape in zip(module.input_names, module.input_shapes, strict=True)
+        }
+        expected = session.run(module.output_names, feeds)
+        with torch.no_grad():
+            got = module(*(torch.from_numpy(feeds[k]) for k in module.input_names))
+        got_t = got if isinstance(got, tuple) else (got,)
+        for e, g in zip(expected, got_t, strict=True):
+            worst = max(worst, float(np.max(np.abs(np.asarray(e) - g.numpy()))))
+    return worst
