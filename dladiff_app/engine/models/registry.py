@@ -1,0 +1,245 @@
+"""The models DLADiff uses, as plain data: where each comes from, what it is for, its license.
+
+Facts here are stated only where we can stand behind them. Revisions are branch names ("main",
+the insightface "model-zoo" release tag) because we could not check commit hashes from this
+machine; hashes are ``None`` where upstream publishes none we could verify (the store then records
+the SHA-256 of what it downloaded, so later ``verify`` still catches corruption). Sizes marked
+``size_exact=False`` are approximate ("~") and are shown with a tilde.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModelKind = Literal["hf_repo", "zip_pack", "hf_files", "python_package"]
+
+_INSIGHTFACE_LICENSE = (
+    "The insightface pretrained models are available for non-commercial research purposes "
+    "only (the insightface code is MIT). By downloading you confirm your use is non-commercial "
+    "research."
+)
+_OPENRAIL_M = (
+    "CreativeML OpenRAIL-M: use is allowed, including commercially, but not for the harmful "
+    "uses listed in the license's Attachment A; share the same use restrictions with any "
+    "redistribution."
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model. ``files`` are paths relative to the model folder that must exist when it is
+    installed (for ``zip_pack`` the files inside the extracted pack). ``sha256`` maps a file
+    name (for ``zip_pack``: the zip's name) to its hash, or is None where no hash is fixed.
+    ``fp16_files`` replace ``files`` on GPU for repos that publish an fp16 variant."""
+
+    id: str
+    title: str
+    purpose: str
+    kind: ModelKind
+    source: str                      # hub repo id, zip URL or Python package name
+    revision: str | None
+    files: tuple[str, ...]
+    size_bytes: int
+    sha256: Mapping[str, str] | None
+    license_name: str
+    license_text: str
+    license_url: str
+    devices: tuple[str, ...] = ("cuda", "mps", "cpu")
+    required_for: tuple[str, ...] = ()
+    size_exact: bool = False
+    fp16_files: tuple[str, ...] = ()
+    fp16_size_bytes: int | None = None
+    archive_name: str | None = None  # zip packs: the file name of the archive
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def needs_license_acceptance(self) -> bool:
+        return self.kind != "python_package"
+
+    def size_text(self, size: int | None = None) -> str:
+        return format_size(self.size_bytes if size is None else size, exact=self.size_exact)
+
+
+def format_size(size: int | None, *, exact: bool = True) -> str:
+    if size is None:
+        return "unknown size"
+    prefix = "" if exact else "~"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{prefix}{value:.0f} {unit}" if unit == "B" else f"{prefix}{value:.1f} {unit}"
+        value /= 1000
+    return f"{prefix}{value:.1f} GB"
+
+
+_SD_CONFIGS = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "vae/config.json",
+)
+
+INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/model-zoo/"
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.id: spec
+    for spec in (
+        ModelSpec(
+            id="sd15",
+            title="Stable Diffusion 1.5",
+            purpose="Surrogate base model of the fine-tuning shield (layer 1)",
+            kind="hf_repo",
+            source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            revision="main",
+            files=_SD_CONFIGS + (
+                "text_encoder/model.safetensors",
+                "unet/diffusion_pytorch_model.safetensors",
+                "vae/diffusion_pytorch_model.safetensors",
+            ),
+            # fp32 UNet ~3.44 GB + text encoder ~0.49 GB + VAE ~0.33 GB
+            size_bytes=4_270_000_000,
+            fp16_files=_SD_CONFIGS + (
+                "text_encoder/model.fp16.safetensors",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+            ),
+            fp16_size_bytes=2_140_000_000,
+            sha256=None,  # not pinned: revision is a branch; recorded at download time
+            license_name="CreativeML OpenRAIL-M",
+            license_text=_OPENRAIL_M,
+            license_url="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+            required_for=("layer1",),
+            extra={"local_hint": "any SD 1.x/2.x diffusers folder or single .safetensors file"},
+        ),
+        ModelSpec(
+            id="buffalo_l",
+            title="insightface buffalo_l (SCRFD + ArcFace R50)",
+            purpose="Face detection and the identity encoder of IP-Adapter-FaceID and PuLID "
+                    "(zero-shot shield, layer 2)",
+            kind="zip_pack",
+            source=INSIGHTFACE_RELEASE + "buffalo_l.zip",
+            revision="model-zoo",
+            files=("det_10g.onnx", "w600k_r50.onnx"),
+            size_bytes=288_000_000,
+            sha256=None,  # no upstream hash we could verify; recorded at download time
+            license_name="insightface models: non-commercial research only",
+            license_text=_INSIGHTFACE_LICENSE,
+            license_url="https://github.com/deepinsight/insightface#license",
+            required_for=("layer2", "verify"),
+            archive_name="buffalo_l.zip",
+        ),
+        ModelSpec(
+            id="antelopev2",
+            title="insightface antelopev2 (ArcFace R100)",
+            purpose="Identity encoder of InstantID (zero-shot shield, layer 2)",
+            kind="zip_pack",
+            source=INSIGHTFACE_RELEASE + "antelopev2.zip",
+            revision="model-zoo",
+            files=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+            size_bytes=360_000_000,
+            sha256=None,  # no upstream hash we could verify; recorded at download time
+            license_name="insightface models: non-commercial research only",
+            license_text=_INSIGHTFACE_LICENSE,
+            license_url="https://github.com/deepinsight/insightface#license",
+            required_for=("layer2",),
+            archive_name="antelopev2.zip",
+        ),
+        ModelSpec(
+            id="clip_vit_h14",
+            title="CLIP ViT-H/14 image encoder (IP-Adapter's)",
+            purpose="Image encoder of IP-Adapter (plus-face) (zero-shot shield, layer 2)",
+            kind="hf_files",
+            source="h94/IP-Adapter",
+            revision="main",
+            files=("models/image_encoder/config.json", "models/image_encoder/model.safetensors"),
+            size_bytes=2_530_000_000,
+            sha256=None,
+            license_name="Apache-2.0 (IP-Adapter); CLIP ViT-H/14 LAION weights: MIT",
+            license_text="Apache License 2.0 for the IP-Adapter repository; the OpenCLIP "
+                         "ViT-H/14 LAION-2B weights are released under the MIT license.",
+            license_url="https://huggingface.co/h94/IP-Adapter",
+            required_for=("layer2",),
+            extra={"subfolder": "models/image_encoder"},
+        ),
+        ModelSpec(
+            id="clip_vit_l14",
+            title="CLIP ViT-L/14 (PhotoMaker's)",
+            purpose="Image encoder of PhotoMaker (zero-shot shield, layer 2)",
+            kind="hf_repo",
+            source="openai/clip-vit-large-patch14",
+            revision="main",
+            files=("config.json", "preprocessor_config.json", "model.safetensors"),
+            size_bytes=1_710_000_000,
+            sha256=None,
+            license_name="MIT",
+            license_text="MIT License (OpenAI CLIP).",
+            license_url="https://github.com/openai/CLIP/blob/main/LICENSE",
+            required_for=("layer2",),
+        ),
+        ModelSpec(
+            id="ip_adapter_faceid",
+            title="IP-Adapter-FaceID (SD 1.5)",
+            purpose="Zero-shot identity attack used by 'Test the protection'",
+            kind="hf_files",
+            source="h94/IP-Adapter-FaceID",
+            revision="main",
+            # Upstream publishes the adapter only as a PyTorch pickle: loaded with
+            # torch.load(weights_only=True), which refuses anything but tensors and containers.
+            files=("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15_lora.safetensors"),
+            size_bytes=150_000_000,
+            sha256=None,
+            license_name="Non-commercial research only (insightface identity embeddings)",
+            license_text="IP-Adapter-FaceID relies on insightface face embeddings, which are "
+                         "available for non-commercial research purposes only.",
+            license_url="https://huggingface.co/h94/IP-Adapter-FaceID",
+            required_for=("verify",),
+        ),
+        ModelSpec(
+            id="dlib_offline",
+            title="dlib offline face pack",
+            purpose="Offline face detection, landmarks and identity scores (no download)",
+            kind="python_package",
+            source="face_recognition_models",
+            revision="0.3.0",
+            files=(
+                "dlib_face_recognition_resnet_model_v1.dat",
+                "shape_predictor_5_face_landmarks.dat",
+                "shape_predictor_68_face_landmarks.dat",
+                "mmod_human_face_detector.dat",
+            ),
+            size_bytes=22_466_066 + 9_150_489 + 99_693_937 + 729_940,
+            size_exact=True,
+            # Measured with sha256sum on the files of face_recognition_models 0.3.0 from PyPI.
+            sha256={
+                "dlib_face_recognition_resnet_model_v1.dat":
+                    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+                "shape_predictor_5_face_landmarks.dat":
+                    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+                "shape_predictor_68_face_landmarks.dat":
+                    "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+                "mmod_human_face_detector.dat":
+                    "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+            },
+            license_name="CC0 1.0 (weights); dlib: Boost Software License",
+            license_text="Public domain dedication (CC0) for the model files.",
+            license_url="https://github.com/ageitgey/face_recognition_models",
+            required_for=("layer2", "verify"),
+        ),
+    )
+}
+
+
+def get_spec(model_id: str, registry: Mapping[str, ModelSpec] | None = None) -> ModelSpec:
+    """Look up a model; a :class:`KeyError` message lists the known ids."""
+    table = REGISTRY if registry is None else registry
+    try:
+        return table[model_id]
+    except KeyError:
+        raise KeyError(f"Unknown model {model_id!r}; known models: {', '.join(table)}") from None
