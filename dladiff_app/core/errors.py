@@ -98,3 +98,7 @@ class UnsupportedOnnxOp(ModelMissingError):
             f"uses unsupported ONNX operator(s) {', '.join(self.ops)}; use another recognizer "
             "file or report these operator names."
         )
+
+
+class JobConflictError(DladiffError):
+    """The output folder already holds another job (resume it or choose another folder)."""
