@@ -1,0 +1,158 @@
+"""Which device the engine runs on, in which precision, and why.
+
+``auto`` picks CUDA, then MPS, then CPU. ``DLADIFF_DEVICE`` overrides ``auto`` (an explicit
+request from the settings or the command line wins over the variable). Precision rules: on CUDA
+the frozen base models run under bf16 autocast where the GPU supports it, else fp16 autocast;
+perturbations and LoRA weights always stay fp32 (their small updates vanish in half precision).
+MPS and CPU run fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from dladiff_app.core.errors import DeviceError
+
+DeviceKind = Literal["cuda", "mps", "cpu"]
+ENV_DEVICE = "DLADIFF_DEVICE"
+
+# Reasons not to use MPS on this machine, filled by code that finds an op broken on that backend
+# (e.g. a kernel missing in an old macOS); "auto" then falls back to CPU and says why.
+MPS_DENY_REASONS: list[str] = []
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: DeviceKind
+    torch_device: str                   # "cuda:0", "mps", "cpu"
+    name: str
+    memory_bytes: int | None
+    autocast_dtype: torch.dtype | None  # bf16/fp16 on CUDA, None elsewhere
+    reason: str
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """dtype of perturbations and LoRA weights: always fp32."""
+        return torch.float32
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """dtype to load frozen base weights in (half on CUDA, fp32 elsewhere)."""
+        return self.autocast_dtype or torch.float32
+
+    def summary(self) -> str:
+        memory = f", {self.memory_bytes / 2**30:.1f} GiB" if self.memory_bytes else ""
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.autocast_dtype or torch.float32, "fp32")
+        return f"{self.name} ({self.kind}{memory}, {precision})"
+
+
+def _cpu_info(reason: str) -> DeviceInfo:
+    threads = torch.get_num_threads()
+    memory: int | None = None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    cpu = platform.processor() or platform.machine() or "CPU"
+    return DeviceInfo("cpu", "cpu", f"CPU {cpu} ({threads} threads)", memory, None, reason)
+
+
+def _cuda_info(index: int, reason: str) -> DeviceInfo:
+    props = torch.cuda.get_device_properties(index)
+    with torch.cuda.device(index):
+        bf16 = torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    return DeviceInfo("cuda", f"cuda:{index}", props.name, int(props.total_memory), dtype, reason)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _mps_info(reason: str) -> DeviceInfo:
+    memory: int | None = None
+    recommended = getattr(getattr(torch, "mps", None), "recommended_max_memory", None)
+    if callable(recommended):
+        try:
+            memory = int(recommended())
+        except RuntimeError:
+            memory = None
+    return DeviceInfo("mps", "mps", "Apple GPU (Metal)", memory, None, reason)
+
+
+def resolve_device(requested: str = "auto") -> DeviceInfo:
+    """Resolve ``auto`` | ``cuda`` | ``cuda:N`` | ``mps`` | ``cpu`` to a usable device.
+
+    An explicit request for an absent device raises :class:`DeviceError` with the reason.
+    """
+    choice = (requested or "auto").strip().lower()
+    if choice == "auto":
+        choice = os.environ.get(ENV_DEVICE, "auto").strip().lower() or "auto"
+    if choice == "auto":
+        return _auto()
+    if choice == "cpu":
+        return _cpu_info("CPU requested; the fine-tuning shield will be slow")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "CUDA was requested but is not available (no NVIDIA GPU, or this torch build is "
+                "CPU-only): choose 'auto' or 'cpu' in the settings, or install a CUDA build of "
+                "torch."
+            )
+        index = 0
+        if ":" in choice:
+            try:
+                index = int(choice.split(":", 1)[1])
+            except ValueError:
+                raise DeviceError(f"Unknown device {requested!r}: use cuda:0, cuda:1, ...") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise DeviceError(
+                f"{choice} was requested but only {torch.cuda.device_count()} CUDA device(s) "
+                "exist."
+            )
+        return _cuda_info(index, f"{choice} requested")
+    if choice == "mps":
+        if not _mps_available():
+            raise DeviceError("MPS (Apple GPU) was requested but is not available on this "
+                              "machine: choose 'auto' or 'cpu'.")
+        if MPS_DENY_REASONS:
+            raise DeviceError(f"MPS cannot be used: {'; '.join(MPS_DENY_REASONS)}.")
+        return _mps_info("MPS requested")
+    raise DeviceError(f"Unknown device {requested!r}: use auto, cuda, cuda:N, mps or cpu.")
+
+
+def _auto() -> DeviceInfo:
+    if torch.cuda.is_available():
+        return _cuda_info(0, "CUDA GPU found")
+    if _mps_available():
+        if MPS_DENY_REASONS:
+            return _cpu_info(f"MPS is available but not used ({'; '.join(MPS_DENY_REASONS)}): "
+                             "using CPU; the fine-tuning shield will be slow")
+        return _mps_info("Apple GPU (MPS) found")
+    return _cpu_info("CUDA not available: using CPU; the fine-tuning shield will be slow")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for device out-of-memory errors (CUDA, MPS or a failed CPU allocation)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return "out of memory" in text or "mps backend out of memory" in text
+    return False
+
+
+def empty_cache(device: DeviceInfo | str) -> None:
+    """Release cached allocator memory after a model switch or an out-of-memory error."""
+    kind = device.kind if isinstance(device, DeviceInfo) else str(device).split(":")[0]
+    if kind == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif kind == "mps" and _mps_available():
+        torch.mps.empty_cache()
