@@ -1,0 +1,181 @@
+"""Which face detector and identity encoders this machine can run, built from what is present.
+
+Model locations come from the model store (``engine.models.store.ModelStore``: downloads and
+the user's local copies) or from any object with the same ``path(model_id) -> Path`` method
+raising ``ModelMissingError``. Nothing here downloads: an absent model is reported with the
+store's reason (size, how to fetch it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from dladiff_app.core.errors import DladiffError, ModelMissingError
+from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
+
+if TYPE_CHECKING:
+    from dladiff_app.engine.models.store import ModelStore
+
+
+class ModelPaths(Protocol):
+    def path(self, model_id: str) -> Path: ...
+
+
+# Encoder name -> (model store id, what needs it). Order = preference when all are present.
+ENCODERS: dict[str, tuple[str, str]] = {
+    "buffalo_l": ("buffalo_l", "ArcFace R50 of IP-Adapter-FaceID and PuLID"),
+    "antelopev2": ("antelopev2", "ArcFace R100 of InstantID"),
+    "clip_vit_h14": ("clip_vit_h14", "CLIP ViT-H/14 of IP-Adapter (plus-face)"),
+    "clip_vit_l14": ("clip_vit_l14", "CLIP ViT-L/14 of PhotoMaker"),
+    "dlib": ("dlib_offline", "dlib ResNet, offline"),
+}
+ALIASES = {
+    "clip-h": "clip_vit_h14", "clip_h": "clip_vit_h14", "clip-l": "clip_vit_l14",
+    "clip_l": "clip_vit_l14", "dlib_offline": "dlib", "arcface": "buffalo_l",
+}
+_RECOGNIZER_FILES = {"buffalo_l": "w600k_r50.onnx", "antelopev2": "glintr100.onnx"}
+DETECTOR_FILE = "det_10g.onnx"
+
+
+@dataclass(frozen=True)
+class EncoderStatus:
+    """One encoder's availability; ``reason`` says where it comes from or why it is absent."""
+
+    name: str
+    available: bool
+    reason: str
+
+
+def default_store() -> ModelStore:
+    """The user's model store: the cache's models folder plus the local copies in settings."""
+    from dladiff_app.core.paths import models_dir
+    from dladiff_app.core.settings import load_settings
+    from dladiff_app.engine.models.store import ModelStore
+
+    settings = load_settings()
+    return ModelStore(models_dir(settings), settings_paths=settings.model_paths)
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in ENCODERS:
+        raise ModelMissingError(
+            f"Unknown identity encoder '{name}': choose from {', '.join(ENCODERS)} "
+            "or give the path of a 112x112 ONNX recognizer."
+        )
+    return key
+
+
+def _find_file(folder: Path, file_name: str, model_id: str) -> Path:
+    # insightface zips sometimes nest a folder of the same name (antelopev2/antelopev2/...).
+    if (folder / file_name).is_file():
+        return folder / file_name
+    found = sorted(folder.rglob(file_name)) if folder.is_dir() else []
+    if not found:
+        raise ModelMissingError(f"{model_id}: {file_name} is missing from {folder}.")
+    return found[0]
+
+
+def _clip_folder(folder: Path) -> Path:
+    sub = folder / "models" / "image_encoder"  # IP-Adapter's repository layout
+    return sub if (sub / "config.json").is_file() else folder
+
+
+def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
+    """Build the encoder ``name`` (see :data:`ENCODERS`); raises ``ModelMissingError``."""
+    key = canonical_name(name)
+    if key == "dlib":
+        from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+
+        return DlibEncoder.load()
+    store = store if store is not None else default_store()
+    model_id = ENCODERS[key][0]
+    folder = store.path(model_id)
+    if key in _RECOGNIZER_FILES:
+        from dladiff_app.engine.faces.arcface import ArcFaceEncoder
+
+        return ArcFaceEncoder(_find_file(folder, _RECOGNIZER_FILES[key], model_id), name=key)
+    from dladiff_app.engine.faces.clip_encoder import ClipImageEncoder
+
+    return ClipImageEncoder(_clip_folder(folder), name=key)
+
+
+def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
+    """Every known encoder with whether it is present and why (no model is loaded)."""
+    store = store if store is not None else default_store()
+    out = []
+    for key, (model_id, role) in ENCODERS.items():
+        try:
+            if key == "dlib":
+                from dladiff_app.engine.models.dlib_pack import find_dlib_pack
+
+                where = find_dlib_pack().recognition.parent
+            else:
+                where = store.path(model_id)
+                if key in _RECOGNIZER_FILES:
+                    where = _find_file(where, _RECOGNIZER_FILES[key], model_id)
+            out.append(EncoderStatus(key, True, f"{role}: {where}"))
+        except ModelMissingError as exc:
+            out.append(EncoderStatus(key, False, str(exc)))
+    return out
+
+
+def available_encoders(
+    store: ModelPaths | None = None, names: Sequence[str] | None = None
+) -> list[IdentityEncoder]:
+    """The identity encoders to use.
+
+    ``names`` None: every encoder present on this machine (absent ones are skipped; see
+    :func:`encoder_statuses` for why). Named encoders (or paths of ONNX recognizers) must all
+    be present: a missing one raises ``ModelMissingError`` with the reason. Raises
+    ``ModelMissingError`` too when none at all is available.
+    """
+    if names:
+        return [
+            encoder_from_path(n) if Path(n).suffix.lower() == ".onnx" else load_encoder(n, store)
+            for n in names
+        ]
+    store = store if store is not None else default_store()
+    encoders: list[IdentityEncoder] = []
+    reasons = []
+    for status in encoder_statuses(store):
+        if not status.available:
+            reasons.append(f"{status.name}: {status.reason}")
+            continue
+        try:
+            encoders.append(load_encoder(status.name, store))
+        except DladiffError as exc:
+            reasons.append(f"{status.name}: {exc}")
+    if not encoders:
+        raise ModelMissingError("No identity encoder is available. " + " ".join(reasons))
+    return encoders
+
+
+def encoder_from_path(path: Path | str) -> IdentityEncoder:
+    """A user-given 112x112 ONNX recognizer file, or a local CLIP image-encoder folder."""
+    path = Path(path)
+    if path.is_dir():
+        from dladiff_app.engine.faces.clip_encoder import ClipImageEncoder
+
+        return ClipImageEncoder(_clip_folder(path))
+    from dladiff_app.engine.faces.arcface import ArcFaceEncoder
+
+    return ArcFaceEncoder(path)
+
+
+def available_detector(store: ModelPaths | None = None) -> FaceDetector:
+    """SCRFD (buffalo_l's ``det_10g.onnx``) when present, else the offline dlib detector."""
+    store = store if store is not None else default_store()
+    try:
+        det_path = _find_file(store.path("buffalo_l"), DETECTOR_FILE, "buffalo_l")
+    except ModelMissingError:
+        from dladiff_app.engine.faces.dlib_detect import DlibDetector
+
+        return DlibDetector()
+    from dladiff_app.engine.faces.scrfd import ScrfdDetector
+
+    return ScrfdDetector(det_path)
