@@ -1,0 +1,290 @@
+"""Before/after viewer: one canvas split by a draggable divider (so zoom and pan are shared by
+construction), an amplified difference map, and the identity-score badges the engine measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QImage,
+    QImageReader,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dladiff_app.core.results import IdentityScore, PhotoResult
+
+DIFF_GAIN = 10.0
+_GRAB_PX = 8
+
+
+def qimage_to_array(image: QImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB copy of ``image``."""
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    h, w, stride = rgb.height(), rgb.width(), rgb.bytesPerLine()
+    buf = np.frombuffer(rgb.constBits(), dtype=np.uint8, count=h * stride)
+    return buf.reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def array_to_qimage(array: np.ndarray) -> QImage:
+    """``array``: (H, W, 3) uint8 RGB. Returns an independent QImage."""
+    arr = np.ascontiguousarray(array, dtype=np.uint8)
+    h, w, _ = arr.shape
+    return QImage(arr.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+def difference_map(before: QImage, after: QImage, gain: float = DIFF_GAIN) -> QImage:
+    """|after - before| per channel times ``gain``, clipped: makes an 8/255 budget visible."""
+    a, b = qimage_to_array(before), qimage_to_array(after)
+    if a.shape != b.shape:
+        raise ValueError(f"sizes differ: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
+    diff = np.abs(b.astype(np.int16) - a.astype(np.int16)).astype(np.float32) * gain
+    return array_to_qimage(np.clip(diff, 0, 255).astype(np.uint8))
+
+
+def load_qimage(path: Path | str) -> QImage:
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    image = reader.read()
+    if image.isNull():
+        raise OSError(f"{Path(path).name}: {reader.errorString()}")
+    return image
+
+
+class SplitImageView(QWidget):
+    """Left of the divider: before; right: after (or the difference map). Wheel zooms about the
+    cursor, dragging pans, dragging near the divider moves it, double-click fits."""
+
+    divider_moved = Signal(float)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName("Before and after comparison")
+        self.setMinimumSize(320, 240)
+        self.setMouseTracking(True)
+        self.before: QImage | None = None
+        self.after: QImage | None = None
+        self.divider = 0.5
+        self.zoom = 1.0
+        self.pan = QPointF(0, 0)
+        self._drag: str | None = None
+        self._last = QPointF()
+
+    def set_images(self, before: QImage | None, after: QImage | None) -> None:
+        self.before, self.after = before, after
+        self.update()
+
+    def reset_view(self) -> None:
+        self.zoom, self.pan = 1.0, QPointF(0, 0)
+        self.update()
+
+    def image_rect(self) -> QRectF:
+        """Where the photo lands in widget coordinates (fit, then zoom and pan)."""
+        ref = self.before or self.after
+        if ref is None or ref.isNull():
+            return QRectF()
+        fit = min(self.width() / ref.width(), self.height() / ref.height())
+        scale = fit * self.zoom
+        w, h = ref.width() * scale, ref.height() * scale
+        return QRectF((self.width() - w) / 2 + self.pan.x(), (self.height() - h) / 2 + self.pan.y(),
+                      w, h)
+
+    def divider_x(self) -> float:
+        return self.width() * self.divider
+
+    def set_divider(self, fraction: float) -> None:
+        self.divider = min(1.0, max(0.0, fraction))
+        self.divider_moved.emit(self.divider)
+        self.update()
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#1f2937"))
+        target = self.image_rect()
+        if target.isNull():
+            p.setPen(QColor("#d1d5db"))
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter,
+                       "Select a protected photo to compare")
+            return
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 4)
+        x = self.divider_x()
+        if self.before is not None:
+            p.save()
+            p.setClipRect(QRectF(0, 0, x, self.height()))
+            p.drawImage(target, self.before)
+            p.restore()
+        if self.after is not None:
+            p.save()
+            p.setClipRect(QRectF(x, 0, self.width() - x, self.height()))
+            p.drawImage(target, self.after)
+            p.restore()
+        p.setPen(QPen(QColor("white"), 2))
+        p.drawLine(QPointF(x, 0), QPointF(x, self.height()))
+        p.setBrush(QColor("white"))
+        p.drawEllipse(QPointF(x, self.height() / 2), 7, 7)
+        p.setPen(QColor("white"))
+        p.drawText(QRectF(8, 6, 120, 20), Qt.AlignmentFlag.AlignLeft, "Before")
+        p.drawText(QRectF(self.width() - 128, 6, 120, 20), Qt.AlignmentFlag.AlignRight, "After")
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        pos = event.position()
+        self._drag = "divider" if abs(pos.x() - self.divider_x()) <= _GRAB_PX else "pan"
+        self._last = pos
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        pos = event.position()
+        if self._drag == "divider":
+            self.set_divider(pos.x() / max(1, self.width()))
+        elif self._drag == "pan":
+            self.pan += pos - self._last
+            self._last = pos
+            self.update()
+        else:
+            near = abs(pos.x() - self.divider_x()) <= _GRAB_PX
+            self.setCursor(Qt.CursorShape.SplitHCursor if near else Qt.CursorShape.OpenHandCursor)
+
+    def mouseReleaseEvent(self, _event: QMouseEvent) -> None:
+        self._drag = None
+
+    def mouseDoubleClickEvent(self, _event: QMouseEvent) -> None:
+        self.reset_view()
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        factor = 1.25 if event.angleDelta().y() > 0 else 0.8
+        new_zoom = min(32.0, max(1.0, self.zoom * factor))
+        # Keep the image point under the cursor fixed while zooming.
+        pos = event.position()
+        centre = QPointF(self.width() / 2, self.height() / 2) + self.pan
+        ratio = new_zoom / self.zoom
+        self.pan += (pos - centre) * (1 - ratio)
+        self.zoom = new_zoom
+        if self.zoom == 1.0:
+            self.pan = QPointF(0, 0)
+        self.update()
+
+
+def badge_text(score: IdentityScore) -> str:
+    if score.value is None:
+        return f"{score.encoder}: no face ({score.note})" if score.note else \
+            f"{score.encoder}: no face"
+    if score.metric == "euclidean":
+        rule = f"same person below {score.threshold:.2f}"
+        value = f"distance {score.value:.3f}"
+    else:
+        rule = f"same person from {score.threshold:.2f}"
+        value = f"similarity {score.value:.3f}"
+    return f"{score.encoder}: {value} → {score.verdict} ({rule})"
+
+
+def badge_colour(score: IdentityScore) -> str:
+    if score.same_person is None:
+        return "#6b7280"
+    return "#b91c1c" if score.same_person else "#15803d"
+
+
+class CompareView(QWidget):
+    """The viewer page: split canvas, difference toggle, score badges and quality figures."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.canvas = SplitImageView()
+        self.diff_toggle = QCheckBox(f"Show difference (×{DIFF_GAIN:g})")
+        self.diff_toggle.setAccessibleName("Show amplified difference")
+        self.diff_toggle.toggled.connect(self._update_after)
+        self.fit_button = QPushButton("Fit")
+        self.fit_button.setAccessibleName("Fit to window")
+        self.fit_button.clicked.connect(self.canvas.reset_view)
+        self.title = QLabel("No photo selected")
+        self.title.setStyleSheet("font-weight: 600;")
+        self.scores = QVBoxLayout()
+        self.scores.setSpacing(2)
+        self.quality = QLabel()
+        self.quality.setAccessibleName("Image quality")
+        self.badges: list[QLabel] = []
+        self._before: QImage | None = None
+        self._after: QImage | None = None
+        self._diff: QImage | None = None
+
+        bar = QHBoxLayout()
+        bar.addWidget(self.title, 1)
+        bar.addWidget(self.diff_toggle)
+        bar.addWidget(self.fit_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(bar)
+        layout.addWidget(self.canvas, 1)
+        layout.addLayout(self.scores)
+        layout.addWidget(self.quality)
+
+    def show_result(self, source: Path, result: PhotoResult) -> None:
+        """Load the clean photo and the written output and show the figures of ``result``."""
+        self._before = load_qimage(source)
+        self._after = load_qimage(result.output)
+        self._diff = None
+        self.title.setText(f"{Path(source).name} → {Path(result.output).name}")
+        self._update_after()
+        self._show_scores(result)
+
+    def clear(self) -> None:
+        self._before = self._after = self._diff = None
+        self.title.setText("No photo selected")
+        self.canvas.set_images(None, None)
+        self._show_scores(None)
+
+    def _update_after(self) -> None:
+        after = self._after
+        if self.diff_toggle.isChecked() and self._before is not None and self._after is not None:
+            if self._diff is None:
+                try:
+                    self._diff = difference_map(self._before, self._after)
+                except ValueError as exc:
+                    self.title.setText(f"Difference unavailable: {exc}")
+            after = self._diff or self._after
+        self.canvas.set_images(self._before, after)
+
+    def _show_scores(self, result: PhotoResult | None) -> None:
+        for label in self.badges:
+            self.scores.removeWidget(label)
+            label.deleteLater()
+        self.badges = []
+        if result is None:
+            self.quality.setText("")
+            return
+        rows = [("", s) for s in result.scores]
+        rows += [("After JPEG/resize: ", s) for s in result.scores_after_sharing]
+        for prefix, score in rows:
+            label = QLabel(prefix + badge_text(score))
+            label.setAccessibleName(f"{prefix}identity score {score.encoder}")
+            label.setStyleSheet(f"color: white; background: {badge_colour(score)}; "
+                                "border-radius: 6px; padding: 3px 8px;")
+            self.scores.addWidget(label)
+            self.badges.append(label)
+        if not rows:
+            label = QLabel("No identity scores were measured for this photo.")
+            self.scores.addWidget(label)
+            self.badges.append(label)
+        parts = []
+        if result.psnr is not None:
+            parts.append(f"PSNR {result.psnr:.2f} dB")
+        if result.ssim is not None:
+            parts.append(f"SSIM {result.ssim:.4f}")
+        if result.linf is not None:
+            parts.append(f"max change {result.linf:g}/255")
+        parts.append(f"{result.faces} face{'s' if result.faces != 1 else ''}")
+        if result.layers_done:
+            parts.append("shields: " + ", ".join(result.layers_done))
+        self.quality.setText(" · ".join(parts))

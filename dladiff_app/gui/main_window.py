@@ -1,0 +1,571 @@
+"""The main window: batch list, strength panel, run control, before/after viewer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QKeySequence,
+)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dladiff_app.core import events as ev
+from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.presets import PRESETS, Layers
+from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
+from dladiff_app.core.settings import Settings, save_settings
+from dladiff_app.gui.batch_list import BatchList, PhotoEntry, Status
+from dladiff_app.gui.compare_view import CompareView
+from dladiff_app.gui.engine_thread import EngineThread
+from dladiff_app.gui.export_dialog import ExportDialog
+from dladiff_app.gui.model_manager import ModelManagerDialog
+from dladiff_app.gui.notifications import NotificationArea
+from dladiff_app.gui.services import Services
+from dladiff_app.gui.settings_dialog import SettingsDialog
+from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
+
+STAGES = {"load": "Loading", "prior": "Learning the face", "layer1": "Fine-tuning shield",
+          "layer2": "Zero-shot shield", "polish": "Polishing", "score": "Measuring",
+          "save": "Saving"}
+
+
+def default_output_dir() -> Path:
+    pictures = Path.home() / "Pictures"
+    return (pictures if pictures.is_dir() else Path.home()) / "DLADiff protected"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, services: Services, settings: Settings | None = None,
+                 settings_path: Path | None = None) -> None:
+        super().__init__()
+        self.services = services
+        self.settings = settings if settings is not None else Settings()
+        self.settings_path = settings_path
+        self.setWindowTitle("DLADiff: protect your photos")
+        self.setAcceptDrops(True)
+        self.resize(1100, 720)
+        self.engine = EngineThread(services.protect, self)
+        self.engine.engine_event.connect(self._on_event)
+        self.engine.job_finished.connect(self._on_job_finished)
+        self.engine.job_crashed.connect(self._on_job_crashed)
+        self.output_dir = Path(self.settings.default_output or default_output_dir())
+        fmt = OutputFormat(self.settings.output_format) if self.settings.output_format in \
+            {f.value for f in OutputFormat} else OutputFormat.PNG
+        self.export_options = ExportOptions(format=fmt, quality=self.settings.jpeg_quality,
+                                            keep_metadata=self.settings.keep_metadata)
+        self.device: DeviceSummary | None = None
+        self.model_rows: list[ModelRow] = []
+        self.model_manager: ModelManagerDialog | None = None
+        self.last_summary: JobSummary | None = None
+        self.last_export: list[Path] = []
+        self._job_paths: list[Path] = []
+        self._job_started = 0.0
+        self._estimate_serial = 0
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(150)
+        self._estimate_timer.timeout.connect(self._request_estimate)
+
+        self._build_ui()
+        self._build_actions()
+        self._restore_geometry()
+        self.strength.set_preset(self.settings.default_preset
+                                 if self.settings.default_preset in PRESETS else "medium")
+        self._sync_controls()
+        self.engine.submit(lambda: services.device.describe(self.settings.device),
+                           self._on_device, self.notes.error)
+        self.engine.submit(services.models.list_models, self._on_models, self.notes.error)
+
+    # ------------------------------------------------------------------ layout
+    def _build_ui(self) -> None:
+        self.batch = BatchList()
+        self.batch.changed.connect(self._on_batch_changed)
+        self.batch.itemDoubleClicked.connect(lambda *_: self.show_selected_in_viewer())
+        self.batch.itemSelectionChanged.connect(self._sync_controls)
+        empty = QWidget()
+        hint = QLabel("Drop photos or folders here")
+        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        hint.setStyleSheet("font-size: 20px; font-weight: 600;")
+        sub = QLabel("Each folder becomes an album: photos of one person, protected together.\n"
+                     "Nothing leaves this computer.")
+        sub.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        sub.setStyleSheet("color: palette(mid);")
+        add = QPushButton("Add photos…")
+        add.setAccessibleName("Add photos")
+        add.clicked.connect(self.add_files_dialog)
+        add_folder = QPushButton("Add a folder…")
+        add_folder.setAccessibleName("Add a folder")
+        add_folder.clicked.connect(self.add_folder_dialog)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(add)
+        buttons.addWidget(add_folder)
+        buttons.addStretch(1)
+        box = QVBoxLayout(empty)
+        box.addStretch(1)
+        box.addWidget(hint)
+        box.addWidget(sub)
+        box.addSpacing(12)
+        box.addLayout(buttons)
+        box.addStretch(2)
+        empty.setObjectName("emptyState")
+        empty.setStyleSheet("#emptyState { border: 2px dashed palette(mid); border-radius: 12px; }")
+        self.empty_hint = hint
+        self.list_stack = QStackedWidget()
+        self.list_stack.addWidget(empty)
+        self.list_stack.addWidget(self.batch)
+
+        self.strength = StrengthPanel()
+        self.strength.changed.connect(self._schedule_estimate)
+        self.output_label = QLabel()
+        self.output_label.setWordWrap(True)
+        self.output_button = QPushButton("Output options…")
+        self.output_button.setAccessibleName("Output options")
+        self.output_button.clicked.connect(self.choose_output)
+        self.protect_button = QPushButton("Protect")
+        self.protect_button.setAccessibleName("Protect")
+        self.protect_button.setDefault(True)
+        self.protect_button.setMinimumHeight(40)
+        self.protect_button.setStyleSheet(
+            "QPushButton { background: #2563eb; color: white; font-weight: 600;"
+            " border-radius: 6px; padding: 6px 18px; }"
+            " QPushButton:disabled { background: #93c5fd; }")
+        self.protect_button.clicked.connect(self.protect)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setAccessibleName("Cancel")
+        self.cancel_button.setMinimumHeight(40)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.photo_progress = QProgressBar()
+        self.photo_progress.setAccessibleName("Current photo progress")
+        self.photo_progress.setFormat("%p%")
+        self.batch_progress = QProgressBar()
+        self.batch_progress.setAccessibleName("Batch progress")
+        self.batch_progress.setRange(0, 1000)
+        self.progress_label = QLabel("Ready.")
+        self.progress_label.setAccessibleName("Progress")
+        self.progress_label.setWordWrap(True)
+
+        run = QHBoxLayout()
+        run.addWidget(self.protect_button, 2)
+        run.addWidget(self.cancel_button, 1)
+        side = QVBoxLayout()
+        side.addWidget(self.strength)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output_label, 1)
+        out_row.addWidget(self.output_button)
+        side.addLayout(out_row)
+        side.addStretch(1)
+        side.addLayout(run)
+        side.addWidget(QLabel("Current photo"))
+        side.addWidget(self.photo_progress)
+        side.addWidget(QLabel("All photos"))
+        side.addWidget(self.batch_progress)
+        side.addWidget(self.progress_label)
+        side_widget = QWidget()
+        side_widget.setLayout(side)
+        side_widget.setMinimumWidth(360)
+
+        splitter = QSplitter()
+        splitter.addWidget(self.list_stack)
+        splitter.addWidget(side_widget)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        self.viewer = CompareView()
+        self.tabs = QTabWidget()
+        self.tabs.setAccessibleName("Pages")
+        self.tabs.addTab(splitter, "Photos")
+        self.tabs.addTab(self.viewer, "Before / after")
+
+        self.first_run_banner = self._build_first_run_banner()
+        self.notes = NotificationArea()
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(10, 6, 10, 10)
+        layout.addWidget(self.first_run_banner)
+        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.notes)
+        self.setCentralWidget(central)
+        self._update_output_label()
+
+    def _build_first_run_banner(self) -> QFrame:
+        banner = QFrame()
+        banner.setObjectName("firstRun")
+        banner.setStyleSheet("#firstRun { background: #eff6ff; border: 1px solid #bfdbfe;"
+                             " border-radius: 8px; }")
+        self.first_run_text = QLabel()
+        self.first_run_text.setWordWrap(True)
+        self.first_run_download = QPushButton("Get the models…")
+        self.first_run_download.setAccessibleName("Open the model manager")
+        self.first_run_download.clicked.connect(lambda: self._finish_first_run(download=True))
+        self.first_run_offline = QPushButton("Use offline zero-shot mode")
+        self.first_run_offline.setAccessibleName("Use offline zero-shot mode")
+        self.first_run_offline.clicked.connect(lambda: self._finish_first_run(download=False))
+        row = QHBoxLayout(banner)
+        row.addWidget(self.first_run_text, 1)
+        row.addWidget(self.first_run_download)
+        row.addWidget(self.first_run_offline)
+        banner.hide()
+        return banner
+
+    def _build_actions(self) -> None:
+        bar = QToolBar("Main")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.addToolBar(bar)
+
+        def action(text: str, slot: object, shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None) -> QAction:
+            act = QAction(text, self)
+            if shortcut is not None:
+                act.setShortcut(QKeySequence(shortcut))
+                act.setToolTip(f"{text} ({QKeySequence(shortcut).toString()})")
+            act.triggered.connect(slot)
+            self.addAction(act)
+            return act
+
+        self.open_action = action("Add photos…", self.add_files_dialog, QKeySequence.StandardKey.Open)
+        self.folder_action = action("Add folder…", self.add_folder_dialog, "Ctrl+Shift+O")
+        self.remove_action = action("Remove", self.remove_selected, QKeySequence.StandardKey.Delete)
+        self.clear_action = action("Clear", self.clear_list)
+        self.protect_action = action("Protect", self.protect, "Ctrl+Return")
+        self.cancel_action = action("Cancel", self.cancel, "Esc")
+        self.export_action = action("Export…", self.export_album, "Ctrl+E")
+        self.models_action = action("Models…", self.open_model_manager)
+        self.settings_action = action("Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
+        for act in (self.open_action, self.folder_action, self.remove_action, self.clear_action):
+            bar.addAction(act)
+        bar.addSeparator()
+        bar.addAction(self.export_action)
+        spacer = QWidget()
+        spacer.setSizePolicy(spacer.sizePolicy().horizontalPolicy().Expanding,
+                             spacer.sizePolicy().verticalPolicy())
+        bar.addWidget(spacer)
+        bar.addAction(self.models_action)
+        bar.addAction(self.settings_action)
+        for act in bar.actions():
+            button = bar.widgetForAction(act)
+            if button is not None and act.text():
+                button.setAccessibleName(act.text().rstrip("…"))
+
+    # ------------------------------------------------------------------ adding photos
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            self.add_paths(paths)
+            event.acceptProposedAction()
+
+    def add_paths(self, paths: list[Path]) -> list[Path]:
+        added = self.batch.add_paths(paths)
+        for path in added:
+            entry = self.batch.entry(path)
+            if entry.status is Status.SKIPPED:
+                self.notes.warning(f"{path.name}: {entry.detail}")
+        if paths and not added:
+            self.notes.notify("Those photos are already in the list (or the folder has none).")
+        return added
+
+    def add_files_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Add photos", str(Path.home()),
+            "Photos (*.jpg *.jpeg *.png *.webp *.bmp *.tif *.tiff);;All files (*)")
+        self.add_paths([Path(f) for f in files])
+
+    def add_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a folder of photos", str(Path.home()))
+        if folder:
+            self.add_paths([Path(folder)])
+
+    def remove_selected(self) -> None:
+        if not self.engine.job_running:
+            self.batch.remove_selected()
+
+    def clear_list(self) -> None:
+        if not self.engine.job_running:
+            self.batch.clear_all()
+            self.viewer.clear()
+
+    def _on_batch_changed(self) -> None:
+        self.list_stack.setCurrentIndex(0 if self.batch.is_empty() else 1)
+        self._sync_controls()
+        self._schedule_estimate()
+
+    # ------------------------------------------------------------------ estimate
+    def _schedule_estimate(self) -> None:
+        self._sync_controls()
+        self._estimate_timer.start()
+
+    def _request_estimate(self) -> None:
+        entries = self.batch.runnable_entries()
+        settings = self.strength.settings()
+        device = self.device.name if self.device else "this computer"
+        if not entries or settings is None:
+            self.strength.set_estimate(None, device, 0)
+            return
+        self.strength.set_estimate(None, device, len(entries))
+        self._estimate_serial += 1
+        serial, n, mp = self._estimate_serial, len(entries), self.batch.megapixels(entries)
+        protect = self.services.protect
+
+        def done(seconds: object) -> None:
+            if serial == self._estimate_serial and isinstance(seconds, (int, float)):
+                name = self.device.name if self.device else "this computer"
+                self.strength.set_estimate(float(seconds), name, n)
+
+        self.engine.submit(lambda: protect.estimate_seconds(n, settings, mp), done,
+                           self.notes.error)
+
+    # ------------------------------------------------------------------ run control
+    def _sync_controls(self) -> None:
+        running = self.engine.job_running
+        can_run = bool(self.batch.runnable_entries()) and self.strength.settings() is not None
+        self.protect_button.setEnabled(can_run and not running)
+        self.protect_action.setEnabled(can_run and not running)
+        self.cancel_button.setEnabled(running)
+        self.cancel_action.setEnabled(running)
+        self.remove_action.setEnabled(not running and bool(self.batch.selectedItems()))
+        self.clear_action.setEnabled(not running and not self.batch.is_empty())
+        self.output_button.setEnabled(not running)
+        self.strength.setEnabled(not running)
+        self.export_action.setEnabled(not running and any(
+            e.status is Status.DONE for e in self.batch.entries()))
+
+    def protect(self) -> None:
+        settings = self.strength.settings()
+        entries = self.batch.runnable_entries()
+        if self.engine.job_running or settings is None or not entries:
+            return
+        self._job_paths = [e.path for e in entries]
+        for path in self._job_paths:
+            self.batch.set_status(path, Status.QUEUED)
+        job = ProtectJob(inputs=tuple(self._job_paths), output_dir=self.output_dir,
+                         settings=settings, export=self.export_options,
+                         device=self.settings.device)
+        self._job_started = time.monotonic()
+        self.photo_progress.setValue(0)
+        self.batch_progress.setValue(0)
+        self.progress_label.setText(f"Starting: {len(entries)} photo(s)…")
+        self.engine.start_job(job)
+        self._sync_controls()
+
+    def cancel(self) -> None:
+        if self.engine.job_running:
+            self.engine.cancel_job()
+            self.progress_label.setText("Cancelling after the current step…")
+
+    def _path(self, photo_id: int | None) -> Path | None:
+        if photo_id is None or not 0 <= photo_id < len(self._job_paths):
+            return None
+        return self._job_paths[photo_id]
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, ev.JobStarted):
+            self.progress_label.setText(f"Protecting {event.total_photos} photo(s) on "
+                                        f"{event.device}. {event.message}".strip())
+        elif isinstance(event, ev.PhotoStarted):
+            if (path := self._path(event.photo_id)) is not None:
+                self.batch.set_status(path, Status.RUNNING, percent=0)
+            self.photo_progress.setValue(0)
+        elif isinstance(event, ev.Progress):
+            self._on_progress(event)
+        elif isinstance(event, ev.PhotoDone):
+            if (path := self._path(event.photo_id)) is not None:
+                self.batch.set_result(path, event.result)
+                if self.viewer.canvas.after is None:
+                    self._show_in_viewer(self.batch.entry(path))
+        elif isinstance(event, (ev.PhotoFailed, ev.PhotoSkipped)):
+            failed = isinstance(event, ev.PhotoFailed)
+            if (path := self._path(event.photo_id)) is not None:
+                self.batch.set_status(path, Status.FAILED if failed else Status.SKIPPED,
+                                      event.reason)
+            name = Path(event.source).name
+            text = event.reason if event.reason.startswith(name) else f"{name}: {event.reason}"
+            (self.notes.error if failed else self.notes.warning)(text)
+        elif isinstance(event, ev.Notice):
+            self.notes.warning(event.message)
+        elif isinstance(event, ev.JobFinished):
+            self.progress_label.setText(
+                f"Finished in {format_duration(event.seconds)}: {event.done} protected, "
+                f"{event.failed} failed, {event.skipped} skipped.")
+            self.batch_progress.setValue(1000)
+        elif isinstance(event, ev.JobCancelled):
+            self.progress_label.setText(f"Cancelled. {event.done} photo(s) were protected "
+                                        "and kept.")
+
+    def _on_progress(self, event: ev.Progress) -> None:
+        stage = STAGES.get(event.stage, event.stage)
+        pct = int(100 * event.step / event.total) if event.total > 0 else 0
+        self.photo_progress.setValue(pct)
+        self.photo_progress.setFormat(f"{stage}: %p%")
+        self.batch_progress.setValue(int(1000 * min(max(event.overall, 0.0), 1.0)))
+        if (path := self._path(event.photo_id)) is not None:
+            self.batch.set_status(path, Status.RUNNING, stage.lower(), pct)
+        eta = f" About {format_duration(event.eta_s)} left." if event.eta_s is not None else ""
+        self.progress_label.setText(f"{stage} {event.step}/{event.total}.{eta} "
+                                    f"{event.message}".strip())
+
+    def _on_job_finished(self, summary: object) -> None:
+        if isinstance(summary, JobSummary):
+            self.last_summary = summary
+            if summary.cancelled:
+                self._mark_unfinished(Status.CANCELLED, "stopped before it finished")
+        self._mark_unfinished(Status.QUEUED, "")
+        self._sync_controls()
+        self._schedule_estimate()
+
+    def _on_job_crashed(self, message: str) -> None:
+        self._mark_unfinished(Status.FAILED, message)
+        self.notes.error(f"Protection stopped: {message}")
+        self.progress_label.setText("Protection stopped by an error.")
+        self._sync_controls()
+
+    def _mark_unfinished(self, status: Status, detail: str) -> None:
+        current = {e.path: e for e in self.batch.entries()}
+        for path in self._job_paths:
+            entry = current.get(path)
+            if entry is not None and entry.status is Status.RUNNING:
+                self.batch.set_status(path, status, detail)
+
+    # ------------------------------------------------------------------ viewer
+    def show_selected_in_viewer(self) -> None:
+        chosen = self.batch.selected_entries()
+        if chosen and chosen[0].result is not None:
+            self._show_in_viewer(chosen[0])
+            self.tabs.setCurrentWidget(self.viewer)
+
+    def _show_in_viewer(self, entry: PhotoEntry) -> None:
+        if entry.result is None:
+            return
+        try:
+            self.viewer.show_result(entry.path, entry.result)
+        except OSError as exc:
+            self.notes.error(f"Cannot show {entry.path.name}: {exc}")
+
+    # ------------------------------------------------------------------ output and export
+    def _update_output_label(self) -> None:
+        opts = self.export_options
+        fmt = opts.format.value.upper() + (f" q{opts.quality}" if opts.format is not
+                                           OutputFormat.PNG else "")
+        self.output_label.setText(f"Save to {self.output_dir} ({fmt}"
+                                  f"{', report' if opts.write_report else ''})")
+
+    def choose_output(self) -> None:
+        dialog = ExportDialog(self.output_dir, self.export_options, title="Output options",
+                              intro="Where and how protected photos are written.", parent=self)
+        if dialog.exec():
+            self.set_output(dialog.folder(), dialog.options())
+
+    def set_output(self, folder: Path, options: ExportOptions) -> None:
+        self.output_dir, self.export_options = folder, options
+        self.settings = replace(self.settings, default_output=str(folder),
+                                output_format=options.format.value, jpeg_quality=options.quality,
+                                keep_metadata=options.keep_metadata)
+        self._save_settings()
+        self._update_output_label()
+
+    def export_album(self) -> None:
+        from dladiff_app.gui.export_album import start_export
+
+        start_export(self)
+
+    # ------------------------------------------------------------------ models and settings
+    def _on_device(self, summary: object) -> None:
+        if isinstance(summary, DeviceSummary):
+            self.device = summary
+            if summary.reason:
+                self.statusBar().showMessage(summary.reason)
+            self._schedule_estimate()
+
+    def _on_models(self, rows: object) -> None:
+        self.model_rows = list(rows)  # type: ignore[call-overload]
+        missing = [r for r in self.model_rows if not r.present]
+        if missing and not self.settings.first_run_done:
+            names = ", ".join(r.title for r in missing[:3]) + ("…" if len(missing) > 3 else "")
+            self.first_run_text.setText(
+                f"Welcome! {len(missing)} model(s) are not on this computer yet ({names}). "
+                "Download them for full protection, or start right away with the offline "
+                "zero-shot shield.")
+            self.first_run_banner.show()
+
+    def _finish_first_run(self, download: bool) -> None:
+        self.first_run_banner.hide()
+        self.settings = replace(self.settings, first_run_done=True)
+        self._save_settings()
+        if download:
+            self.open_model_manager()
+        else:
+            self.strength.set_layers(Layers.ZEROSHOT)
+
+    def open_model_manager(self) -> ModelManagerDialog:
+        if self.model_manager is None:
+            self.model_manager = ModelManagerDialog(self.services.models, self.engine, self)
+            self.model_manager.models_changed.connect(self._on_models)
+        self.model_manager.show()
+        self.model_manager.raise_()
+        return self.model_manager
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, self.device, self)
+        if dialog.exec():
+            self.apply_settings(dialog.result_settings())
+
+    def apply_settings(self, settings: Settings) -> None:
+        device_changed = settings.device != self.settings.device
+        self.settings = settings
+        if settings.default_output:
+            self.output_dir = Path(settings.default_output)
+        self._update_output_label()
+        self._save_settings()
+        if device_changed:
+            self.engine.submit(lambda: self.services.device.describe(settings.device),
+                               self._on_device, self.notes.error)
+
+    def _save_settings(self) -> None:
+        try:
+            save_settings(self.settings, self.settings_path)
+        except OSError as exc:
+            self.notes.error(f"Could not save settings: {exc}")
+
+    # ------------------------------------------------------------------ window state
+    def _qsettings(self) -> QSettings:
+        if self.settings_path is not None:
+            return QSettings(str(self.settings_path.with_name("window.ini")),
+                             QSettings.Format.IniFormat)
+        return QSettings("DLADiff", "DLADiff")
+
+    def _restore_geometry(self) -> None:
+        geometry = self._qsettings().value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)  # type: ignore[arg-type]
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self._estimate_timer.stop()
+        self._qsettings().setValue("geometry", self.saveGeometry())
+        self.engine.shutdown()
+        self.batch.shutdown()
+        if self.model_manager is not None:
+            self.model_manager.close()
+        super().closeEvent(event)

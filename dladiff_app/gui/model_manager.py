@@ -1,0 +1,217 @@
+"""Model manager: what each model is for, whether it is here, its size and license; download
+(with progress and cancel, after the license is accepted) or point to a local copy."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dladiff_app.core.cancel import CancelToken
+from dladiff_app.core.services import ModelRow, ModelService
+from dladiff_app.gui.engine_thread import EngineThread
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size = size / 1024  # type: ignore[assignment]
+    return f"{size} B"
+
+
+def status_text(row: ModelRow) -> str:
+    if not row.present:
+        return "Missing"
+    return {"local": "Ready (your folder)", "package": "Ready (bundled)"}.get(row.source, "Ready")
+
+
+class _Relay(QObject):
+    """Carries download progress from the engine thread to the UI thread (queued signal)."""
+
+    progress = Signal(object, object)
+
+
+class ModelManagerDialog(QDialog):
+    """Non-modal: ``show()`` it. All service calls run on the engine thread."""
+
+    COLUMNS = ("Model", "Used for", "Status", "Size", "License")
+    models_changed = Signal(list)
+
+    def __init__(self, models: ModelService, engine: EngineThread,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.resize(820, 460)
+        self._models, self._engine = models, engine
+        self.rows: list[ModelRow] = []
+        self._cancel: CancelToken | None = None
+        self._relay = _Relay(self)
+        self._relay.progress.connect(self._on_progress)
+
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setAccessibleName("Models")
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().hide()
+        self.table.itemSelectionChanged.connect(self._sync)
+        self.license = QPlainTextEdit()
+        self.license.setAccessibleName("License text")
+        self.license.setReadOnly(True)
+        self.license.setMaximumHeight(110)
+        self.accept_license = QCheckBox("I accept this model's license")
+        self.accept_license.setAccessibleName("Accept license")
+        self.accept_license.toggled.connect(self._sync)
+        self.download_button = QPushButton("Download")
+        self.download_button.setAccessibleName("Download model")
+        self.download_button.clicked.connect(self.download_selected)
+        self.cancel_button = QPushButton("Cancel download")
+        self.cancel_button.setAccessibleName("Cancel download")
+        self.cancel_button.clicked.connect(self.cancel_download)
+        self.local_button = QPushButton("Use a local folder…")
+        self.local_button.setAccessibleName("Use a local folder")
+        self.local_button.clicked.connect(self._choose_local)
+        self.progress = QProgressBar()
+        self.progress.setAccessibleName("Download progress")
+        self.progress.hide()
+        self.summary = QLabel("Loading the model list…")
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.download_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.local_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(QLabel("License"))
+        layout.addWidget(self.license)
+        layout.addWidget(self.accept_license)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.message)
+        self.refresh()
+
+    # ------------------------------------------------------------------ list
+    def refresh(self) -> None:
+        self._engine.submit(self._models.list_models, self._show_rows, self._show_error)
+
+    def _show_rows(self, rows: object) -> None:
+        selected = self.selected_row()
+        self.rows = list(rows)  # type: ignore[call-overload]
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
+            cells = (row.title, row.purpose, status_text(row), format_size(row.size_bytes),
+                     row.license_name)
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(row.path or text)
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnToContents(0)
+        missing = sum(not r.present for r in self.rows)
+        self.summary.setText(f"{missing} model(s) missing." if missing else
+                             "All models are ready.")
+        if selected is not None:
+            self.select(selected.id)
+        self.models_changed.emit(self.rows)
+        self._sync()
+
+    def select(self, model_id: str) -> None:
+        for r, row in enumerate(self.rows):
+            if row.id == model_id:
+                self.table.selectRow(r)
+
+    def selected_row(self) -> ModelRow | None:
+        indexes = self.table.selectionModel().selectedRows()
+        if not indexes or indexes[0].row() >= len(self.rows):
+            return None
+        return self.rows[indexes[0].row()]
+
+    def _sync(self) -> None:
+        row = self.selected_row()
+        busy = self._cancel is not None
+        if row is not None and not busy:
+            self.license.setPlainText(f"{row.license_name}\n\n{row.license_text}")
+        self.download_button.setEnabled(row is not None and not row.present and not busy
+                                        and self.accept_license.isChecked())
+        self.local_button.setEnabled(row is not None and not busy)
+        self.cancel_button.setEnabled(busy)
+
+    # ------------------------------------------------------------------ actions
+    def download_selected(self) -> None:
+        row = self.selected_row()
+        if row is None or self._cancel is not None:
+            return
+        token = self._cancel = CancelToken()
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.message.setText(f"Downloading {row.title}…")
+        relay, models, model_id = self._relay, self._models, row.id
+
+        def work() -> None:
+            models.download(model_id, lambda done, total: relay.progress.emit(done, total), token)
+
+        self._engine.submit(work, lambda _r: self._download_ended(row, None),
+                            lambda msg: self._download_ended(row, msg), cancel=token)
+        self._sync()
+
+    def cancel_download(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+            self.message.setText("Cancelling the download…")
+
+    def _on_progress(self, done: object, total: object) -> None:
+        if isinstance(total, int) and total > 0 and isinstance(done, int):
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * done / total))
+            self.progress.setFormat(f"{format_size(done)} of {format_size(total)}")
+
+    def _download_ended(self, row: ModelRow, error: str | None) -> None:
+        cancelled = self._cancel is not None and self._cancel.cancelled
+        self._cancel = None
+        self.progress.hide()
+        if error is None:
+            self.message.setText(f"{row.title} is ready.")
+        elif cancelled:
+            self.message.setText(f"Download of {row.title} cancelled.")
+        else:
+            self.message.setText(f"Download of {row.title} failed: {error}")
+        self.refresh()
+        self._sync()
+
+    def _choose_local(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        folder = QFileDialog.getExistingDirectory(self, f"Folder with {row.title}")
+        if folder:
+            self.use_local(row.id, folder)
+
+    def use_local(self, model_id: str, folder: str) -> None:
+        models = self._models
+        self._engine.submit(lambda: models.use_local(model_id, folder),
+                            lambda _r: self.refresh(), self._show_error)
+
+    def _show_error(self, message: str) -> None:
+        self.message.setText(message)
