@@ -1,7 +1,9 @@
 """Image quality metrics (PSNR, SSIM, L-inf) and the "posted on a social network" transform.
 
-All functions take ``(H, W, 3)`` RGB arrays, either float in [0, 1] or uint8 (0-255, divided by
-255 first), so a saved 8-bit file and the float array it came from compare on the same scale.
+All functions take ``(H, W, 3)`` RGB arrays, either float in [0, 1] or uint8 (0-255, turned into
+float32 ``k/255`` first, the values :func:`~dladiff_app.core.imageio.load_image` gives for an 8-bit
+file), so a saved file and the float array it came from compare on the same scale. The
+arithmetic is done in float64.
 numpy + Pillow only.
 """
 
@@ -26,7 +28,9 @@ def _as_unit_float(x: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"{name} must be (H, W, 3), got shape {arr.shape}")
     if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255.0
+        # k/255 in float32, exactly what load_image returns for an 8-bit file, so a decoded
+        # file and its uint8 pixels compare as identical.
+        return (arr.astype(np.float32) / np.float32(255.0)).astype(np.float64)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{name} must be float in [0, 1] or uint8, got {arr.dtype}")
     return arr.astype(np.float64)
@@ -48,7 +52,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def linf_255(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest absolute per-channel difference, in 1/255 steps (8.0 means 8 levels of 0-255)."""
+    """Largest absolute per-channel difference, in 1/255 steps (8.0 means 8 levels of 0-255).
+    Exact for two uint8 arrays; float inputs carry float rounding (7.00000006 for 7 levels)."""
+    ia, ib = np.asarray(a), np.asarray(b)
+    if ia.dtype == np.uint8 and ib.dtype == np.uint8:
+        _pair(ia, ib)  # same shape checks as the float path
+        return float(np.max(np.abs(ia.astype(np.int16) - ib.astype(np.int16))))
     fa, fb = _pair(a, b)
     return float(np.max(np.abs(fa - fb)) * 255.0)
 
