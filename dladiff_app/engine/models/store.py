@@ -121,7 +121,7 @@ class ModelStore:
             return ModelStatus(model_id, False, folder, None, "missing",
                                "download incomplete or files removed: download it again")
         return ModelStatus(model_id, False, None, spec.size_bytes, "missing",
-                           f"not downloaded ({spec.size_text()})")
+                           "not downloaded")
 
     def missing_error(self, model_id: str, detail: str = "") -> ModelMissingError:
         spec = self.spec(model_id)

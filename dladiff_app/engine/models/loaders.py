@@ -1,0 +1,172 @@
+"""Load models from the store, in safe formats only.
+
+Weights are read from safetensors or ONNX. A PyTorch pickle is read only where upstream
+publishes nothing else (IP-Adapter-FaceID's ``.bin``), with ``torch.load(weights_only=True)``,
+which refuses anything but tensors and plain containers. Every loader works from local files
+(``local_files_only``): the network is the store's business, never the loader's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    from dladiff_app.engine.models.store import ModelStore
+
+SAFE_SUFFIXES = (".safetensors", ".onnx")
+
+
+def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                     config_dir: Path | None = None,
+                     variant: str | None = None) -> StableDiffusionPipeline:
+    """Load a Stable Diffusion 1.x/2.x pipeline with the safety checker off.
+
+    ``path``: a diffusers folder (``model_index.json``) or a single ``.safetensors`` checkpoint.
+    For a single file, ``config_dir`` (a diffusers folder of the same family, e.g. the store's
+    ``sd15``) supplies configs and tokenizer so nothing is fetched; without it diffusers needs
+    the hub, which raises :class:`ModelMissingError` when offline. ``variant="fp16"`` picks the
+    fp16 weight files of a folder that has them. Modules end on ``device`` in ``dtype``.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(path)
+    common: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None,
+                              "requires_safety_checker": False}
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelIntegrityError(f"{path} is not a diffusers folder (no model_index.json).")
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, variant=variant, **common
+            )
+        elif path.suffix.lower() == ".safetensors":
+            pipe = _from_single_file(path, config_dir, common)
+        elif path.exists():
+            raise ModelIntegrityError(
+                f"{path.name}: only .safetensors checkpoints or diffusers folders are loaded "
+                "(.ckpt/.bin/.pt files can run code when opened)."
+            )
+        else:
+            raise ModelMissingError(f"Stable Diffusion model not found at {path}.")
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"Could not load Stable Diffusion from {path}: {exc}") from exc
+    return pipe.to(device)
+
+
+def _from_single_file(path: Path, config_dir: Path | None,
+                      common: dict[str, Any]) -> StableDiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    if config_dir is not None:
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, **common
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if offline:
+        raise ModelMissingError(
+            f"{path.name} is a single-file checkpoint; its model configuration comes from the "
+            "Hugging Face hub, and offline mode is on. Download the configuration once with "
+            "`dladiff models download sd15`, or point to a diffusers folder with "
+            "`dladiff models path sd15 PATH`."
+        )
+    return StableDiffusionPipeline.from_single_file(str(path), **common)
+
+
+def load_sd_from_store(store: ModelStore, *, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """The layer-1 surrogate base: the user's local copy or the downloaded ``sd15``."""
+    path = store.path("sd15")
+    config_dir = None
+    if path.is_file():
+        downloaded = store.model_dir("sd15")
+        config_dir = downloaded if (downloaded / "model_index.json").is_file() else None
+    variant = None
+    if path.is_dir() and dtype == torch.float16 and any(path.glob("unet/*.fp16.safetensors")):
+        variant = "fp16"
+    return load_sd_pipeline(path, device=device, dtype=dtype, config_dir=config_dir,
+                            variant=variant)
+
+
+def load_clip_vision(path: Path, *, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> CLIPVisionModelWithProjection:
+    """A CLIP vision tower with projection (ViT-H/14 for IP-Adapter, ViT-L/14 for PhotoMaker)
+    from a local transformers folder (``config.json`` + ``model.safetensors``), in eval mode."""
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(
+            Path(path), local_files_only=True, use_safetensors=True, dtype=dtype
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"Could not load the CLIP image encoder from {path}: {exc}"
+                                  ) from exc
+    model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to oddly
+    return model.eval()
+
+
+def load_torch_weights(path: Path) -> dict[str, Any]:
+    """Read a PyTorch weight file without running code: ``weights_only=True`` refuses any
+    pickled object other than tensors and plain containers. Returns the state dict (CPU)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelMissingError(f"Weight file {path} not found.") from None
+    except Exception as exc:  # torch raises UnpicklingError/RuntimeError for unsafe content
+        raise ModelIntegrityError(
+            f"{path.name} was refused: it is not a plain weight file ({type(exc).__name__}). "
+            "Only tensors can be loaded; the file may be corrupt or unsafe."
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelIntegrityError(f"{path.name} does not hold a dictionary of weights.")
+    return data
+
+
+def onnx_path(store: ModelStore, model_id: str, filename: str) -> Path:
+    """Path of ``filename`` inside an ONNX pack (``buffalo_l``, ``antelopev2``)."""
+    folder = store.path(model_id)
+    path = folder / filename
+    if not path.is_file():
+        raise store.missing_error(model_id, f"{filename} is missing from {folder}")
+    return path
+
+
+def onnx_providers() -> list[str]:
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+def open_onnx_session(path: Path) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session on CUDA when the CUDA provider is installed, else CPU."""
+    import onnxruntime
+
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ModelIntegrityError(f"{path.name} is not an .onnx file.")
+    if not path.is_file():
+        raise ModelMissingError(f"ONNX model {path} not found.")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not for the user
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options,
+                                            providers=onnx_providers())
+    except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+        raise ModelIntegrityError(f"{path.name} could not be opened as an ONNX model: {exc}"
+                                  ) from exc
