@@ -409,6 +409,9 @@ def save_image(pixels: np.ndarray, dest: Path, *, format: str | None = None, qua
     """
     dest = Path(dest)
     fmt = _normalise_format(format if format is not None else dest.suffix)
+    named = _FORMAT_ALIASES.get(dest.suffix.lower().lstrip("."))
+    if named is not None and named != fmt:
+        raise ValueError(f"{dest.name} has a .{named} name but {fmt} was asked for")
     return create_exclusive(dest, encode_image(pixels, fmt, quality=quality, exif=exif))
 
 

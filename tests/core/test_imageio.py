@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,17 @@ def test_truncated_file_refused_even_if_pillow_is_told_to_accept_it(tmp_path, mo
     with pytest.raises(ImageUnreadableError):
         load_image(bf.truncated_jpeg(tmp_path))
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it
+
+
+def test_pillow_bomb_guard_becomes_our_error_and_its_warning_never_escapes(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow errors above 2000 pixels
+    with pytest.raises(ImageTooLargeError, match="too many to decode safely"):
+        load_image(bf.tiny_png(tmp_path, "big.png", size=(64, 64)), min_side=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow would only warn at 1600 pixels: not our rule
+        img = load_image(bf.tiny_png(tmp_path, "warn.png", size=(40, 40)), min_side=8)
+    assert img.pixels.shape == (40, 40, 3)
 
 
 def test_min_side_is_configurable(tmp_path):
@@ -319,6 +331,14 @@ def test_exif_kept_has_no_gps_makernote_serial_or_orientation(tmp_path):
     assert 0x927C not in sub and 0xA431 not in sub
 
 
+def test_tiff_layout_tags_are_not_carried_as_exif(tmp_path):
+    path = bf.save_pil(Image.fromarray(bf.sample_rgb(64, 64)), tmp_path / "t.tiff",
+                       tiffinfo={0x010F: "Nikon", 0x0112: 1})
+    exif = Image.Exif()
+    exif.load(load_unchanged(path).exif_kept)
+    assert dict(exif) == {0x010F: "Nikon"}  # no ImageWidth, StripOffsets, Orientation, ...
+
+
 def _saved_exif(path: Path) -> Image.Exif:
     with Image.open(path) as im:
         return im.getexif()
@@ -388,6 +408,12 @@ def test_save_never_overwrites(tmp_path):
     third = save_image(b, tmp_path / "p.png")
     assert (first.name, second.name, third.name) == ("p.png", "p-2.png", "p-3.png")
     assert load_image(first).pixels.max() == 0.0 and load_image(second).pixels.min() == 1.0
+
+
+def test_save_refuses_a_name_that_contradicts_the_format(tmp_path):
+    with pytest.raises(ValueError, match="png"):
+        save_image(np.zeros((8, 8, 3), np.float32), tmp_path / "x.png", format="jpeg")
+    assert save_image(np.zeros((8, 8, 3)), tmp_path / "x.jpg", format="jpeg").name == "x.jpg"
 
 
 def test_protected_name():
