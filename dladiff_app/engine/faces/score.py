@@ -78,20 +78,20 @@ def match_faces(
     if not clean_faces:
         return [(None, other_faces[0] if other_faces else None)]
     subjects = list(clean_faces) if match == "all" else [clean_faces[0]]
-    free = list(other_faces)
+    free = list(range(len(other_faces)))  # indices: Face holds arrays, so no == on faces
     pairs: list[tuple[Face | None, Face | None]] = []
     for face in subjects:
         rel = _relative_box(face, clean_shape)
         best, best_iou = None, MIN_IOU
-        for cand in free:
-            iou = box_iou(rel, _relative_box(cand, other_shape))
+        for i in free:
+            iou = box_iou(rel, _relative_box(other_faces[i], other_shape))
             if iou >= best_iou:
-                best, best_iou = cand, iou
+                best, best_iou = i, iou
         if best is None and match == "largest" and free:
             best = free[0]
         if best is not None:
             free.remove(best)
-        pairs.append((face, best))
+        pairs.append((face, None if best is None else other_faces[best]))
     return pairs
 
 
