@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--encoder", action="append", dest="encoders", metavar="NAME",
                    help="buffalo_l, antelopev2, clip_vit_h14, clip_vit_l14, dlib, or the path "
                    "of a 112x112 ONNX recognizer; repeat for several (default: all present)")
+    p.add_argument("--detector", metavar="PATH",
+                   help="an SCRFD ONNX face detector to use (default: buffalo_l's when present, "
+                   "else the offline dlib detector)")
     p.add_argument("--all-faces", action="store_true",
                    help="score every face of CLEAN, not only the largest")
     # SUPPRESS: without it this option's default would overwrite the global --json flag.
@@ -54,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from dladiff_app.core.imageio import load_image
     from dladiff_app.engine.faces.registry import available_detector, available_encoders
     from dladiff_app.engine.faces.score import score_images
+    from dladiff_app.engine.faces.scrfd import ScrfdDetector
 
     as_json = bool(getattr(args, "json", False))
     try:
         clean = load_image(args.clean)
         other = load_image(args.other)
         encoders = available_encoders(names=args.encoders or None)
-        detector = available_detector()
+        detector = (ScrfdDetector(args.detector) if args.detector else available_detector())
         matches = score_images(
             clean.pixels, other.pixels, detector, encoders,
             match="all" if args.all_faces else "largest",

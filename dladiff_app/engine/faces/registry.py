@@ -172,9 +172,11 @@ def available_detector(store: ModelPaths | None = None) -> FaceDetector:
     store = store if store is not None else default_store()
     try:
         det_path = _find_file(store.path("buffalo_l"), DETECTOR_FILE, "buffalo_l")
-    except ModelMissingError:
-        from dladiff_app.engine.faces.dlib_detect import DlibDetector
-
+    except ModelMissingError as exc:
+        try:
+            from dladiff_app.engine.faces.dlib_detect import DlibDetector
+        except ImportError as imp:
+            raise ModelMissingError(f"No face detector is available: {exc} ({imp}).") from imp
         return DlibDetector()
     from dladiff_app.engine.faces.scrfd import ScrfdDetector
 
