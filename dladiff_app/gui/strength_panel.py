@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from PySide6.QtCore import Qt, Signal
@@ -206,6 +207,9 @@ class StrengthPanel(QGroupBox):
             self.estimate.setText("Estimated time: add photos to see an estimate")
         elif seconds is None:
             self.estimate.setText("Estimated time: calculating…")
+        elif not math.isfinite(seconds):
+            self.estimate.setText(f"Estimated time: not known yet on {device} "
+                                  "(no speed measurement for this device)")
         else:
             plural = "photo" if n_photos == 1 else "photos"
             self.estimate.setText(f"Estimated time: about {format_duration(seconds)} "

@@ -1,0 +1,93 @@
+"""qt_env cleaning, the launch helper, and a job on the real engine through the window."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dladiff_app.core.presets import Layers, ProtectionSettings
+from dladiff_app.gui.qt_env import sanitize_qt_environment
+
+
+def test_sanitize_removes_only_opencv_qt_paths() -> None:
+    env = {"QT_QPA_PLATFORM_PLUGIN_PATH": "/venv/lib/python3.11/site-packages/cv2/qt/plugins",
+           "QT_QPA_FONTDIR": "/usr/share/fonts", "OTHER": "x"}
+    assert sanitize_qt_environment(env) == ["QT_QPA_PLATFORM_PLUGIN_PATH"]
+    assert env == {"QT_QPA_FONTDIR": "/usr/share/fonts", "OTHER": "x"}
+
+
+def test_sanitize_after_importing_cv2_lets_qt_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2 = pytest.importorskip("cv2")
+    import os
+
+    set_by_cv2 = [k for k in ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR")
+                  if "cv2" in os.environ.get(k, "")]
+    removed = sanitize_qt_environment()
+    assert set(set_by_cv2) <= set(removed), cv2.__file__
+    assert all("cv2" not in os.environ.get(k, "") for k in ("QT_QPA_PLATFORM_PLUGIN_PATH",
+                                                            "QT_QPA_FONTDIR"))
+
+
+def test_run_app_self_test_starts_and_stops(qtbot, services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.core.settings import Settings
+    from dladiff_app.gui.launch import run_app
+
+    settings = Settings(default_output=str(tmp_path / "out"), first_run_done=True)
+    assert run_app(services, settings=settings, self_test=True,
+                   settings_path=tmp_path / "cfg" / "settings.json") == 0
+
+
+def test_estimate_unknown_is_said_not_invented(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.gui.strength_panel import StrengthPanel
+
+    panel = StrengthPanel()
+    qtbot.addWidget(panel)
+    panel.set_estimate(math.nan, "NVIDIA X", 2)
+    assert "not known yet on NVIDIA X" in panel.estimate.text()
+
+
+@pytest.mark.slow
+def test_real_engine_end_to_end(qtbot, tmp_path: Path, tiny_sd_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The window drives the real engine: zero-shot shield, dlib encoder, a few steps."""
+    engine_services = pytest.importorskip(
+        "dladiff_app.engine.services", reason="dladiff_app.engine.services is not there yet")
+    pytest.importorskip("dladiff_app.engine.faces.dlib_detect",
+                        reason="the dlib face detector module is not there yet")
+    from skimage import data
+
+    from dladiff_app.core.settings import Settings
+    from dladiff_app.gui.batch_list import Status
+    from dladiff_app.gui.main_window import MainWindow
+    from dladiff_app.gui.services import Services
+    from tests.gui.fakes import FakeModelService
+
+    protect = engine_services.EngineProtectService(pipeline_dir=tiny_sd_dir)
+    services = Services(protect=protect, models=FakeModelService(tmp_path / "m"),
+                        device=engine_services.EngineDeviceService())
+    photo = tmp_path / "in" / "astronaut" / "astronaut.png"
+    photo.parent.mkdir(parents=True)
+    Image.fromarray(np.asarray(data.astronaut())).resize((256, 256)).save(photo)
+    window = MainWindow(services=services, settings=Settings(
+        device="cpu", default_output=str(tmp_path / "out"), first_run_done=True),
+        settings_path=tmp_path / "cfg" / "settings.json")
+    qtbot.addWidget(window)
+    window.strength.set_settings(ProtectionSettings(
+        preset="custom", eps=8, layers=Layers.ZEROSHOT, layer2_steps=3, polish_steps=0,
+        eot=False))
+    window.add_paths([photo])
+    window.protect()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=170_000)
+    entry = window.batch.entry(photo.resolve())
+    assert entry.status is Status.DONE, entry.status_text
+    assert entry.result is not None and Path(entry.result.output).is_file()
+    window.batch.select_path(entry.path)
+    window.show_selected_in_viewer()
+    scores = [s for s in entry.result.scores if s.value is not None]
+    assert scores, entry.result
+    texts = " | ".join(b.text() for b in window.viewer.badges)
+    for s in scores:
+        assert f"{s.value:.3f}" in texts
