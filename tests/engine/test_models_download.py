@@ -111,3 +111,19 @@ def test_http_error_and_bad_scheme_are_typed(server: FileServer, tmp_path: Path)
         download_file(server.url("/missing.bin"), tmp_path / "x")
     with pytest.raises(ModelDownloadError, match="only http"):
         download_file("file:///etc/passwd", tmp_path / "y")
+
+
+def test_hub_progress_aggregates_and_cancels() -> None:
+    from dladiff_app.engine.models.download import _HubProgress, _tqdm_class
+
+    token = CancelToken()
+    events: list[tuple[int, int | None]] = []
+    sink = _HubProgress(lambda d, t: events.append((d, t)), token, total=100)
+    bar = _tqdm_class(sink)(total=60)
+    bar.update(50)
+    sink.file_done(60)
+    bar.update(30)
+    assert events == [(50, 100), (90, 100)]
+    token.cancel()
+    with pytest.raises(Cancelled):
+        bar.update(1)  # a hub transfer stops at the next chunk
