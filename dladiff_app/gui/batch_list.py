@@ -120,7 +120,7 @@ class BatchList(QTreeWidget):
         self.header().setStretchLastSection(False)
         self.setIconSize(QSize(THUMB, THUMB))
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.setUniformRowHeights(True)
+        self.setStyleSheet("QTreeView::item { padding: 2px; }")
         self.setAlternatingRowColors(True)
         self._entries: dict[Path, PhotoEntry] = {}
         self._items: dict[Path, QTreeWidgetItem] = {}

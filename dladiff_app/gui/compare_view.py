@@ -259,6 +259,7 @@ class CompareView(QWidget):
     def _show_scores(self, result: PhotoResult | None) -> None:
         for label in self.badges:
             self.scores.removeWidget(label)
+            label.hide()  # deleteLater waits for the event loop; never show a stale badge
             label.deleteLater()
         self.badges = []
         if result is None:
@@ -267,14 +268,14 @@ class CompareView(QWidget):
         rows = [("", s) for s in result.scores]
         rows += [("After JPEG/resize: ", s) for s in result.scores_after_sharing]
         for prefix, score in rows:
-            label = QLabel(prefix + badge_text(score))
+            label = QLabel(prefix + badge_text(score), self)
             label.setAccessibleName(f"{prefix}identity score {score.encoder}")
             label.setStyleSheet(f"color: white; background: {badge_colour(score)}; "
                                 "border-radius: 6px; padding: 3px 8px;")
             self.scores.addWidget(label)
             self.badges.append(label)
         if not rows:
-            label = QLabel("No identity scores were measured for this photo.")
+            label = QLabel("No identity scores were measured for this photo.", self)
             self.scores.addWidget(label)
             self.badges.append(label)
         parts = []

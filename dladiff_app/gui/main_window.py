@@ -319,14 +319,14 @@ class MainWindow(QMainWindow):
         self._estimate_timer.start()
 
     def _request_estimate(self) -> None:
+        self._estimate_serial += 1  # answers to older requests are ignored
         entries = self.batch.runnable_entries()
         settings = self.strength.settings()
         device = self.device.name if self.device else "this computer"
         if not entries or settings is None:
-            self.strength.set_estimate(None, device, 0)
+            self.strength.set_estimate(None, device, 0, listed=not self.batch.is_empty())
             return
         self.strength.set_estimate(None, device, len(entries))
-        self._estimate_serial += 1
         serial, n, mp = self._estimate_serial, len(entries), self.batch.megapixels(entries)
         protect = self.services.protect
 

@@ -202,9 +202,12 @@ class StrengthPanel(QGroupBox):
             self.preset.setCurrentIndex(self.preset.findData(self._base.preset))
             self._updating = was
 
-    def set_estimate(self, seconds: float | None, device: str, n_photos: int) -> None:
+    def set_estimate(self, seconds: float | None, device: str, n_photos: int,
+                     listed: bool = False) -> None:
+        """``listed``: photos are listed but none is left to protect."""
         if n_photos == 0:
-            self.estimate.setText("Estimated time: add photos to see an estimate")
+            self.estimate.setText("Estimated time: nothing left to protect" if listed else
+                                  "Estimated time: add photos to see an estimate")
         elif seconds is None:
             self.estimate.setText("Estimated time: calculating…")
         elif not math.isfinite(seconds):

@@ -51,12 +51,13 @@ def test_estimate_unknown_is_said_not_invented(qtbot) -> None:  # type: ignore[n
 
 
 @pytest.mark.slow
-def test_real_engine_end_to_end(qtbot, tmp_path: Path, tiny_sd_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_real_engine_end_to_end(qtbot, tmp_path: Path, request) -> None:  # type: ignore[no-untyped-def]
     """The window drives the real engine: zero-shot shield, dlib encoder, a few steps."""
     engine_services = pytest.importorskip(
         "dladiff_app.engine.services", reason="dladiff_app.engine.services is not there yet")
     pytest.importorskip("dladiff_app.engine.faces.dlib_detect",
                         reason="the dlib face detector module is not there yet")
+    tiny_sd_dir: Path = request.getfixturevalue("tiny_sd_dir")  # built only when not skipping
     from skimage import data
 
     from dladiff_app.core.settings import Settings

@@ -77,6 +77,7 @@ def test_protect_runs_to_done_with_progress(qtbot, make_window, photos, fake_pro
         assert entry.result is not None and Path(entry.result.output).is_file()
     assert "3 protected" in window.progress_label.text()
     assert not window.protect_button.isEnabled()  # nothing left to do
+    qtbot.waitUntil(lambda: "nothing left to protect" in window.strength.estimate.text())
     assert window.export_action.isEnabled()
 
 
