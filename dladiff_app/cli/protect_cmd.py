@@ -1,0 +1,283 @@
+"""``dladiff protect``: protect photos and albums from the command line.
+
+Exit codes: 0 every photo protected (or already protected by an earlier run), 1 some photos
+failed (each is named with its reason), 2 usage error (bad option, nothing to do, output folder
+holding another job). Heavy libraries load inside :func:`run` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from dladiff_app.core.errors import DladiffError, JobConflictError
+from dladiff_app.core.events import (
+    Event,
+    JobCancelled,
+    JobFinished,
+    JobStarted,
+    Notice,
+    PhotoDone,
+    PhotoFailed,
+    PhotoSkipped,
+    PhotoStarted,
+    Progress,
+)
+from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.presets import PRESETS, Layers, preset
+
+HOURS_WARNING_S = 3600.0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "protect", help="protect photos or folders (albums) against AI identity copying",
+        description="Protect face photos. Originals are only read; protected copies are written "
+        "to OUT/<album>/<name>-protected.<ext> with manifest.json and report.html per album.")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                   help="photos and/or folders (a folder is one album by default)")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT", help="output folder")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="medium",
+                   help="protection strength (default: medium)")
+    p.add_argument("--eps", type=float, help="budget in 1/255 steps (overrides the preset)")
+    p.add_argument("--layers", choices=[x.value for x in Layers], help="which shields run "
+                   "(default: both)")
+    p.add_argument("--format", choices=[f.value for f in OutputFormat], default="png")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1-100")
+    p.add_argument("--keep-metadata", action="store_true",
+                   help="keep EXIF (never GPS or orientation) in the outputs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="OUT",
+                   help="continue an interrupted job in OUT (inputs and options come from its "
+                   "journal when no INPUT is given)")
+    p.add_argument("-r", "--recursive", action="store_true", help="also read sub-folders")
+    p.add_argument("--albums", choices=[m.value for m in AlbumMode], default="folder",
+                   help="grouping: one album per folder (default), one for all, one per photo")
+    p.add_argument("--pipeline", type=Path, metavar="DIR",
+                   help="a local Stable Diffusion folder (diffusers format) for the fine-tuning "
+                   "shield instead of the downloaded sd15")
+    p.add_argument("--no-report", action="store_true", help="skip manifest.json/report.html")
+    p.add_argument("--yes", action="store_true", help="do not ask before a very long job")
+    p.add_argument("--json", dest="json_local", action="store_true", default=argparse.SUPPRESS,
+                   help="JSON lines on stdout (same as the global --json)")
+    steps = p.add_argument_group("explicit step counts (override the preset)")
+    for flag, field in (("--rounds", "layer1_rounds"), ("--pgd-steps", "layer1_pgd_steps"),
+                        ("--lora-steps", "layer1_lora_steps"), ("--prior-steps", "prior_steps"),
+                        ("--layer2-steps", "layer2_steps"), ("--polish-steps", "polish_steps"),
+                        ("--seed", "seed")):
+        steps.add_argument(flag, dest=field, type=int, metavar="N")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------ building the job
+class UsageError(Exception):
+    pass
+
+
+def build_job(args: argparse.Namespace) -> ProtectJob:
+    from dladiff_app.core.journal import Journal, job_from_dict
+
+    resume_dir = Path(args.resume) if isinstance(args.resume, str) else None
+    out = args.output or resume_dir
+    if out is None:
+        raise UsageError("say where the protected photos go: -o OUT (or --resume OUT)")
+    if args.resume and not args.inputs:
+        journal = Journal(out)
+        if journal.job is None:
+            raise UsageError(f"nothing to resume: {out} holds no DLADiff job journal")
+        job = job_from_dict(journal.job, resume=True)
+        return dataclasses.replace(job, device=args.device if args.device != "auto"
+                                   else job.device)
+    if not args.inputs:
+        raise UsageError("give at least one photo or folder to protect")
+    try:
+        overrides = {name: getattr(args, name) for name in (
+            "layer1_rounds", "layer1_pgd_steps", "layer1_lora_steps", "prior_steps",
+            "layer2_steps", "polish_steps", "seed")}
+        settings = preset(args.preset).with_overrides(
+            eps=args.eps, layers=Layers(args.layers) if args.layers else None, **overrides)
+        export = ExportOptions(format=OutputFormat(args.format), quality=args.quality,
+                               keep_metadata=args.keep_metadata, write_report=not args.no_report)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return ProtectJob(inputs=tuple(args.inputs), output_dir=out, settings=settings,
+                      export=export, device=args.device, recursive=args.recursive,
+                      album_mode=AlbumMode(args.albums), resume=bool(args.resume))
+
+
+# ------------------------------------------------------------------ output
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    d = {"event": type(event).__name__}
+    if isinstance(event, PhotoDone):
+        d.update(photo_id=event.photo_id, result=event.result.to_dict())
+    else:
+        d.update(dataclasses.asdict(event))
+    return _jsonable(d)  # type: ignore[no-any-return]
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+class Printer:
+    """Human output: bars on a terminal (redrawn in place), plain lines otherwise."""
+
+    def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
+        self.out, self.err, self.as_json = out, err, as_json
+        self.tty = (not as_json) and err.isatty()
+        self.names: dict[int, str] = {}
+        self.failures: list[str] = []
+        self.total = 0
+        self._last = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PhotoFailed):
+            self.failures.append(event.reason)
+        if self.as_json:
+            print(json.dumps(event_dict(event), ensure_ascii=False), file=self.out, flush=True)
+            return
+        if isinstance(event, Progress):
+            now = time.monotonic()
+            if self.tty and (now - self._last > 0.1 or event.step == event.total):
+                self._last = now
+                name = self.names.get(event.photo_id, "album") if event.photo_id is not None \
+                    else "album"
+                photo = event.step / event.total if event.total else 0.0
+                line = (f"\r{name[:24]:24} {event.stage:7} {_bar(photo, 12)} "
+                        f"overall {_bar(event.overall)} {event.overall * 100:5.1f}% "
+                        f"ETA {_clock(event.eta_s)}")
+                self.err.write(line[:160].ljust(110))
+                self.err.flush()
+            return
+        self._line(self._text(event))
+
+    def _text(self, event: Event) -> str | None:
+        if isinstance(event, JobStarted):
+            self.total = event.total_photos
+            return f"Protecting {event.total_photos} photo(s) on {event.device}: {event.message}"
+        if isinstance(event, PhotoStarted):
+            self.names[event.photo_id] = Path(event.source).name
+            return None
+        if isinstance(event, PhotoDone):
+            r = event.result
+            scores = ", ".join(f"{s.encoder} {s.verdict}" for s in r.scores) or "not scored"
+            return (f"done    {Path(r.source).name} -> {r.output} ({r.seconds:.1f} s; "
+                    f"PSNR {r.psnr:.1f} dB; {scores})" if r.psnr is not None else
+                    f"done    {Path(r.source).name} -> {r.output}")
+        if isinstance(event, PhotoFailed):
+            return f"FAILED  {event.reason}"
+        if isinstance(event, PhotoSkipped):
+            return f"skipped {Path(event.source).name}: {event.reason}"
+        if isinstance(event, Notice):
+            return f"note    {event.message}"
+        if isinstance(event, JobFinished):
+            return (f"Finished in {_clock(event.seconds)}: {event.done} protected, "
+                    f"{event.skipped} already done, {event.failed} failed.")
+        if isinstance(event, JobCancelled):
+            return f"Cancelled after {event.done} photo(s); run again with --resume to finish."
+        return None
+
+    def _line(self, text: str | None) -> None:
+        if text is None:
+            return
+        if self.tty:
+            self.err.write("\r" + " " * 110 + "\r")
+        print(text, file=self.err if self.tty else self.out, flush=True)
+
+
+# ------------------------------------------------------------------ the long-job check
+def long_job_warning(job: ProtectJob, device_kind: str, pipeline: dict[str, Any] | None,
+                     n_photos: int) -> str | None:
+    """The sentence to show when the fine-tuning shield would take hours here, else None.
+
+    The estimate uses the per-step costs measured for the full SD 1.5 architecture on a CPU
+    (``engine.services``); a small pipeline (a test or a distilled model) is not estimated."""
+    from dladiff_app.engine.services import estimate_layer1_seconds
+
+    if not job.settings.layers.finetune or pipeline is None:
+        return None
+    if pipeline.get("weights_bytes", 0) < 1_000_000_000:
+        return None
+    est = estimate_layer1_seconds(job.settings, n_photos, device_kind)
+    if est is None or est < HOURS_WARNING_S:
+        return None
+    return (f"The fine-tuning shield would take about {est / 3600:.1f} hours on this "
+            f"{device_kind.upper()} for {n_photos} photo(s) ({job.settings.layer1_total_pgd} "
+            "PGD steps at ~22 s each). Use --layers zeroshot to protect against zero-shot "
+            "tools in minutes, or run on a GPU.")
+
+
+def _confirm(message: str, args: argparse.Namespace, printer: Printer) -> bool:
+    if printer.as_json:
+        print(json.dumps({"event": "Estimate", "message": message}), file=printer.out, flush=True)
+        return True
+    print(message, file=sys.stderr, flush=True)
+    if args.yes or not sys.stdin.isatty():
+        return True
+    answer = input("Continue anyway? [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+# ------------------------------------------------------------------ entry point
+def run(args: argparse.Namespace) -> int:
+    as_json = bool(getattr(args, "json", False) or getattr(args, "json_local", False))
+    printer = Printer(sys.stdout, sys.stderr, as_json)
+    try:
+        job = build_job(args)
+    except UsageError as exc:
+        print(f"dladiff protect: {exc}", file=sys.stderr)
+        return 2
+    from dladiff_app.core.albums import discover_inputs
+    from dladiff_app.core.cancel import CancelToken
+    from dladiff_app.engine.runner import run_job
+    from dladiff_app.engine.services import build_kit
+
+    try:
+        kit = build_kit(job.settings, device=job.device, pipeline_dir=args.pipeline)
+    except DladiffError as exc:
+        print(f"dladiff protect: {exc}", file=sys.stderr)
+        return 2
+    n = len(discover_inputs(job.inputs, recursive=job.recursive, exclude=job.output_dir).files)
+    warning = long_job_warning(job, kit.device_kind, kit.models.get("sd_pipeline"), n)
+    if warning and not _confirm(warning, args, printer):
+        print("Nothing was changed.", file=sys.stderr)
+        return 2
+    try:
+        summary = run_job(job, kit, printer, CancelToken())
+    except JobConflictError as exc:
+        print(f"dladiff protect: {exc}", file=sys.stderr)
+        return 2
+    except DladiffError as exc:
+        print(f"dladiff protect: {exc}", file=sys.stderr)
+        return 1
+    if printer.failures and not as_json:
+        print(f"{len(printer.failures)} photo(s) were not protected:", file=sys.stderr)
+        for reason in printer.failures:
+            print(f"  {reason}", file=sys.stderr)
+    if summary.cancelled:
+        return 1
+    return 1 if summary.failed else 0

@@ -1,0 +1,96 @@
+"""Progress and ETA for a protection job, from measured step times.
+
+Two kinds of work dominate and cost very different amounts: layer-1 steps over a whole album
+(a Stable Diffusion forward/backward each) and per-photo steps (layer 2, polish, save, score).
+Each kind gets its own measured seconds-per-step; the ETA is what is left of each times its rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from dladiff_app.core.events import EventSink, Progress
+from dladiff_app.core.presets import ProtectionSettings
+
+_STAGE = {"prior": "prior", "layer1_pgd": "layer1", "layer1_lora": "layer1", "layer1": "layer1",
+          "layer2": "layer2", "polish": "polish", "save": "save", "score": "score"}
+
+
+class EtaTracker:
+    def __init__(self, sink: EventSink, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink, self.clock = sink, clock
+        self.left = {"album": 0.0, "photo": 0.0}
+        self.total = 0.0
+        self.rate: dict[str, float] = {}
+        self.last_tick: dict[str, float] = {}
+        self.per_photo = 0.0
+        self.per_album: list[float] = []
+        self.photo_used: dict[int, float] = {}
+        self.album_used = 0.0
+        self.last_step: dict[tuple[int | None, str], int] = {}
+
+    def plan(self, settings: ProtectionSettings, album_sizes: Sequence[int], layer1: bool,
+             layer2: bool) -> None:
+        s = settings
+        l1 = (s.prior_steps + s.layer1_rounds * (s.layer1_pgd_steps + s.layer1_lora_steps)
+              if s.layers.finetune and layer1 else 0)
+        self.per_album = [float(l1) if n else 0.0 for n in album_sizes]
+        self.per_photo = 2.0 + ((s.layer2_steps + s.polish_steps)
+                                if s.layers.zeroshot and layer2 else 0.0)
+        self.left = {"album": float(sum(self.per_album)),
+                     "photo": self.per_photo * sum(album_sizes)}
+        self.total = sum(self.left.values()) or 1.0
+
+    def _tick(self, kind: str, units: float, photo_id: int | None) -> None:
+        now = self.clock()
+        if kind in self.last_tick and units > 0:
+            dt = (now - self.last_tick[kind]) / units
+            old = self.rate.get(kind)
+            self.rate[kind] = dt if old is None else 0.7 * old + 0.3 * dt
+        self.last_tick[kind] = now
+        units = min(units, self.left[kind])
+        self.left[kind] -= units
+        if kind == "photo" and photo_id is not None:
+            self.photo_used[photo_id] = self.photo_used.get(photo_id, 0.0) + units
+        elif kind == "album":
+            self.album_used += units
+
+    def eta(self) -> float | None:
+        known = list(self.rate.values())
+        if not known:
+            return None
+        fallback = max(known)
+        return sum(left * self.rate.get(kind, fallback) for kind, left in self.left.items())
+
+    @property
+    def overall(self) -> float:
+        return max(0.0, min(1.0, 1.0 - sum(self.left.values()) / self.total))
+
+    def step_fn(self, photo_id: int | None) -> Callable[[str, int, int], None]:
+        """A progress callback for one photo's work (``photo_id``) or an album's layer 1
+        (``None``): ``(stage, step, total)`` with ``step`` counting up from 0 within a stage."""
+        def step(stage: str, done: int, total: int) -> None:
+            kind = "album" if photo_id is None else "photo"
+            key = (photo_id, stage)
+            units = max(0, done - self.last_step.get(key, 0))
+            self.last_step[key] = done
+            if done == 0:  # a stage (re)starts: the time before it is not a step
+                self.last_tick[kind] = self.clock()
+            self._tick(kind, float(units), photo_id)
+            self.sink(Progress(_STAGE.get(stage, stage), done, total, self.overall, self.eta(),
+                               photo_id))
+        return step
+
+    def album_finished(self, index: int) -> None:
+        """Layer 1 of album ``index`` is over (or skipped): drop what is left of its plan."""
+        planned = sum(self.per_album[: index + 1])
+        extra = max(0.0, planned - self.album_used)
+        self.left["album"] = max(0.0, self.left["album"] - extra)
+        self.album_used += extra
+
+    def photo_finished(self, photo_id: int) -> None:
+        """The photo is done, failed or skipped: drop what is left of its plan."""
+        extra = max(0.0, self.per_photo - self.photo_used.get(photo_id, 0.0))
+        self.left["photo"] = max(0.0, self.left["photo"] - extra)
+        self.photo_used[photo_id] = self.per_photo

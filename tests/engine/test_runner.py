@@ -1,0 +1,252 @@
+"""End-to-end runs of the job runner with the real layers: the tiny random Stable Diffusion
+pipeline for layer 1 and the real offline dlib face stack for layer 2 and for scoring."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dladiff_app.core.cancel import CancelToken
+from dladiff_app.core.errors import JobConflictError
+from dladiff_app.core.events import Event, JobCancelled, PhotoDone, PhotoFailed, Progress
+from dladiff_app.core.imageio import load_image
+from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.journal import Journal
+from dladiff_app.core.manifest import validate_manifest
+from dladiff_app.core.presets import Layers, ProtectionSettings
+from dladiff_app.engine.runner import EngineKit, run_job
+from dladiff_app.engine.services import build_kit
+
+TINY = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.BOTH, layer1_rounds=1,
+                          layer1_pgd_steps=2, layer1_lora_steps=1, prior_steps=2,
+                          layer2_steps=6, polish_steps=0)
+
+
+class _HogDetector:
+    """Real dlib HOG detector + 68-point landmarks, used only while the project's DlibDetector
+    (engine.faces.dlib_detect) is not in the tree."""
+
+    name = "dlib-hog"
+
+    def __init__(self) -> None:
+        import dlib
+
+        from dladiff_app.engine.models.dlib_pack import find_dlib_pack
+
+        self.det = dlib.get_frontal_face_detector()
+        self.shape = dlib.shape_predictor(str(find_dlib_pack().shape68))
+
+    def detect(self, image: np.ndarray) -> list[Any]:
+        from dladiff_app.engine.faces.types import Face
+
+        arr = np.ascontiguousarray(np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8))
+        faces = []
+        for r in self.det(arr, 1):
+            pts = np.array([(p.x, p.y) for p in self.shape(arr, r).parts()], dtype=np.float64)
+            lm5 = np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+            faces.append(Face(np.array([r.left(), r.top(), r.right(), r.bottom()], float), lm5,
+                              1.0, pts))
+        return sorted(faces, key=lambda f: -f.area)
+
+
+def _detector() -> Any:
+    try:
+        from dladiff_app.engine.faces.dlib_detect import DlibDetector
+    except ImportError:
+        return _HogDetector()
+    return DlibDetector()
+
+
+@pytest.fixture(scope="module")
+def dlib_parts() -> tuple[Any, list[Any]]:
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+
+    return _detector(), [DlibEncoder.load()]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_album(folder: Path) -> dict[str, Path]:
+    """Two real face photos (one stored sideways with EXIF orientation 6 and GPS), one photo
+    without a face, and three bad files."""
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    astro = Image.fromarray(data.astronaut())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored rotated, shown upright after a 90 degree turn
+    exif[0x010F] = "TestCam"  # Make
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (48.0, 51.0, 24.0)
+    paths = {"sideways": folder / "IMG_0042.jpg"}
+    astro.crop((0, 0, 512, 384)).transpose(Image.Transpose.ROTATE_90).save(
+        paths["sideways"], "JPEG", quality=95, exif=exif.tobytes())
+    paths["png"] = folder / "astronaut_flip.png"
+    astro.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((40, 0, 440, 300)).save(paths["png"])
+    paths["noface"] = folder / "sky.png"
+    grad = np.linspace(0, 255, 96 * 128 * 3).reshape(96, 128, 3).astype(np.uint8)
+    Image.fromarray(grad).save(paths["noface"])
+    buf = io.BytesIO()
+    astro.save(buf, "JPEG")
+    paths["truncated"] = folder / "truncated.jpg"
+    paths["truncated"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    paths["text"] = folder / "letter.jpg"
+    paths["text"].write_text("this is not a photo")
+    paths["gif"] = folder / "anim.gif"
+    astro.resize((64, 64)).save(paths["gif"], "GIF")
+    return paths
+
+
+def _kit(tiny_sd_dir: Path, tmp_path: Path, dlib_parts: tuple[Any, list[Any]],
+         settings: ProtectionSettings = TINY) -> EngineKit:
+    from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION
+
+    detector, encoders = dlib_parts
+    return build_kit(settings, device="cpu", pipeline_dir=tiny_sd_dir, detector=detector,
+                     encoders=encoders, working_size=TINY_SD_RESOLUTION,
+                     cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
+                                         dlib_parts: tuple[Any, list[Any]]) -> None:
+    paths = make_album(tmp_path / "anna")
+    before = {k: _sha(p) for k, p in paths.items()}
+    out = tmp_path / "out"
+    (out / "anna").mkdir(parents=True)
+    squatter = out / "anna" / "sky-protected.png"  # a user's file where our name would go
+    squatter.write_bytes(b"user data")
+    events: list[Event] = []
+    job = ProtectJob(inputs=(tmp_path / "anna",), output_dir=out, settings=TINY,
+                     export=ExportOptions(format=OutputFormat.PNG))
+    summary = run_job(job, _kit(tiny_sd_dir, tmp_path, dlib_parts), events.append)
+    failed = {Path(e.source).name: e.reason for e in events if isinstance(e, PhotoFailed)}
+    assert set(failed) == {"truncated.jpg", "letter.jpg", "anim.gif"}
+    assert all(name in reason for name, reason in failed.items())
+    assert (summary.done, summary.failed, summary.cancelled) == (3, 3, False)
+    assert {k: _sha(p) for k, p in paths.items()} == before  # originals only read
+    assert squatter.read_bytes() == b"user data"             # never overwritten
+    done = {Path(e.result.source).name: e.result for e in events if isinstance(e, PhotoDone)}
+    assert Path(done["sky.png"].output).name == "sky-protected-2.png"
+    for name, res in done.items():
+        src = load_image(tmp_path / "anna" / name).pixels
+        saved = load_image(Path(res.output)).pixels
+        assert saved.shape == src.shape  # orientation applied, size kept
+        assert res.linf is not None and 0 < res.linf <= 8.0 + 1e-3
+        assert float(np.abs(saved - src).max()) * 255 <= 8.0 + 1e-3
+    sideways = done["IMG_0042.jpg"]
+    assert (sideways.height, sideways.width) == (384, 512)
+    from skimage import data
+
+    upright = data.astronaut()[:384].astype(np.float32) / 255  # what the camera saw
+    assert float(np.abs(load_image(Path(sideways.output)).pixels - upright).mean()) < 0.03
+    assert sideways.layers_done == ("layer1", "layer2")
+    assert sideways.scores and sideways.scores[0].value is not None
+    assert sideways.scores_after_sharing and sideways.psnr is not None
+    assert "layer2" not in done["sky.png"].layers_done
+    assert any("No face found in sky.png" in w for w in done["sky.png"].warnings)
+    with Image.open(sideways.output) as img:
+        assert not img.getexif()  # no EXIF, so no GPS, unless --keep-metadata
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert {"prior", "layer1", "layer2", "save", "score"} <= {p.stage for p in progress}
+    assert progress[-1].overall == pytest.approx(1.0) and progress[-1].eta_s is not None
+    manifest = (out / "anna" / "manifest.json").read_text()
+    import json
+
+    doc = json.loads(manifest)
+    assert validate_manifest(doc) == [] and len(doc["photos"]) == 3 and len(doc["failed"]) == 3
+    assert doc["models"]["sd_pipeline"]["path"] == str(tiny_sd_dir)
+    html = (out / "anna" / "report.html").read_text()
+    assert html.count("data:image/jpeg;base64,") == 6
+    journal = Journal(out)
+    assert journal.problems() == []
+    # A second run into the same folder must not mix jobs; a resume redoes nothing.
+    with pytest.raises(JobConflictError):
+        run_job(job, _kit(tiny_sd_dir, tmp_path, dlib_parts), events.append)
+    files_before = sorted(p.name for p in (out / "anna").iterdir())
+    again: list[Event] = []
+    resumed = run_job(ProtectJob(**{**job.__dict__, "resume": True}),
+                      _kit(tiny_sd_dir, tmp_path, dlib_parts), again.append)
+    assert (resumed.done, resumed.skipped) == (0, 3)
+    assert sorted(p.name for p in (out / "anna").iterdir()) == files_before
+
+
+def test_keep_metadata_jpeg_drops_gps_keeps_camera(tmp_path: Path,
+                                                   dlib_parts: tuple[Any, list[Any]]) -> None:
+    paths = make_album(tmp_path / "in")
+    settings = ProtectionSettings(preset="custom", eps=4.0, layers=Layers.ZEROSHOT,
+                                  layer2_steps=2, polish_steps=0)
+    detector, encoders = dlib_parts
+    kit = build_kit(settings, device="cpu", detector=detector, encoders=encoders,
+                    cache_dir=tmp_path / "cache")
+    job = ProtectJob(inputs=(paths["sideways"],), output_dir=tmp_path / "out", settings=settings,
+                     export=ExportOptions(format=OutputFormat.JPEG, quality=90,
+                                          keep_metadata=True))
+    events: list[Event] = []
+    assert run_job(job, kit, events.append).done == 1
+    out = next(e.result.output for e in events if isinstance(e, PhotoDone))
+    with Image.open(out) as img:
+        exif = img.getexif()
+        assert exif.get(0x010F) == "TestCam" and 0x8825 not in exif and 0x0112 not in exif
+        assert img.size == (512, 384)  # shown upright, as the original was taken
+
+
+def test_cancel_then_resume_finishes_each_photo_once(tmp_path: Path,
+                                                     dlib_parts: tuple[Any, list[Any]]) -> None:
+    paths = make_album(tmp_path / "in")
+    for bad in ("truncated", "text", "gif"):
+        paths[bad].unlink()
+    settings = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.ZEROSHOT,
+                                  layer2_steps=3, polish_steps=0)
+    detector, encoders = dlib_parts
+    kit = build_kit(settings, device="cpu", detector=detector, encoders=encoders,
+                    cache_dir=tmp_path / "cache")
+    cancel = CancelToken()
+    events: list[Event] = []
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, PhotoDone):
+            cancel.cancel()
+
+    job = ProtectJob(inputs=(tmp_path / "in",), output_dir=tmp_path / "out", settings=settings)
+    first = run_job(job, kit, sink, cancel)
+    assert first.cancelled and first.done == 1
+    assert isinstance(events[-1], JobCancelled)
+    second = run_job(ProtectJob(**{**job.__dict__, "resume": True}), kit, events.append)
+    assert (second.done, second.skipped, second.cancelled) == (2, 1, False)
+    outputs = sorted(p.name for p in (tmp_path / "out" / "in").glob("*-protected*"))
+    assert outputs == ["IMG_0042-protected.png", "astronaut_flip-protected.png",
+                       "sky-protected.png"]
+    assert Journal(tmp_path / "out").problems() == []
+
+
+def test_blocked_album_folder_fails_its_photos_and_the_batch_goes_on(
+        tmp_path: Path, dlib_parts: tuple[Any, list[Any]]) -> None:
+    paths = make_album(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    other = tmp_path / "b" / "sky2.png"
+    other.write_bytes(paths["noface"].read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("a file where the album folder would go")
+    settings = ProtectionSettings(preset="custom", eps=4.0, layers=Layers.ZEROSHOT,
+                                  layer2_steps=1, polish_steps=0)
+    detector, encoders = dlib_parts
+    kit = build_kit(settings, device="cpu", detector=detector, encoders=encoders,
+                    cache_dir=tmp_path / "cache")
+    events: list[Event] = []
+    job = ProtectJob(inputs=(paths["noface"], other), output_dir=out, settings=settings)
+    summary = run_job(job, kit, events.append)
+    assert (summary.done, summary.failed) == (1, 1)
+    reason = next(e.reason for e in events if isinstance(e, PhotoFailed))
+    assert reason.startswith("sky.png: Could not write") and str(out / "a") in reason
+    assert (out / "b" / "sky2-protected.png").is_file()
