@@ -92,6 +92,12 @@ def test_score_images_with_tiny_models(tiny_scrfd_onnx: Path, tiny_arcface_onnx:
     assert m.scores[0].note == "no face found in the protected image"
     (m,) = score_images(blank, img, det, [enc], labels=("a.jpg", "b.jpg"))
     assert m.scores[0].note == "no face found in a.jpg"
+    moved = np.zeros_like(img)
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    moved[:h, :w] = img[h:, w:]  # the faces, shifted to other positions
+    unmatched = score_images(img, moved, det, [enc], match="all")
+    notes = {mm.scores[0].note for mm in unmatched if mm.other_face is None}
+    assert notes <= {"no face at this position in the protected image"}
 
 
 def test_matching_uses_relative_boxes() -> None:
@@ -114,3 +120,22 @@ def test_mxnet_style_normalisation_is_detected(tmp_path: Path) -> None:
              onnx.helper.make_node("Mul", ["a", "s"], ["y"], name="_mul0")]
     graph = onnx.helper.make_graph(nodes, "g", [], [])
     assert input_normalisation(onnx.helper.make_model(graph)) == (0.0, 1.0)
+
+
+@pytest.mark.real_weights
+def test_dlib_encoder_on_faces_without_dlib_landmarks() -> None:
+    """Faces from SCRFD carry no dlib shape: scoring adds dlib's own landmarks for dlib."""
+    if importlib.util.find_spec("dladiff_app.engine.faces.dlib_detect") is None:
+        pytest.skip("the dlib detector (engine.faces.dlib_detect) is not in this checkout yet")
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+    from dladiff_app.engine.faces.score import score_pair
+
+    img = _t1_rgb()
+    faces = DlibDetector().detect(img)
+    bare = [Face(box=f.box, landmarks5=f.landmarks5) for f in faces[:2]]
+    enc = DlibEncoder.load()
+    (same,) = score_pair(img, bare[0], img, bare[0], [enc])
+    (diff,) = score_pair(img, bare[0], img, bare[1], [enc])
+    assert same.value == pytest.approx(0.0, abs=1e-4) and same.same_person
+    assert diff.value is not None and diff.value > enc.threshold and not diff.same_person

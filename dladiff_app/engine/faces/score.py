@@ -154,7 +154,9 @@ def score_images(
                 note = f"no face found in {labels[0]} nor in {labels[1]}"
             out.append(FaceMatch(None, of, _missing(encoders, note)))
         elif of is None:
-            out.append(FaceMatch(cf, None, _missing(encoders, f"no face found in {labels[1]}")))
+            note = (f"no face found in {labels[1]}" if not other_faces
+                    else f"no face at this position in {labels[1]}")
+            out.append(FaceMatch(cf, None, _missing(encoders, note)))
         else:
             out.append(FaceMatch(cf, of, score_pair(clean, cf, other, of, encoders)))
     return out
