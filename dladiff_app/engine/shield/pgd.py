@@ -1,0 +1,62 @@
+"""Projected gradient steps on images, shared by both shields.
+
+Contract for every function here: images are float tensors with values in [0, 1] (any shape,
+usually (3, H, W) or (N, 3, H, W), RGB); budgets ``eps`` and steps ``alpha`` are in the same
+[0, 1] pixel units (callers convert from 1/255 steps with :func:`from_255`). The adversarial
+image is kept, not the perturbation, so the [0, 1] box and the eps-ball are one projection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def from_255(value: float) -> float:
+    """A budget or step in 1/255 units ("8") as a pixel-unit float (8/255)."""
+    return float(value) / 255.0
+
+
+def project(x_adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """Nearest point to ``x_adv`` inside ``||x - clean||_inf <= eps`` and the [0, 1] box.
+
+    The two constraints are both per-pixel intervals, so clamping to their intersection is the
+    exact Euclidean projection.
+    """
+    low = torch.clamp(clean - eps, min=0.0)
+    high = torch.clamp(clean + eps, max=1.0)
+    return torch.minimum(torch.maximum(x_adv, low), high)
+
+
+def random_start(
+    clean: torch.Tensor, eps: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``clean`` plus uniform noise in [-eps, eps], projected; same shape/dtype/device.
+
+    PGD must not start at delta = 0: through a resize/crop the gradient can be exactly zero
+    there, and the "protected" photo would equal the input (METHOD.md pitfall). The noise is
+    drawn on the generator's device (CPU by default) so a seed gives the same start everywhere.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.rand(clean.shape, generator=generator, device=gen_device, dtype=torch.float32)
+    noise = noise.to(device=clean.device, dtype=clean.dtype)
+    return project(clean + (2.0 * noise - 1.0) * eps, clean, eps)
+
+
+def signed_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    clean: torch.Tensor,
+    *,
+    alpha: float,
+    eps: float,
+    maximize: bool = True,
+) -> torch.Tensor:
+    """One L-inf PGD step: move ``alpha`` along sign(grad) (up to maximise, down to minimise),
+    then project onto the eps-ball around ``clean`` and [0, 1]. Returns a new detached tensor."""
+    direction = grad.sign() if maximize else -grad.sign()
+    return project(x_adv.detach() + alpha * direction, clean, eps).detach()
+
+
+def linf_255(x_adv: torch.Tensor, clean: torch.Tensor) -> float:
+    """max |x_adv - clean| in 1/255 units (for reports and tests)."""
+    return float((x_adv - clean).abs().max()) * 255.0

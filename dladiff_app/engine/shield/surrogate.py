@@ -1,0 +1,253 @@
+"""Stable Diffusion surrogates for the fine-tuning shield: one frozen base, LoRA adapters on it.
+
+The attacker fine-tunes Stable Diffusion on the photos; we stand in for that attacker with LoRA
+adapters (peft, rank 8 on the UNet attention projections) on ONE shared base UNet. Several
+adapters (``"dyn"``, ``"prior"``, an attacker's ``"attack"``) live side by side and are switched
+with ``set_adapter``, so two surrogates cost one UNet of memory.
+
+Precision: the LoRA weights are always fp32. On CUDA the frozen base is loaded in the device's
+autocast dtype (bf16/fp16) and runs under autocast; elsewhere everything is fp32.
+
+Image contract: ``images`` are (N, 3, S, S) float RGB in [0, 1] at the working size S (see
+``resize.to_working``); they are mapped to [-1, 1] before the VAE, as the diffusers training
+scripts do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+INSTANCE_PROMPT = "a photo of sks person"
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass
+class Surrogate:
+    """A loaded SD pipeline's training parts: VAE, UNet (with LoRA adapters), the instance
+    prompt's text embedding (1, L, D), the noise scheduler, and the device/dtype to run on."""
+
+    vae: Any
+    unet: Any
+    text_embedding: torch.Tensor
+    scheduler: Any
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    adapters: list[str] = field(default_factory=list)
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler.config.prediction_type)
+
+    @property
+    def native_size(self) -> int:
+        """The pipeline's native resolution: UNet sample size x VAE downscale (512 for SD 1.5)."""
+        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return int(self.unet.config.sample_size) * vae_scale
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def _load_pipeline(pipeline_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """Load the diffusers pipeline folder offline (the project's loader when it exists)."""
+    try:
+        from dladiff_app.engine.models.loaders import load_sd_pipeline
+    except ImportError:
+        load_sd_pipeline = None
+    if load_sd_pipeline is not None:
+        return load_sd_pipeline(pipeline_dir, device=device, dtype=dtype)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        pipeline_dir, local_files_only=True, torch_dtype=dtype, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    return pipe.to(device)
+
+
+def load_surrogate(
+    pipeline_dir: Path,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    prompt: str = INSTANCE_PROMPT,
+) -> Surrogate:
+    """Load ``pipeline_dir`` (a diffusers SD folder) as a frozen surrogate base on ``device``.
+
+    ``autocast_dtype`` (CUDA only: bf16/fp16) is the dtype of the frozen base weights; None means
+    fp32 everywhere. The text encoder runs once for ``prompt`` and is then dropped.
+    """
+    from diffusers import DDPMScheduler
+
+    dev = torch.device(device)
+    half = autocast_dtype if dev.type == "cuda" else None
+    pipe = _load_pipeline(Path(pipeline_dir), dev, half or torch.float32)
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(dev)
+    with torch.no_grad():
+        text_embedding = text_encoder(ids)[0].detach()
+    # Training noise follows the DDPM schedule the model was trained with, whatever sampler the
+    # folder names (the attacker's training script does the same).
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for module in (pipe.vae, pipe.unet):
+        module.requires_grad_(False)
+        module.eval()
+    return Surrogate(
+        vae=pipe.vae, unet=pipe.unet, text_embedding=text_embedding, scheduler=scheduler,
+        device=dev, autocast_dtype=half,
+    )
+
+
+def add_lora(sur: Surrogate, name: str, *, rank: int = 8, seed: int = 0) -> None:
+    """Add a fresh fp32 LoRA adapter ``name`` (rank ``rank``, alpha = rank) on the UNet attention
+    projections. Its initial weights depend only on ``seed`` (global RNG state is restored)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                        target_modules=list(LORA_TARGETS))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sur.unet.add_adapter(config, adapter_name=name)
+    for param in lora_parameters(sur, name):
+        param.data = param.data.float()
+    sur.adapters.append(name)
+    use_adapter(sur, name)
+
+
+def use_adapter(sur: Surrogate, name: str) -> None:
+    """Make ``name`` the active adapter (only its LoRA weights then affect the UNet)."""
+    sur.unet.set_adapter(name)
+
+
+def lora_parameters(sur: Surrogate, name: str) -> list[torch.nn.Parameter]:
+    marker = f".{name}."
+    return [p for n, p in sur.unet.named_parameters() if "lora_" in n and marker in n]
+
+
+def lora_state(sur: Surrogate, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s weights as CPU fp32 tensors, keyed independently of the adapter name."""
+    marker = f".{name}."
+    return {
+        n.replace(marker, ".{adapter}."): p.detach().float().cpu().clone()
+        for n, p in sur.unet.named_parameters() if "lora_" in n and marker in n
+    }
+
+
+def load_lora_state(sur: Surrogate, name: str, state: dict[str, torch.Tensor]) -> None:
+    """Copy weights saved by :func:`lora_state` into the existing adapter ``name``."""
+    marker = f".{name}."
+    params = {n.replace(marker, ".{adapter}."): p for n, p in sur.unet.named_parameters()
+              if "lora_" in n and marker in n}
+    if params.keys() != state.keys():
+        raise ValueError(f"LoRA weights do not fit adapter {name!r} of this UNet "
+                         f"({len(state)} tensors given, {len(params)} expected)")
+    with torch.no_grad():
+        for key, param in params.items():
+            param.copy_(state[key].to(param.device, param.dtype))
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """The random parts of one loss evaluation (on CPU, so seeds reproduce on any device):
+    the VAE latent sample eps, the diffusion noise and the timesteps, for N images."""
+
+    latent_eps: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+    @staticmethod
+    def draw(sur: Surrogate, n: int, size: int, generator: torch.Generator,
+             timesteps: torch.Tensor | None = None) -> NoiseDraw:
+        """Draw for ``n`` images at working size ``size``; ``timesteps`` (n,) fixes t."""
+        lat = size // (2 ** (len(sur.vae.config.block_out_channels) - 1))
+        shape = (n, int(sur.unet.config.in_channels), lat, lat)
+        latent_eps = torch.randn(shape, generator=generator)
+        noise = torch.randn(shape, generator=generator)
+        if timesteps is None:
+            steps = int(sur.scheduler.config.num_train_timesteps)
+            timesteps = torch.randint(0, steps, (n,), generator=generator)
+        return NoiseDraw(latent_eps, noise, timesteps.long())
+
+
+def encode(sur: Surrogate, images: torch.Tensor, draw: NoiseDraw) -> torch.Tensor:
+    """VAE latents (N, 4, S/8, S/8) of ``images`` (N, 3, S, S) in [0, 1]: a sample of the latent
+    distribution (eps from ``draw``) times the VAE scaling factor. Differentiable."""
+    with sur.autocast():
+        dist = sur.vae.encode(images * 2.0 - 1.0).latent_dist
+    eps = draw.latent_eps.to(sur.device)
+    latents = dist.mean.float() + dist.std.float() * eps
+    return latents * float(sur.vae.config.scaling_factor)
+
+
+def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
+              reduce: bool = True) -> torch.Tensor:
+    """DreamBooth denoising loss of the active adapter on ``latents``: MSE between the UNet's
+    prediction and the target (noise for epsilon models, velocity for v_prediction models).
+    Scalar if ``reduce``, else (N,) per-image losses. fp32."""
+    noise = draw.noise.to(sur.device)
+    t = draw.timesteps.to(sur.device)
+    noisy = sur.scheduler.add_noise(latents, noise, t)
+    if sur.prediction_type == "v_prediction":
+        target = sur.scheduler.get_velocity(latents, noise, t)
+    elif sur.prediction_type == "epsilon":
+        target = noise
+    else:
+        raise ValueError(f"unsupported prediction_type {sur.prediction_type!r}")
+    cond = sur.text_embedding.expand(latents.shape[0], -1, -1)
+    with sur.autocast():
+        pred = sur.unet(noisy, t, encoder_hidden_states=cond).sample
+    per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return per_image.mean() if reduce else per_image
+
+
+def lora_step(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer,
+              batches: list[torch.Tensor], generator: torch.Generator, size: int) -> float:
+    """One optimiser step of adapter ``name`` on working-size image batches (gradient
+    accumulated over the micro-batches, weighted by their share of the images). Returns the
+    mean loss."""
+    use_adapter(sur, name)
+    optimizer.zero_grad(set_to_none=True)
+    total = sum(int(b.shape[0]) for b in batches)
+    loss_sum = 0.0
+    for batch in batches:
+        draw = NoiseDraw.draw(sur, int(batch.shape[0]), size, generator)
+        with torch.no_grad():
+            latents = encode(sur, batch.to(sur.device), draw)
+        loss = unet_loss(sur, latents, draw)
+        (loss * (batch.shape[0] / total)).backward()
+        loss_sum += float(loss.detach()) * batch.shape[0]
+    optimizer.step()
+    return loss_sum / total
+
+
+def make_optimizer(sur: Surrogate, name: str, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(lora_parameters(sur, name), lr=lr, weight_decay=1e-2)
+
+
+def mean_loss(sur: Surrogate, name: str, images: torch.Tensor, *, seeds: list[int],
+              timesteps: list[int]) -> float:
+    """Denoising loss of adapter ``name`` on working-size ``images`` (N, 3, S, S) in [0, 1],
+    averaged over every (seed, timestep) pair: an evaluation with fixed randomness, so two image
+    sets can be compared on equal terms."""
+    use_adapter(sur, name)
+    size = int(images.shape[-1])
+    values = []
+    with torch.no_grad():
+        for seed in seeds:
+            for t in timesteps:
+                gen = torch.Generator().manual_seed(seed)
+                n = int(images.shape[0])
+                draw = NoiseDraw.draw(sur, n, size, gen, torch.full((n,), t))
+                latents = encode(sur, images.to(sur.device), draw)
+                values.append(float(unet_loss(sur, latents, draw)))
+    return sum(values) / len(values)
