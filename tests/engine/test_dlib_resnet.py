@@ -52,6 +52,12 @@ def t1_faces(detector) -> list[Face]:
     return faces
 
 
+@pytest.fixture(scope="module")
+def t1_embeddings(encoder, t1_faces) -> list[np.ndarray]:
+    photo = real_photos.t1()
+    return [_embed(encoder, photo, f) for f in t1_faces]
+
+
 def _embed(encoder, photo: np.ndarray, face: Face) -> np.ndarray:
     with torch.no_grad():
         return encoder.embed(real_photos.to_tensor(photo), face).double().numpy()
@@ -69,13 +75,14 @@ def test_encoder_protocol(encoder) -> None:
     assert (encoder.name, encoder.metric, encoder.threshold) == ("dlib", "euclidean", 0.6)
 
 
-def test_descriptor_matches_dlib(encoder, facerec, t1_faces, detector) -> None:
-    cases = [(real_photos.t1(), f) for f in t1_faces]
+def test_descriptor_matches_dlib(encoder, facerec, t1_faces, t1_embeddings, detector) -> None:
+    t1 = real_photos.t1()
     astro = real_photos.astronaut()
-    cases.append((astro, detector.detect(astro)[0]))
+    astro_face = detector.detect(astro)[0]
+    cases = [(t1, f, e) for f, e in zip(t1_faces, t1_embeddings, strict=True)]
+    cases.append((astro, astro_face, _embed(encoder, astro, astro_face)))
     cosines, dists = [], []
-    for photo, face in cases:
-        ours = _embed(encoder, photo, face)
+    for photo, face, ours in cases:
         theirs = _dlib_descriptor(facerec, photo, face.dlib_shape)
         cosines.append(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs))
         dists.append(np.linalg.norm(ours - theirs))
@@ -98,10 +105,8 @@ def test_network_alone_matches_dlib_on_its_own_chip(encoder, facerec, t1_faces) 
     assert np.abs(ours - theirs).max() < 1e-4
 
 
-def test_different_people_are_different_to_dlib(encoder, t1_faces) -> None:
-    photo = real_photos.t1()
-    emb = [_embed(encoder, photo, f) for f in t1_faces]
-    dists = [np.linalg.norm(a - b) for a, b in itertools.combinations(emb, 2)]
+def test_different_people_are_different_to_dlib(t1_embeddings) -> None:
+    dists = [np.linalg.norm(a - b) for a, b in itertools.combinations(t1_embeddings, 2)]
     print(f"t1 different people: min distance {min(dists):.3f} over {len(dists)} pairs")
     assert min(dists) >= 0.6
 
@@ -112,7 +117,9 @@ def _match(faces: list[Face], box: np.ndarray) -> Face:
 
 
 @pytest.mark.parametrize("variant", ["jpeg q75", "resize 0.9"])
-def test_same_person_after_jpeg_or_resize(encoder, detector, t1_faces, variant) -> None:
+def test_same_person_after_jpeg_or_resize(
+    encoder, detector, t1_faces, t1_embeddings, variant
+) -> None:
     photo = real_photos.t1()
     if variant == "jpeg q75":
         copy, factor = real_photos.jpeg(photo, 75), 1.0
@@ -120,9 +127,9 @@ def test_same_person_after_jpeg_or_resize(encoder, detector, t1_faces, variant) 
         copy, factor = real_photos.resized(photo, 0.9), 0.9
     copy_faces = detector.detect(copy)
     dists = []
-    for face in t1_faces:
+    for face, clean in zip(t1_faces, t1_embeddings, strict=True):
         other = _match(copy_faces, face.box * factor)
-        dists.append(np.linalg.norm(_embed(encoder, photo, face) - _embed(encoder, copy, other)))
+        dists.append(np.linalg.norm(clean - _embed(encoder, copy, other)))
     print(f"{variant}: max same-person distance {max(dists):.3f}")
     assert max(dists) < 0.6
 
