@@ -1,0 +1,114 @@
+"""The zero-shot shield against the real offline dlib encoder, judged by dlib itself.
+
+Protection uses the PyTorch port of dlib's ResNet (``DlibEncoder``); the judge is the real
+``dlib.face_recognition_model_v1`` on faces re-detected in the saved 8-bit PNG, as an attacker
+would see them. "Different person" for dlib: Euclidean distance >= 0.6.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dladiff_app.core.imageio import load_image, save_image
+from dladiff_app.core.presets import preset
+from tests.engine import real_photos
+
+pytestmark = pytest.mark.real_weights
+
+
+@pytest.fixture(scope="module")
+def dlib_stack():  # -> (DlibDetector, DlibEncoder, dlib recognition model)
+    pytest.importorskip("dlib", reason="dlib-bin is not installed")
+    from dladiff_app.core.errors import ModelMissingError
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+    from dladiff_app.engine.models.dlib_pack import find_dlib_pack
+
+    try:
+        pack = find_dlib_pack()
+    except ModelMissingError as err:
+        pytest.skip(str(err))
+    import dlib
+
+    enc = DlibEncoder.load(pack.recognition).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    # Same numbers, ~2-3x faster convolutions on CPU (oneDNN instead of the slow fallback).
+    enc.to(memory_format=torch.channels_last)
+    return DlibDetector(), enc, dlib.face_recognition_model_v1(str(pack.recognition))
+
+
+def _descriptor(rec, image8: np.ndarray, face) -> np.ndarray:
+    import dlib
+
+    x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+    pts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in face.dlib_shape])
+    det = dlib.full_object_detection(dlib.rectangle(x0, y0, x1, y1), pts)
+    return np.asarray(rec.compute_face_descriptor(image8, det))
+
+
+def judge(detector, rec, clean8: np.ndarray, saved8: np.ndarray, faces) -> list[float | None]:
+    """dlib distance of each clean face to the face re-detected at its place in ``saved8``
+    (None: no face found there any more, which also defeats an attacker)."""
+    found = detector.detect(saved8.astype(np.float32) / 255.0)
+    out: list[float | None] = []
+    for f in faces:
+        centre = (f.box[:2] + f.box[2:]) / 2
+        size = f.box[2] - f.box[0]
+        near = [g for g in found
+                if np.linalg.norm((g.box[:2] + g.box[2:]) / 2 - centre) < 0.3 * size]
+        out.append(None if not near else float(np.linalg.norm(
+            _descriptor(rec, saved8, near[0]) - _descriptor(rec, clean8, f))))
+    return out
+
+
+def _protect_and_save(stack, photo: np.ndarray, steps: int, tmp_path: Path):
+    from dladiff_app.engine.shield.layer2 import protect_faces
+
+    detector, enc, rec = stack
+    faces = detector.detect(photo)
+    assert faces, "the test photo must contain faces"
+    clean = real_photos.to_tensor(photo)
+    settings = preset("medium")  # eps 8/255, step eps/20, EOT on
+    res = protect_faces(clean, None, faces, [enc], settings, steps=steps)
+    path = save_image(res.protected[0].permute(1, 2, 0).numpy(), tmp_path / "protected.png")
+    saved8 = real_photos.as_uint8(load_image(path).pixels)
+    return faces, res, saved8
+
+
+def _check_file(stack, photo, faces, res, saved8) -> list[float | None]:
+    detector, _, rec = stack
+    clean8 = real_photos.as_uint8(photo)
+    diff = np.abs(saved8.astype(np.int16) - clean8.astype(np.int16))
+    assert diff.max() <= 8  # the budget, on the file as written
+    assert diff.max() > 0  # the file really changed (random start: no zero-gradient trap)
+    # Far from every face (outside every crop) the file is the clean photo, bit for bit.
+    untouched = np.ones(diff.shape[:2], dtype=bool)
+    for x0, y0, x1, y1 in res.regions:
+        untouched[y0:y1, x0:x1] = False
+    assert untouched.any() and diff[untouched].max() == 0
+    distances = judge(detector, rec, clean8, saved8, faces)
+    return distances
+
+
+def test_astronaut_is_a_different_person_to_dlib(dlib_stack, tmp_path: Path) -> None:
+    photo = real_photos.astronaut()
+    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=30, tmp_path=tmp_path)
+    distances = _check_file(dlib_stack, photo, faces, res, saved8)
+    assert len(faces) == 1
+    # The optimiser's own figure agrees with the honest judge (exact chip, same 8-bit file).
+    assert res.final_similarity[0]["dlib"] >= 0.6
+    assert all(d is None or d >= 0.6 for d in distances), distances
+
+
+@pytest.mark.slow
+def test_group_photo_every_face_is_a_different_person(dlib_stack, tmp_path: Path) -> None:
+    photo = real_photos.t1()
+    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=20, tmp_path=tmp_path)
+    distances = _check_file(dlib_stack, photo, faces, res, saved8)
+    assert len(faces) == 6
+    assert all(d is None or d >= 0.6 for d in distances), distances
