@@ -92,3 +92,17 @@ def test_dlib_shape_for_a_box_from_another_detector(detector) -> None:
     np.testing.assert_array_equal(dlib_shape_for_box(photo, face.box), face.dlib_shape)
     shifted = dlib_shape_for_box(photo, face.box + np.array([3.0, 2.0, 3.0, 2.0]))
     assert shifted.shape == (68, 2) and np.abs(shifted - face.dlib_shape).mean() < 4.0
+
+
+def test_mmod_cnn_mode_on_a_small_face() -> None:
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+
+    photo = real_photos.tom_hanks()  # 112x112: cheap enough for the CNN detector on CPU
+    start = time.perf_counter()
+    faces = DlibDetector(mode="mmod").detect(photo)
+    print(f"dlib MMOD on a 112x112 face: {len(faces)} face(s) in {time.perf_counter() - start:.2f} s")
+    assert len(faces) == 1
+    assert faces[0].dlib_shape is not None and faces[0].dlib_shape.shape == (68, 2)
+    assert 0.5 < faces[0].score < 5.0
+    with pytest.raises(ValueError, match="mode"):
+        DlibDetector(mode="haar")
