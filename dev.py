@@ -55,7 +55,7 @@ def _must(cmd: list[str]) -> None:
 
 def ensure_env(extras: str) -> Path:
     """Create the venv if needed and install the app (+ extras) when anything changed."""
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py runs under any python3
         sys.exit("DLADiff needs Python 3.10 or newer.")
     torch_req = os.environ.get("DLADIFF_TORCH", DEFAULT_TORCH)
     torch_index = os.environ.get("DLADIFF_TORCH_INDEX", "")
