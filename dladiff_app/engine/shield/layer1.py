@@ -19,6 +19,7 @@ import torch
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import DeviceError
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.device import DeviceInfo
 from dladiff_app.engine.shield import pgd
 from dladiff_app.engine.shield import surrogate as sg
 from dladiff_app.engine.shield.prior_cache import PriorCache, prior_cache_key
@@ -54,20 +55,16 @@ class Layer1Result:
     lora_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def _device_parts(device: Any) -> tuple[torch.device, torch.dtype | None, str]:
-    """(torch device, autocast dtype or None, display name) of a DeviceInfo-like object or a
-    plain device string."""
-    if isinstance(device, (str, torch.device)):
+def _device_parts(device: DeviceInfo | str) -> tuple[torch.device, torch.dtype | None, str]:
+    """(torch device, autocast dtype or None, display name) of a DeviceInfo or a plain device
+    string (CUDA strings get bf16 where supported, else fp16)."""
+    if isinstance(device, str):
         dev = torch.device(device)
-        dtype: Any = None
+        dtype: torch.dtype | None = None
         if dev.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return dev, dtype, str(dev)
-    dev = torch.device(device.torch_device)
-    dtype = getattr(device, "autocast_dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.replace("torch.", ""))
-    return dev, dtype, str(getattr(device, "name", dev))
+    return torch.device(device.torch_device), device.autocast_dtype, device.name
 
 
 def _check_images(images: list[torch.Tensor]) -> None:
@@ -122,7 +119,7 @@ def protect_album_layer1(
     pipeline_dir: Path,
     settings: ProtectionSettings,
     *,
-    device: Any = "cpu",
+    device: DeviceInfo | str = "cpu",
     working_size: int | None = None,
     cache_dir: Path | None = None,
     cancel: CancelToken | None = None,
@@ -180,7 +177,6 @@ def protect_album_layer1(
     # trained one lead to bit-identical runs.
     sg.add_lora(sur, PRIOR, rank=lora_rank, seed=seed + 10)
     sg.add_lora(sur, DYN, rank=lora_rank, seed=seed + 11)
-    opt_prior = sg.make_optimizer(sur, PRIOR, lora_lr)
     opt_dyn = sg.make_optimizer(sur, DYN, lora_lr)
 
     rounds, p_steps, f_steps = settings.layer1_rounds, settings.layer1_pgd_steps, \
@@ -204,6 +200,7 @@ def protect_album_layer1(
     if cached is not None:
         sg.load_lora_state(sur, PRIOR, cached)
     else:
+        opt_prior = sg.make_optimizer(sur, PRIOR, lora_lr)
         for _ in range(settings.prior_steps):
             tick()
             stats.prior_loss.append(train(PRIOR, opt_prior, clean_work, gen_prior))
@@ -211,6 +208,9 @@ def protect_album_layer1(
             report("prior", prior_done, prior_total)
         if cache is not None:
             cache.save(key, sg.lora_state(sur, PRIOR))
+    # Refreshes start a fresh optimiser so a cached prior (whose Adam moments are not kept)
+    # gives exactly the run a freshly trained one gives.
+    opt_refresh = sg.make_optimizer(sur, PRIOR, lora_lr)
 
     x_adv = [pgd.random_start(x, eps, gen_start) for x in clean]
 
@@ -257,7 +257,7 @@ def protect_album_layer1(
         if k in refresh_rounds:
             for _ in range(f_steps):
                 tick()
-                stats.prior_loss.append(train(PRIOR, opt_prior, clean_work, gen_refresh))
+                stats.prior_loss.append(train(PRIOR, opt_refresh, clean_work, gen_refresh))
                 prior_done += 1
                 report("prior", prior_done, prior_total)
 

@@ -16,12 +16,15 @@ scripts do.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from dladiff_app.engine.models.loaders import load_sd_pipeline
 
 INSTANCE_PROMPT = "a photo of sks person"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -56,23 +59,6 @@ class Surrogate:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-def _load_pipeline(pipeline_dir: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    """Load the diffusers pipeline folder offline (the project's loader when it exists)."""
-    try:
-        from dladiff_app.engine.models.loaders import load_sd_pipeline
-    except ImportError:
-        load_sd_pipeline = None
-    if load_sd_pipeline is not None:
-        return load_sd_pipeline(pipeline_dir, device=device, dtype=dtype)
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        pipeline_dir, local_files_only=True, torch_dtype=dtype, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    return pipe.to(device)
-
-
 def load_surrogate(
     pipeline_dir: Path,
     device: torch.device | str = "cpu",
@@ -88,7 +74,7 @@ def load_surrogate(
 
     dev = torch.device(device)
     half = autocast_dtype if dev.type == "cuda" else None
-    pipe = _load_pipeline(Path(pipeline_dir), dev, half or torch.float32)
+    pipe: Any = load_sd_pipeline(Path(pipeline_dir), device=str(dev), dtype=half or torch.float32)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     ids = tokenizer(
         prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -115,7 +101,9 @@ def add_lora(sur: Surrogate, name: str, *, rank: int = 8, seed: int = 0) -> None
 
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                         target_modules=list(LORA_TARGETS))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft warns that a second adapter joins the first: that is the point here.
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         torch.manual_seed(seed)
         sur.unet.add_adapter(config, adapter_name=name)
     for param in lora_parameters(sur, name):

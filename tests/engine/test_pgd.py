@@ -1,0 +1,72 @@
+"""PGD helpers and the differentiable resize/center-crop (no model needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from dladiff_app.engine.shield import pgd
+from dladiff_app.engine.shield.resize import to_working, working_geometry
+
+
+def test_random_start_is_inside_budget_and_box_and_not_zero() -> None:
+    clean = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(0))
+    clean[:, :5] = 0.0
+    clean[:, -5:] = 1.0
+    eps = 8 / 255
+    start = pgd.random_start(clean, eps, torch.Generator().manual_seed(1))
+    assert start.shape == clean.shape
+    assert (start - clean).abs().max() <= eps + 1e-7
+    assert start.min() >= 0 and start.max() <= 1
+    assert (start != clean).float().mean() > 0.5  # not a zero start (METHOD.md pitfall)
+    again = pgd.random_start(clean, eps, torch.Generator().manual_seed(1))
+    assert torch.equal(start, again)
+
+
+def test_signed_step_moves_alpha_then_projects() -> None:
+    clean = torch.full((1, 4), 0.5)
+    grad = torch.tensor([[1.0, -2.0, 0.0, 3.0]])
+    eps, alpha = 0.1, 0.04
+    x = clean.clone()
+    x = pgd.signed_step(x, grad, clean, alpha=alpha, eps=eps)
+    assert torch.allclose(x, torch.tensor([[0.54, 0.46, 0.5, 0.54]]))
+    for _ in range(5):
+        x = pgd.signed_step(x, grad, clean, alpha=alpha, eps=eps)
+    assert torch.allclose(x, torch.tensor([[0.6, 0.4, 0.5, 0.6]]))  # clipped to the eps-ball
+    down = pgd.signed_step(clean, grad, clean, alpha=alpha, eps=eps, maximize=False)
+    assert torch.allclose(down, torch.tensor([[0.46, 0.54, 0.5, 0.46]]))
+
+
+def test_project_respects_the_unit_box() -> None:
+    clean = torch.tensor([0.0, 1.0, 0.98])
+    out = pgd.project(torch.tensor([-0.5, 1.5, 1.2]), clean, 0.05)
+    assert torch.allclose(out, torch.tensor([0.0, 1.0, 1.0]))
+    assert abs(pgd.linf_255(out, clean) - 0.02 * 255) < 1e-4
+    assert pgd.from_255(8) == 8 / 255
+
+
+def test_working_geometry_matches_torchvision_rounding() -> None:
+    # Resize(64) of 70x90 -> 64x82 (int(64*90/70) = 82), CenterCrop(64) -> top 0, left 9.
+    assert working_geometry(70, 90, 64) == (64, 82, 0, 9)
+    assert working_geometry(96, 64, 64) == (96, 64, 16, 0)
+    assert working_geometry(512, 512, 512) == (512, 512, 0, 0)
+
+
+def test_to_working_shape_and_gradient_reach_the_crop() -> None:
+    x = torch.rand(3, 70, 90, requires_grad=True)
+    out = to_working(x, 64)
+    assert out.shape == (1, 3, 64, 64)
+    out.sum().backward()
+    assert x.grad is not None
+    _, _, top, left = working_geometry(70, 90, 64)
+    # Every column the crop covers gets gradient; columns far outside it get none.
+    inner = x.grad[:, :, 14:75]
+    assert (inner.abs().sum(dim=(0, 1)) > 0).all()
+    assert x.grad[:, :, :5].abs().sum() == 0 and x.grad[:, :, -5:].abs().sum() == 0
+    assert left == 9 and top == 0
+
+
+def test_to_working_is_identity_at_working_size_and_upscales_small_photos() -> None:
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(to_working(x, 64), x)
+    small = to_working(torch.rand(3, 40, 50), 64)
+    assert small.shape == (1, 3, 64, 64)
