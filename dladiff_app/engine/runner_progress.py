@@ -94,3 +94,5 @@ class EtaTracker:
         extra = max(0.0, self.per_photo - self.photo_used.get(photo_id, 0.0))
         self.left["photo"] = max(0.0, self.left["photo"] - extra)
         self.photo_used[photo_id] = self.per_photo
+        # The photo's last word: "score" is its final stage (also for a failed/skipped photo).
+        self.sink(Progress("score", 1, 1, self.overall, self.eta(), photo_id))

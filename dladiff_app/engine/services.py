@@ -57,33 +57,33 @@ def make_scorer(detector: FaceDetector | None, encoders: Sequence[IdentityEncode
                 ) -> Callable[[np.ndarray, np.ndarray], list[IdentityScore]]:
     """Identity of the subject (largest face) in ``clean`` vs in ``other``, per encoder.
 
-    Both images (H, W, 3) float32 RGB [0, 1]; each is detected on its own, so a protection that
-    also hides the face from the detector shows as "no face found in the protected image"."""
+    Both images (H, W, 3) float32 RGB [0, 1], sizes may differ; each is detected on its own, so
+    a protection that also hides the face shows as "no face found in the protected image"."""
+    from dladiff_app.engine.faces.score import score_images
+
     def score(clean: np.ndarray, other: np.ndarray) -> list[IdentityScore]:
         if detector is None or not encoders:
             return []
-        f_clean, f_other = _largest(detector.detect(clean)), _largest(detector.detect(other))
-        out = []
-        for enc in encoders:
-            if f_clean is None or f_other is None:
-                which = "original" if f_clean is None else "protected image"
-                out.append(IdentityScore(enc.name, enc.metric, None, enc.threshold, None,
-                                         f"no face found in the {which}"))
-                continue
-            with torch.no_grad():
-                a = enc.embed(torch.from_numpy(np.ascontiguousarray(clean)).permute(2, 0, 1)[None],
-                              f_clean).flatten()
-                b = enc.embed(torch.from_numpy(np.ascontiguousarray(other)).permute(2, 0, 1)[None],
-                              f_other).flatten()
-            if enc.metric == "euclidean":
-                value = float(torch.linalg.vector_norm(a - b))
-                same = value < enc.threshold
-            else:
-                value = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-                same = value >= enc.threshold
-            out.append(IdentityScore(enc.name, enc.metric, round(value, 4), enc.threshold, same))
-        return out
+        matches = score_images(clean, other, detector, encoders, match="largest",
+                               labels=("the original", "the protected image"))
+        return list(matches[0].scores) if matches else []
     return score
+
+
+def _with_dlib_shapes(image: np.ndarray, faces: list[Face],
+                      encoders: Sequence[IdentityEncoder]) -> list[Face]:
+    """dlib's chip is placed by dlib's own 68 landmarks: faces found by another detector
+    (SCRFD) get them before the dlib encoder sees them."""
+    if not any(e.name == "dlib" for e in encoders) or all(f.dlib_shape is not None
+                                                           for f in faces):
+        return faces
+    from dataclasses import replace
+
+    from dladiff_app.engine.faces.dlib_detect import dlib_shape_for_box
+
+    return [f if f.dlib_shape is not None else
+            replace(f, dlib_shape=np.asarray(dlib_shape_for_box(image, f.box), np.float64))
+            for f in faces]
 
 
 def _layer1_fn(pipeline_dir: Path, settings: ProtectionSettings, device: Any,
@@ -109,6 +109,8 @@ def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings
 
     def run(clean: torch.Tensor, start: torch.Tensor, faces: list[Face], cancel: CancelToken,
             step: StepFn) -> Layer2Output:
+        pixels = clean[0].permute(1, 2, 0).numpy()
+        faces = _with_dlib_shapes(pixels, faces, encoders)
         res = protect_faces(clean, start, faces, list(encoders), settings, cancel=cancel,
                             progress=lambda i, n: step("layer2", i, n),
                             generator_seed=settings.seed)

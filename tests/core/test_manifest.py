@@ -109,3 +109,24 @@ def test_report_is_self_contained_and_images_decode() -> None:
     assert "different person" in text and "bad.jpg: truncated" in text
     assert "<b>no face</b>" in text  # escaped in the markup, shown literally
     assert "<b>" not in html
+
+
+def test_report_renders_in_a_headless_browser(tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no chromium on PATH: the report was validated with html.parser instead")
+    clean = np.full((120, 160, 3), 0.5, np.float32)
+    page = tmp_path / "report.html"
+    page.write_text(render_report(_manifest(), {"/in/IMG_0042.jpg": (thumbnail_jpeg(clean),
+                                                                     thumbnail_jpeg(clean))}))
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()],
+                   check=True, timeout=60, capture_output=True)
+    with Image.open(shot) as img:
+        assert img.size == (1000, 800)
+        assert len(set(img.convert("L").getdata())) > 2  # something was drawn

@@ -28,38 +28,9 @@ TINY = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.BOTH, layer1_r
                           layer2_steps=6, polish_steps=0)
 
 
-class _HogDetector:
-    """Real dlib HOG detector + 68-point landmarks, used only while the project's DlibDetector
-    (engine.faces.dlib_detect) is not in the tree."""
-
-    name = "dlib-hog"
-
-    def __init__(self) -> None:
-        import dlib
-
-        from dladiff_app.engine.models.dlib_pack import find_dlib_pack
-
-        self.det = dlib.get_frontal_face_detector()
-        self.shape = dlib.shape_predictor(str(find_dlib_pack().shape68))
-
-    def detect(self, image: np.ndarray) -> list[Any]:
-        from dladiff_app.engine.faces.types import Face
-
-        arr = np.ascontiguousarray(np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8))
-        faces = []
-        for r in self.det(arr, 1):
-            pts = np.array([(p.x, p.y) for p in self.shape(arr, r).parts()], dtype=np.float64)
-            lm5 = np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
-            faces.append(Face(np.array([r.left(), r.top(), r.right(), r.bottom()], float), lm5,
-                              1.0, pts))
-        return sorted(faces, key=lambda f: -f.area)
-
-
 def _detector() -> Any:
-    try:
-        from dladiff_app.engine.faces.dlib_detect import DlibDetector
-    except ImportError:
-        return _HogDetector()
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+
     return DlibDetector()
 
 

@@ -1,0 +1,130 @@
+"""``dladiff protect`` end to end: exit codes, bad files, JSON lines, and a run killed with
+SIGKILL mid-batch that is resumed and finishes every photo exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dladiff_app.cli.main import main
+from dladiff_app.cli.protect_cmd import long_job_warning
+from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.journal import Journal
+from dladiff_app.core.presets import Layers, preset
+from tests.engine.test_runner import make_album
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_STEPS = ["--rounds", "1", "--pgd-steps", "2", "--lora-steps", "1", "--prior-steps", "2",
+              "--layer2-steps", "3", "--polish-steps", "0"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLADIFF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DLADIFF_DEVICE", "cpu")
+
+
+def _need_dlib_detector() -> None:
+    pytest.importorskip("dladiff_app.engine.faces.dlib_detect",
+                        reason="the offline dlib detector (engine.faces.dlib_detect) is not in "
+                        "the tree yet")
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"x")
+    assert main(["protect", str(photo)]) == 2
+    assert "-o OUT" in capsys.readouterr().err
+    assert main(["protect", "-o", str(tmp_path / "o")]) == 2
+    assert main(["protect", str(photo), "-o", str(tmp_path / "o"), "--quality", "0"]) == 2
+    assert "quality must be 1-100" in capsys.readouterr().err
+    assert main(["protect", str(photo), "-o", str(tmp_path / "o"), "--eps", "99"]) == 2
+    assert main(["protect", "--resume", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["protect", str(photo), "-o", str(tmp_path / "o"), "--layers", "nope"]) == 2
+
+
+def test_hours_warning_for_full_sd_on_cpu(tmp_path: Path) -> None:
+    job = ProtectJob(inputs=(tmp_path,), output_dir=tmp_path / "o", settings=preset("medium"))
+    full = {"weights_bytes": 4_000_000_000}
+    text = long_job_warning(job, "cpu", full, 4)
+    assert text is not None and "hours" in text and "--layers zeroshot" in text
+    zero = ProtectJob(inputs=(tmp_path,), output_dir=tmp_path / "o",
+                      settings=preset("medium").with_overrides(layers=Layers.ZEROSHOT))
+    assert long_job_warning(zero, "cpu", full, 4) is None
+    assert long_job_warning(job, "cuda", full, 4) is None  # no measured table for GPUs
+    assert long_job_warning(job, "cpu", {"weights_bytes": 7_000_000}, 4) is None  # tiny model
+
+
+def test_bad_files_are_named_and_exit_1(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    _need_dlib_detector()
+    make_album(tmp_path / "in")
+    rc = main(["--json", "protect", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+               "--layers", "zeroshot", "--layer2-steps", "1", "--eps", "4"])
+    assert rc == 1
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    failed = {Path(e["source"]).name: e["reason"] for e in events if e["event"] == "PhotoFailed"}
+    assert set(failed) == {"truncated.jpg", "letter.jpg", "anim.gif"}
+    assert all(name in reason for name, reason in failed.items())
+    done = [e for e in events if e["event"] == "PhotoDone"]
+    assert len(done) == 3 and all(Path(e["result"]["output"]).is_file() for e in done)
+    assert events[-1]["event"] == "JobFinished"
+    assert any(e["event"] == "Progress" and e["eta_s"] is not None for e in events)
+    # Human output names each bad file too.
+    out2 = tmp_path / "out2"
+    assert main(["protect", str(tmp_path / "in" / "letter.jpg"), "-o", str(out2)]) == 1
+    err = capsys.readouterr()
+    assert "letter.jpg" in err.out + err.err and "not protected" in err.err
+    # The same folder again without --resume is a usage error, nothing is touched.
+    assert main(["protect", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Path,
+                                                                tmp_path: Path) -> None:
+    _need_dlib_detector()
+    paths = make_album(tmp_path / "anna")
+    for bad in ("truncated", "text", "gif"):
+        paths[bad].unlink()
+    originals = {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dladiff_app.cli.main", "--json", "protect",
+           str(tmp_path / "anna"), "-o", str(out), "--pipeline", str(tiny_sd_dir), *TINY_STEPS]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 240
+    killed_after = None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "PhotoDone":
+            killed_after = event["result"]["source"]
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "no photo finished in time"
+    proc.wait(timeout=30)
+    assert killed_after is not None and proc.returncode == -signal.SIGKILL
+    journal = Journal(out)
+    states = {Path(e.source).name: e.state for e in journal.photos.values()}
+    assert list(states.values()).count("done") == 1, states
+    rc = subprocess.run([sys.executable, "-m", "dladiff_app.cli.main", "protect", "--resume",
+                         str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    journal = Journal(out)
+    assert journal.problems() == []
+    assert sorted(e.done_count for e in journal.photos.values()) == [1, 1, 1]
+    visible = sorted(p.name for p in (out / "anna").iterdir() if not p.name.startswith("."))
+    assert visible == ["IMG_0042-protected.png", "astronaut_flip-protected.png", "manifest.json",
+                       "report.html", "sky-protected.png"]
+    assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals
+    doc = json.loads((out / "anna" / "manifest.json").read_text())
+    assert len(doc["photos"]) == 3
