@@ -4,8 +4,8 @@ Builds Stable Diffusion 1.5's exact architecture (UNet 320/640/1280/1280 with cr
 768, VAE 128/256/512/512, CLIP text encoder 12 x 768) with RANDOM weights from configs (no
 download), saves it as a diffusers folder, and runs ``protect_album_layer1`` on it, timing every
 PGD step and every LoRA step through the progress callback. It then times the same PGD step
-written as a plain fp32 reference loop (straight diffusers calls, one surrogate, no LoRA, no
-project code) and reports our per-photo PGD step as a ratio of it. Random weights cost the same
+written as a plain fp32 reference loop (straight diffusers calls, two UNets for the two
+surrogates, each loss computed from scratch, no project code) and reports our per-photo PGD step as a ratio of it. Random weights cost the same
 FLOPs as real ones, so the timings and memory are representative; the losses are not.
 
 Usage::
@@ -107,12 +107,18 @@ def album(n: int, size: int) -> list[torch.Tensor]:
 
 
 def reference_pgd_seconds(folder: Path, photos: list[torch.Tensor], size: int, steps: int,
-                          device: torch.device) -> list[float]:
-    """The textbook PGD step: fp32, one surrogate, no LoRA, diffusers calls only. Seconds per
-    step for the whole album (one photo at a time)."""
+                          device: torch.device, surrogates: int = 2) -> list[float]:
+    """The same PGD step written the plain way: fp32, diffusers calls only, and each of the
+    ``surrogates`` (2 = DSUR's dynamic and prior surrogate) a UNet of its own whose loss
+    L(S, x) is computed from scratch (its own resize, VAE encode, noise and UNet pass), summed,
+    then one backward to the pixels. Seconds per step for the whole album, one photo at a time.
+    ``surrogates=1`` is the single-model textbook step, reported for scale."""
+    import copy
+
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).requires_grad_(False)
+    unets = [unet] + [copy.deepcopy(unet) for _ in range(surrogates - 1)]
     vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
     sched = DDPMScheduler.from_pretrained(folder / "scheduler")
     cond = torch.randn(1, 77, int(unet.config.cross_attention_dim), device=device)
@@ -127,17 +133,21 @@ def reference_pgd_seconds(folder: Path, photos: list[torch.Tensor], size: int, s
             scale = size / min(h, w)
             rh, rw = round(h * scale), round(w * scale)
             top, left = (rh - size) // 2, (rw - size) // 2
-            img = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True)
-            img = img[..., top: top + size, left: left + size]
-            lat = vae.encode(img * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
-            noise = torch.randn(lat.shape, generator=gen).to(device)
-            t = torch.randint(0, 1000, (1,), generator=gen).to(device)
-            pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=cond).sample
-            (grad,) = torch.autograd.grad(F.mse_loss(pred, noise), x)
+            loss = torch.zeros((), device=device)
+            for model in unets:
+                img = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True)
+                img = img[..., top: top + size, left: left + size]
+                lat = vae.encode(img * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
+                noise = torch.randn(lat.shape, generator=gen).to(device)
+                t = torch.randint(0, 1000, (1,), generator=gen).to(device)
+                pred = model(sched.add_noise(lat, noise, t), t, encoder_hidden_states=cond).sample
+                loss = loss + F.mse_loss(pred, noise)
+            (grad,) = torch.autograd.grad(loss, x)
             xs[i] = (x.detach() + grad.sign() / 255).clamp(0, 1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    del unets
     return times
 
 
@@ -199,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         ref = reference_pgd_seconds(folder, photos, size, max(1, len(per_stage["layer1_pgd"])),
-                                    device)
+                                    device, surrogates=2)
         ref_rss = rss_peak_bytes()
         ref_cuda = torch.cuda.max_memory_allocated() if cuda else None
+        single = reference_pgd_seconds(folder, photos, size, 1, device, surrogates=1)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -227,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         "lora_steps": per_stage.get("layer1_lora", []), "prior_steps": per_stage.get("prior", []),
         "reference_pgd_step_seconds": ref_s, "reference_pgd_steps": ref,
         "pgd_ratio_vs_reference": pgd_s / ref_s,
+        "single_surrogate_step_seconds": mean(single),
         "peak_rss_bytes": ours_rss, "reference_peak_rss_bytes": ref_rss,
         "cuda_max_allocated_bytes": ours_cuda, "reference_cuda_max_allocated_bytes": ref_cuda,
-        "note": "ours: dual surrogates (2 UNet passes per photo), LoRA, resize/crop; "
-                "reference: 1 UNet pass, fp32, no LoRA",
+        "note": "ours: dual surrogates as two LoRA adapters on one base UNet, one shared VAE "
+                "encode, 2 UNet passes per photo; reference: the same dual loss the plain way "
+                "(two fp32 UNets, each loss with its own encode); single: one UNet, for scale",
     }
     gib = 2**30
     print(f"\nlayer 1 on SD 1.5 architecture (random weights), {report['device_name']}, "
@@ -238,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':30s}{'ours':>12s}{'reference':>12s}")
     print(f"{'PGD step, s (album)':30s}{pgd_s:12.2f}{ref_s:12.2f}")
     print(f"{'PGD ratio ours/reference':30s}{pgd_s / ref_s:12.2f}")
+    print(f"{'single-surrogate step, s':30s}{'':>12s}{mean(single):12.2f}")
     print(f"{'LoRA step, s':30s}{lora_s:12.2f}{'':>12s}")
     print(f"{'peak RSS, GiB':30s}{ours_rss / gib:12.2f}{ref_rss / gib:12.2f}")
     if cuda:
