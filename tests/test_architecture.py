@@ -55,3 +55,16 @@ def test_contracts_hold_on_the_real_tree(tmp_path: Path) -> None:
     result = _lint(_copy_tree(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Contracts: 3 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["dladiff_app.app", "dladiff_app.gui.main_window",
+                                    "dladiff_app.cli.main", "dladiff_app.core.imageio"])
+def test_front_ends_import_without_the_ml_stack(module: str) -> None:
+    """The window (and `dladiff --help`) must come up before torch & co. load."""
+    code = ("import sys, importlib; importlib.import_module(%r); "
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'insightface', "
+            "'onnxruntime', 'cv2', 'dlib') if m in sys.modules]; print(heavy); "
+            "sys.exit(1 if heavy else 0)") % module
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
