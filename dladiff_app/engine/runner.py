@@ -93,6 +93,9 @@ class EngineKit:
     polish: PolishFn | None = None
     models: dict[str, Any] = field(default_factory=dict)          # manifest "models" section
     model_revisions: dict[str, Any] = field(default_factory=dict)
+    # Seconds of one layer-1 PGD step for one photo, measured on this kit's device (None until
+    # layer 1 has run): what time estimates use instead of a table.
+    layer1_step_seconds: Callable[[], float | None] | None = None
 
 
 @dataclass
@@ -384,7 +387,7 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     for photo in missing:
         run.fail(photo, f"{photo.path.name}: the file or folder does not exist")
     run.eta.plan(job.settings, [len(a.photos) for a in albums], kit.layer1 is not None,
-                 kit.layer2 is not None)
+                 kit.layer2 is not None, polish=kit.polish is not None)
     current: Album | None = None
     try:
         for index, album in enumerate(albums):

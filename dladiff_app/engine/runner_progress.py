@@ -31,13 +31,15 @@ class EtaTracker:
         self.last_step: dict[tuple[int | None, str], int] = {}
 
     def plan(self, settings: ProtectionSettings, album_sizes: Sequence[int], layer1: bool,
-             layer2: bool) -> None:
+             layer2: bool, polish: bool = True) -> None:
         s = settings
+        run_l1 = s.layers.finetune and layer1
         l1 = (s.prior_steps + s.layer1_rounds * (s.layer1_pgd_steps + s.layer1_lora_steps)
-              if s.layers.finetune and layer1 else 0)
+              if run_l1 else 0)
         self.per_album = [float(l1) if n else 0.0 for n in album_sizes]
-        self.per_photo = 2.0 + ((s.layer2_steps + s.polish_steps)
-                                if s.layers.zeroshot and layer2 else 0.0)
+        run_l2 = s.layers.zeroshot and layer2
+        self.per_photo = 2.0 + (s.layer2_steps if run_l2 else 0.0) + (
+            s.polish_steps if run_l1 and run_l2 and polish else 0.0)
         self.left = {"album": float(sum(self.per_album)),
                      "photo": self.per_photo * sum(album_sizes)}
         self.total = sum(self.left.values()) or 1.0

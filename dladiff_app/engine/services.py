@@ -1,20 +1,26 @@
 """Real implementations of the engine services the front ends are given (``core.services``).
 
-``build_kit`` binds the shields, the face detector, the identity encoders and the device into the
-runner's :class:`EngineKit`; ``EngineProtectService`` keeps one kit per (device, pipeline) so
-models stay loaded between jobs.
+``build_services`` is what the app's composition root calls: one :class:`ModelStore` (the cache's
+models folder plus the user's local copies from the settings) shared by the model manager and
+every protect kit. ``build_kit`` binds the shields, the face detector, the identity encoders and
+the device into the runner's :class:`EngineKit`; ``EngineProtectService`` keeps one kit warm so
+models stay loaded between jobs, and estimates job times from costs measured on this machine.
+
+No torch at import time: the window must appear before the ML stack loads.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import ModelMissingError
@@ -23,16 +29,25 @@ from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.core.results import IdentityScore
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
-from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder
-from dladiff_app.engine.runner import EngineKit, Layer2Output, StepFn, run_job
+from dladiff_app.engine.estimate import (
+    CPU_SECONDS_PER_LORA_STEP_512,
+    CPU_SECONDS_PER_PGD_STEP_512,
+    Calibration,
+    JobEstimate,
+    calibrate,
+    estimate_job,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from dladiff_app.core.settings import Settings
+    from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder
+    from dladiff_app.engine.models.store import ModelStore
+    from dladiff_app.engine.runner import EngineKit, Layer2Output, StepFn
+    from dladiff_app.engine.shield.layer1 import Layer1Surrogates
 
 log = logging.getLogger(__name__)
-
-# Measured on this project's reference CPU (2 threads, fp32, full SD 1.5 architecture, 512 px;
-# see shared ENVIRONMENT.md "Costs measured on this CPU"): seconds per layer-1 PGD step and per
-# LoRA step. Used for the "this will take hours" warning when no probe was run.
-CPU_SECONDS_PER_PGD_STEP_512 = 21.8
-CPU_SECONDS_PER_LORA_STEP_512 = 15.7
 
 
 def _pipeline_identity(pipeline_dir: Path) -> dict[str, Any]:
@@ -86,16 +101,32 @@ def _with_dlib_shapes(image: np.ndarray, faces: list[Face],
             for f in faces]
 
 
+class _Layer1State:
+    """What one kit's layer 1 keeps between its album pass and the per-photo polish: the loaded
+    surrogates of the current album (released when the next album starts) and the measured
+    seconds of one PGD step for one photo."""
+
+    def __init__(self) -> None:
+        self.surrogates: Layer1Surrogates | None = None
+        self.pgd_step_s: float | None = None
+
+
 def _layer1_fn(pipeline_dir: Path, settings: ProtectionSettings, device: Any,
-               working_size: int | None, cache_dir: Path | None) -> Any:
+               working_size: int | None, cache_dir: Path | None, state: _Layer1State,
+               keep_surrogates: bool) -> Any:
     from dladiff_app.engine.shield.layer1 import protect_album_layer1
 
     def run(images: list[torch.Tensor], cancel: CancelToken, step: StepFn
             ) -> tuple[list[torch.Tensor], str]:
+        state.surrogates = None  # never two Stable Diffusions in memory at once
         res = protect_album_layer1(images, pipeline_dir, settings, device=device,
                                    working_size=working_size, cache_dir=cache_dir,
-                                   cancel=cancel, progress=step)
+                                   cancel=cancel, progress=step,
+                                   keep_surrogates=keep_surrogates)
+        state.surrogates = res.surrogates
         st = res.stats
+        if settings.layer1_total_pgd:
+            state.pgd_step_s = st.pgd_seconds / settings.layer1_total_pgd / len(images)
         note = (f"{len(images)} photo(s) at {st.working_size} px; surrogate denoising loss "
                 + (f"{st.dual_loss_per_round[0]:.4f} -> {st.dual_loss_per_round[-1]:.4f}"
                    if st.dual_loss_per_round else "not recorded")
@@ -105,6 +136,7 @@ def _layer1_fn(pipeline_dir: Path, settings: ProtectionSettings, device: Any,
 
 
 def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings) -> Any:
+    from dladiff_app.engine.runner import Layer2Output
     from dladiff_app.engine.shield.layer2 import protect_faces
 
     def run(clean: torch.Tensor, start: torch.Tensor, faces: list[Face], cancel: CancelToken,
@@ -121,27 +153,60 @@ def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings
     return run
 
 
+def _polish_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings,
+               state: _Layer1State) -> Any:
+    """The runner's polish: joint steps on layer 2's and layer 1's losses with the surrogates
+    layer 1 left loaded for this album (see ``shield.polish``)."""
+    from dladiff_app.engine.shield.polish import polish_photo
+
+    def run(clean: torch.Tensor, current: torch.Tensor, faces: list[Face], cancel: CancelToken,
+            step: StepFn) -> tuple[torch.Tensor, str]:
+        if state.surrogates is None:
+            return current, "skipped: the fine-tuning surrogates were not kept"
+        pixels = clean[0].permute(1, 2, 0).numpy()
+        faces = _with_dlib_shapes(pixels, faces, encoders)
+        step("polish", 0, settings.polish_steps)
+        res = polish_photo(clean, current, faces, encoders, state.surrogates, settings,
+                           cancel=cancel, progress=lambda i, n: step("polish", i, n))
+        return res.protected, (f"{res.steps_done} joint steps; identity loss "
+                               f"{res.identity_before:.3f} -> {res.identity_after:.3f}; "
+                               f"surrogate loss {res.dual_first:.4f} -> {res.dual_last:.4f}")
+    return run
+
+
+def _default_store() -> ModelStore:
+    from dladiff_app.core.paths import models_dir
+    from dladiff_app.core.settings import load_settings
+    from dladiff_app.engine.models.store import ModelStore
+
+    settings = load_settings()
+    return ModelStore(models_dir(settings), settings_paths=settings.model_paths)
+
+
 def build_kit(settings: ProtectionSettings, *, device: str = "auto",
               pipeline_dir: Path | None = None, detector: FaceDetector | None = None,
               encoders: Sequence[IdentityEncoder] | None = None, working_size: int | None = None,
-              cache_dir: Path | None = None) -> EngineKit:
+              cache_dir: Path | None = None, store: ModelStore | None = None) -> EngineKit:
     """The real kit. Missing pieces become ``*_missing`` reasons, never exceptions, so a job
-    without Stable Diffusion still runs the zero-shot shield (and says so)."""
+    without Stable Diffusion still runs the zero-shot shield (and says so).
+
+    Models not given explicitly are looked up in ``store`` (default: the user's store, with the
+    local copies saved in the settings). The polish runs when both layers can run and
+    ``settings.polish_steps > 0``."""
     from dladiff_app.engine.device import resolve_device
+    from dladiff_app.engine.runner import EngineKit
 
     info = resolve_device(device)
     if detector is None or encoders is None:
         from dladiff_app.engine.faces import registry
 
-        detector = detector if detector is not None else registry.available_detector()
-        encoders = encoders if encoders is not None else registry.available_encoders()
+        store = store if store is not None else _default_store()
+        detector = detector if detector is not None else registry.available_detector(store)
+        encoders = encoders if encoders is not None else registry.available_encoders(store)
     layer1_missing = ""
     if pipeline_dir is None and settings.layers.finetune:
         try:
-            from dladiff_app.core.paths import models_dir
-            from dladiff_app.engine.models.store import ModelStore
-
-            pipeline_dir = ModelStore(models_dir()).path("sd15")
+            pipeline_dir = (store if store is not None else _default_store()).path("sd15")
         except ModelMissingError as exc:
             layer1_missing = (f"The fine-tuning shield was skipped: {exc} Protect with "
                               "--layers zeroshot to run only the zero-shot shield.")
@@ -158,19 +223,32 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         "encoders": [{"name": e.name, "path": getattr(e, "source_path", None),
                       "revision": getattr(e, "revision", None)} for e in encoders],
     }
+    state = _Layer1State()
+    polish = (settings.layers.finetune and settings.layers.zeroshot and settings.polish_steps > 0
+              and pipeline_dir is not None and bool(encoders))
     return EngineKit(
         device_kind=info.kind, device_name=info.name, detector=detector,
         score=make_scorer(detector, encoders),
-        layer1=(_layer1_fn(pipeline_dir, settings, info, working_size, cache_dir)
+        layer1=(_layer1_fn(pipeline_dir, settings, info, working_size, cache_dir, state, polish)
                 if pipeline_dir is not None else None),
         layer1_missing=layer1_missing,
         layer2=_layer2_fn(encoders, settings) if encoders else None,
         layer2_missing=layer2_missing,
+        polish=_polish_fn(encoders, settings, state) if polish else None,
         models=models,
         model_revisions={"sd_pipeline": models["sd_pipeline"]["revision"]
                          if models["sd_pipeline"] and "revision" in models["sd_pipeline"] else None,
                          "encoders": [e.name for e in encoders]},
+        layer1_step_seconds=lambda: _measured_pgd_step(state),
     )
+
+
+def _measured_pgd_step(state: _Layer1State) -> float | None:
+    """Seconds of one layer-1 PGD step for one photo: measured during the last album, or timed
+    now on the surrogates still loaded; None when this kit has not run layer 1 yet."""
+    if state.pgd_step_s is None and state.surrogates is not None:
+        state.pgd_step_s = state.surrogates.time_step()
+    return state.pgd_step_s
 
 
 def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_kind: str,
@@ -188,47 +266,136 @@ def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_
 
 
 class EngineProtectService:
-    """``ProtectService`` over :func:`run_job`; kits are cached so models stay warm."""
+    """``ProtectService`` over :func:`run_job`; one kit is kept warm between jobs.
 
-    def __init__(self, **kit_options: Any) -> None:
+    ``store``: the model store shared with the model manager (default: the user's).
+    ``default_device``: the device of jobs that ask for ``"auto"`` (the settings' choice).
+    Other keyword options go to :func:`build_kit` (tests inject models and folders that way).
+    """
+
+    def __init__(self, *, store: ModelStore | None = None, default_device: str = "auto",
+                 **kit_options: Any) -> None:
+        self._store = store
+        self.default_device = default_device
         self._kit_options = kit_options
         self._kits: dict[tuple[Any, ...], EngineKit] = {}
+        self._calibrations: dict[tuple[str, tuple[str, ...]], Calibration] = {}
+        self._face_models: tuple[FaceDetector | None, list[IdentityEncoder]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> ModelStore:
+        if self._store is None:
+            self._store = _default_store()
+        return self._store
+
+    def _device(self, requested: str) -> str:
+        return self.default_device if requested == "auto" else requested
+
+    def _sd_path(self) -> str | None:
+        if self._kit_options.get("pipeline_dir") is not None:
+            return str(self._kit_options["pipeline_dir"])
+        try:
+            return str(self.store.path("sd15"))
+        except ModelMissingError:
+            return None
+
+    def _faces(self) -> tuple[FaceDetector | None, list[IdentityEncoder]]:
+        """The detector and encoders, loaded once and shared by kits and the calibration."""
+        if self._face_models is None:
+            from dladiff_app.core.errors import DladiffError
+            from dladiff_app.engine.faces import registry
+
+            detector = self._kit_options.get("detector")
+            encoders = self._kit_options.get("encoders")
+            if detector is None:
+                try:
+                    detector = registry.available_detector(self.store)
+                except DladiffError as exc:
+                    log.info("no face detector: %s", exc)
+            if encoders is None:
+                try:
+                    encoders = registry.available_encoders(self.store)
+                except DladiffError as exc:
+                    log.info("no identity encoder: %s", exc)
+                    encoders = []
+            self._face_models = (detector, list(encoders))
+        return self._face_models
 
     def kit_for(self, job: ProtectJob) -> EngineKit:
-        key = (job.device, job.settings, str(self._kit_options.get("pipeline_dir")))
-        if key not in self._kits:
-            self._kits.clear()  # one warm kit at a time: SD weights are big
-            self._kits[key] = build_kit(job.settings, device=job.device, **self._kit_options)
-        return self._kits[key]
+        device = self._device(job.device)
+        key = (device, job.settings, self._sd_path(),
+               tuple(sorted(self.store.local_paths.items())))
+        with self._lock:
+            if key not in self._kits:
+                self._kits.clear()  # one warm kit at a time: SD weights are big
+                detector, encoders = self._faces()
+                options = {**self._kit_options, "detector": detector, "encoders": encoders}
+                self._kits[key] = build_kit(job.settings, device=device, store=self.store,
+                                            **options)
+            return self._kits[key]
 
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
+        from dladiff_app.engine.runner import run_job
+
         return run_job(job, self.kit_for(job), sink, cancel)
+
+    def calibration(self, device_kind: str) -> Calibration:
+        """The per-photo costs measured on ``device_kind`` (once; then cached)."""
+        detector, encoders = self._faces()
+        key = (device_kind, tuple(e.name for e in encoders))
+        if key not in self._calibrations:
+            self._calibrations[key] = calibrate(encoders, detector)
+        return self._calibrations[key]
+
+    def estimate(self, n_photos: int, settings: ProtectionSettings,
+                 megapixels: float = 12.0) -> JobEstimate:
+        """The estimate with its parts and where they come from (see ``engine.estimate``)."""
+        from dladiff_app.engine.device import resolve_device
+
+        kind = resolve_device(os.environ.get("DLADIFF_DEVICE") or self.default_device).kind
+        pgd_step = None
+        for kit in list(self._kits.values()):
+            if kit.device_kind == kind and kit.layer1_step_seconds is not None:
+                pgd_step = kit.layer1_step_seconds()
+        return estimate_job(n_photos, settings, megapixels, self.calibration(kind),
+                            layer1_available=self._sd_path() is not None,
+                            pgd_step_s=pgd_step, device_kind=kind)
 
     def estimate_seconds(self, n_photos: int, settings: ProtectionSettings,
                          megapixels: float = 12.0) -> float:
-        from dladiff_app.engine.device import resolve_device
-
-        kind = resolve_device(os.environ.get("DLADIFF_DEVICE", "auto")).kind
-        est = estimate_layer1_seconds(settings, n_photos, kind)
-        return float(est) if est is not None else float("nan")
+        """Seconds for the whole job; NaN while the layer-1 cost is unknown (a GPU before its
+        first step), which the GUI shows as "not known yet"."""
+        total = self.estimate(n_photos, settings, megapixels).total_s
+        return total if math.isfinite(total) else float("nan")
 
 
 class EngineDeviceService:
+    def __init__(self, default: str = "auto") -> None:
+        self.default = default
+
     def describe(self, requested: str = "auto") -> DeviceSummary:
         from dladiff_app.engine.device import resolve_device
 
-        info = resolve_device(requested)
+        info = resolve_device(self.default if requested == "auto" else requested)
         return DeviceSummary(info.kind, info.name, info.memory_bytes, info.reason)
 
 
 class EngineModelService:
-    """``ModelService`` over the model store and registry."""
+    """``ModelService`` over the model store and registry. With ``settings``, a local copy the
+    user chooses is also written into them and saved (to ``settings_path`` when given)."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        from dladiff_app.core.paths import models_dir
-        from dladiff_app.engine.models.store import ModelStore
+    def __init__(self, root: Path | None = None, *, store: ModelStore | None = None,
+                 settings: Settings | None = None, settings_path: Path | None = None) -> None:
+        if store is None:
+            from dladiff_app.core.paths import models_dir
+            from dladiff_app.engine.models.store import ModelStore
 
-        self.store = ModelStore(root or models_dir())
+            store = ModelStore(root or models_dir(settings),
+                               settings_paths=settings.model_paths if settings else None)
+        self.store = store
+        self.settings = settings
+        self.settings_path = settings_path
 
     def list_models(self) -> list[ModelRow]:
         from dladiff_app.engine.models.registry import REGISTRY
@@ -248,8 +415,39 @@ class EngineModelService:
         self.store.download(model_id, progress, cancel, accept_license=True)
 
     def use_local(self, model_id: str, path: str) -> None:
-        self.store.use_local(model_id, Path(path))
+        resolved = self.store.use_local(model_id, Path(path))
+        if self.settings is not None:
+            from dladiff_app.core.settings import save_settings
+
+            self.settings.model_paths[model_id] = str(resolved)
+            save_settings(self.settings, self.settings_path)
 
 
-__all__ = ["EngineDeviceService", "EngineModelService", "EngineProtectService", "Layers",
-           "build_kit", "estimate_layer1_seconds", "make_scorer"]
+@dataclass
+class EngineServices:
+    """What the GUI's ``launch.run_app`` is given."""
+
+    protect: EngineProtectService
+    models: EngineModelService
+    device: EngineDeviceService
+
+
+def build_services(settings: Settings, settings_path: Path | None = None) -> EngineServices:
+    """The real services for the app: ONE model store rooted at ``models_dir(settings)`` and
+    seeded with ``settings.model_paths``, shared by the model manager and the protect kits, so a
+    local copy chosen in the model manager is what the next job uses. ``settings.device`` is the
+    device of "auto" jobs. Cheap: no ML library is imported here."""
+    from dladiff_app.core.paths import models_dir
+    from dladiff_app.engine.models.store import ModelStore
+
+    store = ModelStore(models_dir(settings), settings_paths=settings.model_paths)
+    return EngineServices(
+        protect=EngineProtectService(store=store, default_device=settings.device),
+        models=EngineModelService(store=store, settings=settings, settings_path=settings_path),
+        device=EngineDeviceService(settings.device),
+    )
+
+
+__all__ = ["EngineDeviceService", "EngineModelService", "EngineProtectService",
+           "EngineServices", "Layers", "build_kit", "build_services", "estimate_layer1_seconds",
+           "make_scorer"]

@@ -41,6 +41,7 @@ class Layer1Stats:
     micro_batch: int = 0
     gradient_checkpointing: bool = False
     seconds: float = 0.0
+    pgd_seconds: float = 0.0  # wall time spent in PGD steps (album-wide), for time estimates
 
 
 @dataclass
@@ -53,6 +54,71 @@ class Layer1Result:
     prior_cache_hit: bool
     stats: Layer1Stats
     lora_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    surrogates: Layer1Surrogates | None = None  # only with ``keep_surrogates=True``
+
+
+@dataclass
+class Layer1Surrogates:
+    """What layer 1 had loaded at its end (the SD base with its final ``"dyn"`` and ``"prior"``
+    adapters, the working size, the loss weights), kept so a joint polish can evaluate the same
+    dual loss per photo without loading Stable Diffusion again. Holds the whole UNet/VAE in
+    memory: drop the object to free it."""
+
+    sur: sg.Surrogate
+    working_size: int
+    weights: tuple[float, float]
+
+    def dual_loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``w_dyn * L(S_dyn, x) + w_prior * L(S_prior, x)`` for ONE photo: the quantity layer 1
+        maximises, with fresh noise/timestep draws from ``generator`` (CPU).
+
+        ``x``: (3, H, W) or (1, 3, H, W) float32 RGB in [0, 1] at full resolution, on any
+        device, may require grad. Returns a scalar fp32 tensor on the surrogate's device,
+        differentiable with respect to ``x`` (through the DreamBooth resize/crop and the VAE).
+        """
+        sur, size = self.sur, self.working_size
+        work = to_working(x.to(sur.device), size)
+        if work.shape[0] != 1:
+            raise ValueError(f"dual_loss takes one photo, got a batch of {work.shape[0]}")
+        draw = sg.NoiseDraw.draw(sur, 1, size, generator)
+        latents = sg.encode(sur, work, draw)
+        w_dyn, w_prior = self.weights
+        sg.use_adapter(sur, DYN)
+        loss = w_dyn * sg.unet_loss(sur, latents, draw)
+        sg.use_adapter(sur, PRIOR)
+        return loss + w_prior * sg.unet_loss(sur, latents, draw)
+
+    def fixed_dual_loss(self, x: torch.Tensor, seeds: tuple[int, ...] = (0, 1),
+                        timesteps: tuple[int, ...] = (100, 500, 900)) -> float:
+        """The dual loss of ``x`` averaged over fixed (seed, timestep) draws, without gradient:
+        an evaluation two versions of a photo can be compared with on equal terms."""
+        values = []
+        w_dyn, w_prior = self.weights
+        with torch.no_grad():
+            work = to_working(x.detach().to(self.sur.device), self.working_size)
+            for seed in seeds:
+                for t in timesteps:
+                    gen = torch.Generator().manual_seed(seed)
+                    draw = sg.NoiseDraw.draw(self.sur, 1, self.working_size, gen,
+                                             torch.full((1,), t))
+                    latents = sg.encode(self.sur, work, draw)
+                    sg.use_adapter(self.sur, DYN)
+                    loss = w_dyn * sg.unet_loss(self.sur, latents, draw)
+                    sg.use_adapter(self.sur, PRIOR)
+                    loss = loss + w_prior * sg.unet_loss(self.sur, latents, draw)
+                    values.append(float(loss))
+        return sum(values) / len(values)
+
+    def time_step(self, generator: torch.Generator | None = None) -> float:
+        """Seconds of one real layer-1 PGD step for one photo (forward + backward to the
+        working-size pixels), measured now on the surrogate's device."""
+        gen = generator or torch.Generator().manual_seed(0)
+        x = torch.full((1, 3, self.working_size, self.working_size), 0.5,
+                       device=self.sur.device, requires_grad=True)
+        started = time.perf_counter()
+        (grad,) = torch.autograd.grad(self.dual_loss(x, gen), x)
+        float(grad.abs().sum())  # waits for an asynchronous device
+        return time.perf_counter() - started
 
 
 def _device_parts(device: DeviceInfo | str) -> tuple[torch.device, torch.dtype | None, str]:
@@ -128,6 +194,7 @@ def protect_album_layer1(
     lora_rank: int = 8,
     lora_lr: float = 1e-4,
     weights: tuple[float, float] = (1.0, 1.0),
+    keep_surrogates: bool = False,
 ) -> Layer1Result:
     """Protect an album against DreamBooth/LoRA fine-tuning.
 
@@ -139,6 +206,8 @@ def protect_album_layer1(
     ``"prior"``, ``"layer1_pgd"``, ``"layer1_lora"``; ``cancel.check()`` runs before every step
     (raises ``Cancelled``). ``weights``: (w_dyn, w_prior). Deterministic for ``settings.seed``
     on the CPU. Raises ``DeviceError`` when CUDA memory cannot be made to suffice.
+    ``keep_surrogates``: also return the loaded surrogates (:class:`Layer1Surrogates`) for a
+    joint polish; they keep Stable Diffusion in memory while the result is held.
     """
     _check_images(images)
     started = time.perf_counter()
@@ -236,9 +305,11 @@ def protect_album_layer1(
         round_losses = []
         for _ in range(p_steps):
             tick()
+            t_step = time.perf_counter()
             grads, loss_value = album.retry(dual_gradient)
             x_adv = [pgd.signed_step(x, g, c, alpha=alpha, eps=eps)
                      for x, g, c in zip(x_adv, grads, clean, strict=True)]
+            stats.pgd_seconds += time.perf_counter() - t_step
             round_losses.append(loss_value)
             stats.pgd_loss.append(loss_value)
             pgd_done += 1
@@ -269,4 +340,5 @@ def protect_album_layer1(
         prior_cache_hit=cached is not None,
         stats=stats,
         lora_states={DYN: sg.lora_state(sur, DYN), PRIOR: sg.lora_state(sur, PRIOR)},
+        surrogates=Layer1Surrogates(sur, size, weights) if keep_surrogates else None,
     )

@@ -1,0 +1,167 @@
+"""Time estimates for a protection job, from costs measured on this machine.
+
+Per-photo work (layer 2, polish, detection, scoring) is timed once per device with the real
+identity encoders and detector on a synthetic face-sized crop (:func:`calibrate`, about a second
+on a CPU). Layer 1 costs one Stable Diffusion forward/backward per PGD step and photo: it comes
+from a real step timed on the loaded surrogates when a kit has them, else from the table
+measured for the full SD 1.5 architecture on the reference CPU (shared ENVIRONMENT.md); on a GPU
+without a measurement the layer-1 part is NaN ("unknown until the first step").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dladiff_app.core.presets import ProtectionSettings
+
+if TYPE_CHECKING:
+    from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
+
+# Measured on this project's reference CPU (2 threads, fp32, full SD 1.5 architecture, 512 px;
+# see shared ENVIRONMENT.md "Costs measured on this CPU"): seconds per layer-1 PGD step and per
+# LoRA step, for one photo.
+CPU_SECONDS_PER_PGD_STEP_512 = 21.8
+CPU_SECONDS_PER_LORA_STEP_512 = 15.7
+LORA_PER_PGD = CPU_SECONDS_PER_LORA_STEP_512 / CPU_SECONDS_PER_PGD_STEP_512
+
+# The calibration face: a 256 px face in the middle of a 640 px crop, about the crop layer 2
+# works on for a face of a phone portrait seen at 1080 px (crop = 2.6 x the face box).
+_FACE_PX, _CROP_PX = 256, 640
+# insightface's 112 px ArcFace template (left eye, right eye, nose, mouth corners).
+_TEMPLATE_112 = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37],
+                          [70.73, 92.20]])
+# Detections per photo: the runner's one on the clean photo, and the scorer's two on the saved
+# file vs the clean photo at full size; the two "after sharing" ones run at <= 1080 px.
+_FULL_DETECTIONS, _SHARED_DETECTIONS, _SHARED_MP = 3, 2, 1080 * 810 / 1e6
+_EMBEDS_PER_PHOTO = 4
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Seconds measured on this machine: one layer-2 step on one face (every encoder's forward
+    and backward plus one EOT view), one forward of every encoder, one detection per megapixel.
+    Zero where the piece is absent (no encoder, no detector)."""
+
+    layer2_step_s: float
+    embed_s: float
+    detect_s_per_mp: float
+    encoders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """``layer1_s`` is NaN when unknown (a GPU before its first measured step); ``total_s`` is
+    then NaN too. ``note`` says where the numbers come from."""
+
+    layer1_s: float
+    per_photo_s: float
+    total_s: float
+    note: str
+
+
+def calibration_face() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(box (4,), insightface landmarks (5, 2), dlib 5-point shape (5, 2)) of the synthetic face
+    in the calibration crop."""
+    off = (_CROP_PX - _FACE_PX) / 2
+    lm = _TEMPLATE_112 * (_FACE_PX / 112) + off
+    box = np.array([off, off, off + _FACE_PX, off + _FACE_PX], dtype=np.float64)
+    # dlib's 5-point order: eye corners (outer, inner) of one eye, then the other, then nose.
+    eye_w = 0.12 * _FACE_PX
+    right, left = lm[1], lm[0]
+    dlib5 = np.array([right + [eye_w / 2, 0], right - [eye_w / 2, 0], left - [eye_w / 2, 0],
+                      left + [eye_w / 2, 0], lm[2] + [0, 0.06 * _FACE_PX]])
+    return box, lm, dlib5
+
+
+def calibrate(encoders: Sequence[IdentityEncoder], detector: FaceDetector | None,
+              settings: ProtectionSettings | None = None) -> Calibration:
+    """Time the real encoders and detector once (each after one warm-up call)."""
+    import torch
+
+    from dladiff_app.engine.faces.types import Face
+    from dladiff_app.engine.shield.eot import EotConfig, apply_transform, sample_transform
+    from dladiff_app.engine.shield.layer2 import layer2_loss
+
+    box, lm, dlib5 = calibration_face()
+    face = Face(box=box, landmarks5=lm, dlib_shape=dlib5)
+    gen = torch.Generator().manual_seed(0)
+    crop = torch.rand((1, 3, _CROP_PX, _CROP_PX), generator=gen)
+    use_eot = settings.eot if settings is not None else True
+    layer2_s = embed_s = 0.0
+    if encoders:
+        with torch.no_grad():
+            targets = [{e.name: e.embed(crop, face).detach() for e in encoders}]  # warm-up
+        started = time.perf_counter()
+        with torch.no_grad():
+            for e in encoders:
+                e.embed(crop, face)
+        embed_s = time.perf_counter() - started
+        # Always-on EOT so the step timed is the expensive kind (JPEG + resize + shift).
+        eot = EotConfig(p_jpeg=1.0, p_scale=1.0, p_shift=1.0)
+        for _ in range(2):  # the first step pays one-off costs (allocations, kernels)
+            started = time.perf_counter()
+            x = crop.clone().requires_grad_(True)
+            view = apply_transform(x, sample_transform(eot, gen)) if use_eot else x
+            (grad,) = torch.autograd.grad(layer2_loss(view, [face], encoders, targets), x)
+            float(grad.abs().sum())
+            layer2_s = time.perf_counter() - started
+    detect_s = 0.0
+    if detector is not None:
+        image = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+        detector.detect(image)  # warm-up
+        started = time.perf_counter()
+        detector.detect(image)
+        detect_s = (time.perf_counter() - started) / (512 * 512 / 1e6)
+    return Calibration(layer2_s, embed_s, detect_s, tuple(e.name for e in encoders))
+
+
+def layer1_steps(settings: ProtectionSettings) -> tuple[int, int]:
+    """(PGD steps, LoRA steps) of layer 1 on one album, the prior counted as not cached."""
+    refreshes = len([k for k in range(1, settings.layer1_rounds)
+                     if k % settings.prior_refresh_every == 0])
+    lora = (max(0, settings.layer1_rounds - 1) + refreshes) * settings.layer1_lora_steps \
+        + settings.prior_steps
+    return settings.layer1_total_pgd, lora
+
+
+def estimate_job(n_photos: int, settings: ProtectionSettings, megapixels: float,
+                 calibration: Calibration, *, layer1_available: bool,
+                 pgd_step_s: float | None, device_kind: str) -> JobEstimate:
+    """Wall-clock estimate of protecting ``n_photos`` photos of ``megapixels`` each in one album
+    (one face per photo assumed). ``pgd_step_s``: a measured layer-1 PGD step for one photo on
+    this device, or None (then the CPU table, or NaN on a GPU)."""
+    n = max(0, int(n_photos))
+    s = settings
+    run_l1 = s.layers.finetune and layer1_available
+    run_l2 = s.layers.zeroshot and bool(calibration.encoders)
+    note = []
+    layer1 = 0.0
+    step_l1 = pgd_step_s
+    if run_l1:
+        if step_l1 is None and device_kind == "cpu":
+            step_l1 = CPU_SECONDS_PER_PGD_STEP_512
+            note.append("layer 1 from the CPU table for full SD 1.5 at 512 px")
+        elif step_l1 is None:
+            note.append("layer 1: unknown until the first step")
+        else:
+            note.append("layer 1 from a measured step")
+        pgd_steps, lora_steps = layer1_steps(s)
+        layer1 = (pgd_steps + lora_steps * LORA_PER_PGD) * step_l1 * n \
+            if step_l1 is not None else math.nan
+    per_photo = calibration.detect_s_per_mp * (
+        _FULL_DETECTIONS * megapixels + _SHARED_DETECTIONS * min(megapixels, _SHARED_MP)) \
+        + _EMBEDS_PER_PHOTO * calibration.embed_s
+    if run_l2:
+        per_photo += s.layer2_steps * calibration.layer2_step_s
+        note.append(f"layer 2 measured with {', '.join(calibration.encoders)}")
+        if run_l1 and s.polish_steps:
+            per_photo += s.polish_steps * (calibration.layer2_step_s + (
+                step_l1 if step_l1 is not None else math.nan))
+    total = layer1 + per_photo * n
+    return JobEstimate(layer1, per_photo, total, "; ".join(note))

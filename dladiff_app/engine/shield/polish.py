@@ -1,0 +1,163 @@
+"""Joint polish: a few signed-gradient steps on both shields' losses at once (METHOD.md,
+"Composition and strength", our choice).
+
+Layer 2 starts from layer 1's result and optimises identity alone, so it may undo part of what
+layer 1 did inside the face; the polish then descends the combined objective
+
+    J(x) = layer2_loss(x) - lambda * L_dual(x)
+
+(identity similarity down, the surrogates' denoising loss up) on the photo as it will be saved.
+
+Gradient normalisation (our choice): each loss's gradient is divided by its own mean absolute
+value over the photo before the two are added, then the sign is taken. The raw magnitudes differ
+by orders of magnitude (a cosine seen through a 150 px face chip vs a latent MSE seen through the
+VAE), so without it the sign of the sum would be the sign of whichever loss is larger and the
+other would be ignored. An identity gradient lives only on the face chips, so after the
+normalisation it decides the sign there, and the dual-loss gradient decides it everywhere else.
+
+Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1] on the CPU, full resolution; the
+surrogates may live on another device (their loss is moved back here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.faces.types import Face, IdentityEncoder
+from dladiff_app.engine.shield.eot import TransformParams, apply_transform, sample_transform
+from dladiff_app.engine.shield.face_region import FaceRegion
+from dladiff_app.engine.shield.layer1 import Layer1Surrogates
+from dladiff_app.engine.shield.layer2 import (
+    clean_embeddings,
+    eot_config_for,
+    exact_regions,
+    layer2_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Cancel(Protocol):
+    def check(self) -> None: ...
+
+
+@dataclass
+class PolishResult:
+    """``protected``: (1, 3, H, W) float32 on the 8-bit grid, inside the eps ball around the
+    clean photo. ``identity_before/after``: :func:`layer2_loss` of the quantised photo without
+    EOT (sum over faces and encoders of cosine similarity to the clean embedding; lower is
+    better) before the first and after the last step. ``dual_first/last``: the surrogates' dual
+    loss seen at the first and the last step (random draws, so noisy; higher is better)."""
+
+    protected: torch.Tensor
+    steps_done: int
+    identity_before: float
+    identity_after: float
+    dual_first: float
+    dual_last: float
+
+
+def grid_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eps ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where
+    ``clean`` is on the grid: rounding a point of it to the grid keeps it inside the budget."""
+    lo = torch.ceil(((clean - eps).clamp(0.0, 1.0) * 255.0) - 1e-4) / 255.0
+    hi = torch.floor(((clean + eps).clamp(0.0, 1.0) * 255.0) + 1e-4) / 255.0
+    return torch.minimum(lo, clean), torch.maximum(hi, clean)
+
+
+def _quantise_ste(x: torch.Tensor) -> torch.Tensor:
+    # Both losses see the 8-bit file; the gradient passes as if rounding were the identity.
+    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
+
+
+def _normalised(grad: torch.Tensor) -> torch.Tensor:
+    scale = grad.abs().mean()
+    return grad / scale if float(scale) > 0 else grad
+
+
+def _identity_loss(view: torch.Tensor, regions: Sequence[FaceRegion],
+                   encoders: Sequence[IdentityEncoder],
+                   targets: Sequence[Mapping[str, torch.Tensor]],
+                   transform: TransformParams | None) -> torch.Tensor:
+    total = view.new_zeros(())
+    for region in regions:
+        crop = region.crop(view)
+        if transform is not None:
+            crop = apply_transform(crop, transform)
+        total = total + layer2_loss(crop, region.local_faces, encoders,
+                                    [targets[i] for i in region.faces])
+    return total
+
+
+def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
+                 encoders: Sequence[IdentityEncoder], surrogates: Layer1Surrogates,
+                 settings: ProtectionSettings, *, steps: int | None = None,
+                 dual_weight: float = 1.0, cancel: _Cancel | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 generator_seed: int | None = None) -> PolishResult:
+    """Polish one photo that both layers protected.
+
+    ``clean``/``current``: (1, 3, H, W) float32 RGB [0, 1] CPU, ``current`` within
+    ``settings.eps``/255 of ``clean``. ``faces``: detections on the clean photo (with dlib
+    landmarks where a dlib encoder is used). ``steps``: default ``settings.polish_steps``; step
+    size ``settings.step2``/255 (layer 2's). ``dual_weight``: lambda. With ``settings.eot`` the
+    identity term sees one random sharing transformation per step, as in layer 2.
+    ``cancel.check()`` runs before every step (raises ``Cancelled``); ``progress(done, total)``
+    after every step. Deterministic for ``generator_seed`` (default ``settings.seed``) on the CPU.
+    """
+    if clean.shape != current.shape or clean.dim() != 4 or clean.shape[:2] != (1, 3):
+        raise ValueError(f"clean {tuple(clean.shape)} and current {tuple(current.shape)} must "
+                         "both be (1, 3, H, W)")
+    eps, alpha = settings.eps / 255.0, settings.step2 / 255.0
+    total = settings.polish_steps if steps is None else int(steps)
+    clean = clean.detach().float()
+    lo, hi = grid_bounds(clean, eps)
+    x = torch.minimum(torch.maximum(current.detach().float(), lo), hi)
+    seed = settings.seed if generator_seed is None else int(generator_seed)
+    gen_eot, gen_dual = torch.Generator().manual_seed(seed + 101), \
+        torch.Generator().manual_seed(seed + 102)
+    targets = clean_embeddings(clean, faces, encoders)
+    regions = exact_regions(clean, faces, encoders, targets) if faces else []
+    h, w = clean.shape[-2:]
+    eot_cfg = eot_config_for(w, h) if settings.eot else None
+
+    def identity_now(image: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(_identity_loss(torch.round(image * 255.0) / 255.0, regions, encoders,
+                                        targets, None))
+
+    before = identity_now(x)
+    dual_seen: list[float] = []
+    done = 0
+    for step in range(total):
+        if cancel is not None:
+            cancel.check()
+        transform = sample_transform(eot_cfg, gen_eot) if eot_cfg is not None else None
+        x_id = x.clone().requires_grad_(True)
+        id_loss = _identity_loss(_quantise_ste(x_id), regions, encoders, targets, transform)
+        g_id = (torch.autograd.grad(id_loss, x_id)[0] if id_loss.requires_grad
+                else torch.zeros_like(x))
+        x_dual = x.clone().requires_grad_(True)
+        dual = surrogates.dual_loss(_quantise_ste(x_dual), gen_dual)
+        (g_dual,) = torch.autograd.grad(dual, x_dual)
+        dual_seen.append(float(dual.detach()))
+        direction = _normalised(g_id) - dual_weight * _normalised(g_dual.to(x.device))
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - alpha * direction.sign(), lo), hi)
+        done = step + 1
+        if progress is not None:
+            progress(done, total)
+    protected = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
+    after = identity_now(protected)
+    log.info("Polish: %d steps, identity %.4f -> %.4f, dual loss %s", done, before, after,
+             f"{dual_seen[0]:.4f} -> {dual_seen[-1]:.4f}" if dual_seen else "not run")
+    return PolishResult(protected=protected, steps_done=done, identity_before=before,
+                        identity_after=after,
+                        dual_first=dual_seen[0] if dual_seen else float("nan"),
+                        dual_last=dual_seen[-1] if dual_seen else float("nan"))
