@@ -432,17 +432,20 @@ class EngineServices:
     device: EngineDeviceService
 
 
-def build_services(settings: Settings, settings_path: Path | None = None) -> EngineServices:
+def build_services(settings: Settings, settings_path: Path | None = None,
+                   **kit_options: Any) -> EngineServices:
     """The real services for the app: ONE model store rooted at ``models_dir(settings)`` and
     seeded with ``settings.model_paths``, shared by the model manager and the protect kits, so a
     local copy chosen in the model manager is what the next job uses. ``settings.device`` is the
-    device of "auto" jobs. Cheap: no ML library is imported here."""
+    device of "auto" jobs. ``kit_options`` go to :func:`build_kit` (e.g. ``working_size``).
+    Cheap: no ML library is imported here."""
     from dladiff_app.core.paths import models_dir
     from dladiff_app.engine.models.store import ModelStore
 
     store = ModelStore(models_dir(settings), settings_paths=settings.model_paths)
     return EngineServices(
-        protect=EngineProtectService(store=store, default_device=settings.device),
+        protect=EngineProtectService(store=store, default_device=settings.device,
+                                     **kit_options),
         models=EngineModelService(store=store, settings=settings, settings_path=settings_path),
         device=EngineDeviceService(settings.device),
     )

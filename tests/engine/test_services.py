@@ -1,0 +1,124 @@
+"""The app's engine services (``build_services``): one model store shared by the model manager
+and the protect kits, local copies persisted in the settings, and measured time estimates.
+
+Real pieces only: the tiny random Stable Diffusion folder as the user's local SD copy, the
+offline dlib face pack for faces, a real settings file, a real protect job.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dladiff_app.core.cancel import CancelToken
+from dladiff_app.core.events import Event, PhotoDone
+from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.presets import Layers, ProtectionSettings
+from dladiff_app.core.settings import Settings, load_settings
+from dladiff_app.engine.estimate import Calibration, estimate_job
+from dladiff_app.engine.services import build_services
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_L1 = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.FINETUNE, layer1_rounds=1,
+                             layer1_pgd_steps=2, layer1_lora_steps=1, prior_steps=1,
+                             layer2_steps=0, polish_steps=0)
+ZERO = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.ZEROSHOT, layer2_steps=50,
+                          polish_steps=0)
+
+
+@pytest.fixture(autouse=True)
+def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLADIFF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DLADIFF_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("DLADIFF_OFFLINE", "1")  # a download attempt would fail the test
+    monkeypatch.delenv("DLADIFF_DEVICE", raising=False)
+
+
+def test_services_module_imports_without_torch() -> None:
+    code = ("import sys, dladiff_app.engine.services as s; assert 'torch' not in sys.modules, "
+            "'torch imported'; assert callable(s.build_services)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_local_sd_copy_is_saved_and_used_by_the_next_job(tiny_sd_dir: Path,
+                                                         tmp_path: Path) -> None:
+    from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION
+
+    settings_file = tmp_path / "my-settings.json"
+    first = build_services(Settings(device="cpu"), settings_path=settings_file)
+    assert not {r.id: r for r in first.models.list_models()}["sd15"].present
+    first.models.use_local("sd15", str(tiny_sd_dir))
+    saved = load_settings(settings_file)
+    assert saved.model_paths == {"sd15": str(tiny_sd_dir.resolve())}
+    assert saved.device == "cpu"
+
+    # A later session: a fresh app reads the settings file and protects with that copy.
+    services = build_services(saved, settings_path=settings_file,
+                              working_size=TINY_SD_RESOLUTION)  # the tiny model's size
+    row = {r.id: r for r in services.models.list_models()}["sd15"]
+    assert (row.present, row.source, row.path) == (True, "local", str(tiny_sd_dir.resolve()))
+    assert services.device.describe().kind == "cpu"
+    photo = tmp_path / "in" / "p.png"
+    photo.parent.mkdir()
+    grad = np.linspace(0, 255, 72 * 80 * 3).reshape(72, 80, 3).astype(np.uint8)
+    Image.fromarray(grad).save(photo)
+    job = ProtectJob(inputs=(photo,), output_dir=tmp_path / "out", settings=TINY_L1)
+    events: list[Event] = []
+    summary = services.protect.protect(job, events.append, CancelToken())
+    assert (summary.done, summary.failed) == (1, 0)
+    result = next(e.result for e in events if isinstance(e, PhotoDone))
+    assert result.layers_done == ("layer1",)
+    kit = services.protect.kit_for(job)
+    assert kit.models["sd_pipeline"]["path"] == str(tiny_sd_dir.resolve())
+    assert not (tmp_path / "cache" / "models" / "sd15").exists()  # nothing was downloaded
+
+    # The kit measured its layer-1 step: the estimate uses it instead of the CPU table.
+    est = services.protect.estimate(2, TINY_L1, megapixels=0.5)
+    assert "measured step" in est.note and math.isfinite(est.total_s) and est.total_s > 0
+    measured = kit.layer1_step_seconds() if kit.layer1_step_seconds else None
+    assert measured is not None and 0 < measured < 5.0  # a tiny model, not SD's 21.8 s
+
+
+def test_zero_shot_estimate_is_measured_finite_and_grows(tmp_path: Path) -> None:
+    services = build_services(Settings(device="cpu"))
+    first = time.perf_counter()
+    one = services.protect.estimate_seconds(1, ZERO, megapixels=2.0)
+    first = time.perf_counter() - first
+    assert math.isfinite(one) and one > 0
+    again = time.perf_counter()
+    assert services.protect.estimate_seconds(1, ZERO, megapixels=2.0) > 0
+    again = time.perf_counter() - again
+    assert again < 0.1 and again < first, (first, again)  # calibrated once, then cached
+    assert services.protect.estimate_seconds(4, ZERO, megapixels=2.0) > 3.5 * one
+    more_steps = ZERO.with_overrides(layer2_steps=200)
+    assert services.protect.estimate_seconds(1, more_steps, megapixels=2.0) > 2 * one
+    cal = services.protect.calibration("cpu")
+    assert cal.encoders == ("dlib",) and cal.layer2_step_s > 0 and cal.detect_s_per_mp > 0
+    # No SD anywhere: layer 1 cannot run, so a "both" job costs what its zero-shot part costs.
+    both = ZERO.with_overrides(layers=Layers.BOTH)
+    assert services.protect.estimate_seconds(1, both, megapixels=2.0) == pytest.approx(one)
+
+
+def test_gpu_without_a_measured_step_leaves_only_layer1_unknown() -> None:
+    cal = Calibration(layer2_step_s=0.1, embed_s=0.02, detect_s_per_mp=0.05, encoders=("dlib",))
+    both = ProtectionSettings(layers=Layers.BOTH, polish_steps=0)
+    gpu = estimate_job(3, both, 12.0, cal, layer1_available=True, pgd_step_s=None,
+                       device_kind="cuda")
+    assert math.isnan(gpu.layer1_s) and math.isnan(gpu.total_s)
+    assert math.isfinite(gpu.per_photo_s) and gpu.per_photo_s > both.layer2_steps * 0.1
+    assert "unknown until the first step" in gpu.note
+    cpu = estimate_job(3, both, 12.0, cal, layer1_available=True, pgd_step_s=None,
+                       device_kind="cpu")
+    assert cpu.layer1_s > 3600  # the CPU table for full SD 1.5: hours
+    measured = estimate_job(3, both, 12.0, cal, layer1_available=True, pgd_step_s=0.5,
+                            device_kind="cuda")
+    assert 0 < measured.layer1_s < cpu.layer1_s and math.isfinite(measured.total_s)
