@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,21 @@ from tests.engine.test_runner import make_album
 ROOT = Path(__file__).resolve().parents[2]
 TINY_STEPS = ["--rounds", "1", "--pgd-steps", "2", "--lora-steps", "1", "--prior-steps", "2",
               "--layer2-steps", "3", "--polish-steps", "0"]
+
+
+# One BLAS thread: on the shared 2-core test machine two busy-waiting threads run the tiny
+# models many times slower (the same reason the engine tests pin torch to one thread).
+_CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +115,7 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     cmd = [sys.executable, "-m", "dladiff_app.cli.main", "--json", "protect",
            str(tmp_path / "anna"), "-o", str(out), "--pipeline", str(tiny_sd_dir), *TINY_STEPS]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env=_CHILD_ENV)
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
     killed_after = None
@@ -117,7 +133,7 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     assert list(states.values()).count("done") == 1, states
     rc = subprocess.run([sys.executable, "-m", "dladiff_app.cli.main", "protect", "--resume",
                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+                        env=_CHILD_ENV)
     assert rc.returncode == 0, rc.stderr[-2000:]
     journal = Journal(out)
     assert journal.problems() == []
