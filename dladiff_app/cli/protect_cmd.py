@@ -256,8 +256,14 @@ def run(args: argparse.Namespace) -> int:
     from dladiff_app.engine.runner import run_job
     from dladiff_app.engine.services import build_kit
 
+    device = job.device
+    if device == "auto":  # the device chosen in the app's settings, if any
+        from dladiff_app.core.settings import load_settings
+
+        device = load_settings().device
     try:
-        kit = build_kit(job.settings, device=job.device, pipeline_dir=args.pipeline)
+        # Models come from the user's store: downloads plus the local copies in the settings.
+        kit = build_kit(job.settings, device=device, pipeline_dir=args.pipeline)
     except DladiffError as exc:
         print(f"dladiff protect: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,17 @@ TINY_L1 = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.FINETUNE, l
                              layer2_steps=0, polish_steps=0)
 ZERO = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.ZEROSHOT, layer2_steps=50,
                           polish_steps=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Shared 2-core machine: one BLAS thread is much faster than two busy-waiting ones.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
