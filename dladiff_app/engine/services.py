@@ -281,6 +281,7 @@ class EngineProtectService:
         self._kits: dict[tuple[Any, ...], EngineKit] = {}
         self._calibrations: dict[tuple[str, tuple[str, ...]], Calibration] = {}
         self._face_models: tuple[FaceDetector | None, list[IdentityEncoder]] | None = None
+        self._face_models_key: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -300,9 +301,21 @@ class EngineProtectService:
         except ModelMissingError:
             return None
 
+    def _store_state(self) -> tuple[Any, ...]:
+        """What decides which face models and SD the store offers (cheap: marker files only), so
+        a model downloaded or chosen in the model manager is picked up by the next job."""
+        from dladiff_app.engine.faces.registry import ENCODERS
+
+        present = tuple(self.store.status(mid).present for mid, _ in ENCODERS.values()
+                        if mid in self.store.registry)
+        return (self._sd_path(), present, tuple(sorted(self.store.local_paths.items())))
+
     def _faces(self) -> tuple[FaceDetector | None, list[IdentityEncoder]]:
-        """The detector and encoders, loaded once and shared by kits and the calibration."""
-        if self._face_models is None:
+        """The detector and encoders, loaded once per store state and shared by kits and the
+        calibration."""
+        state = self._store_state()
+        if self._face_models is None or self._face_models_key != state:
+            self._face_models_key = state
             from dladiff_app.core.errors import DladiffError
             from dladiff_app.engine.faces import registry
 
@@ -324,8 +337,7 @@ class EngineProtectService:
 
     def kit_for(self, job: ProtectJob) -> EngineKit:
         device = self._device(job.device)
-        key = (device, job.settings, self._sd_path(),
-               tuple(sorted(self.store.local_paths.items())))
+        key = (device, job.settings, self._store_state())
         with self._lock:
             if key not in self._kits:
                 self._kits.clear()  # one warm kit at a time: SD weights are big

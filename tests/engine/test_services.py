@@ -68,7 +68,11 @@ def test_local_sd_copy_is_saved_and_used_by_the_next_job(tiny_sd_dir: Path,
     settings_file = tmp_path / "my-settings.json"
     first = build_services(Settings(device="cpu"), settings_path=settings_file)
     assert not {r.id: r for r in first.models.list_models()}["sd15"].present
+    probe = ProtectJob(inputs=(tmp_path,), output_dir=tmp_path / "o", settings=TINY_L1)
+    assert first.protect.kit_for(probe).layer1 is None  # no SD yet: layer 1 would be skipped
     first.models.use_local("sd15", str(tiny_sd_dir))
+    # The model manager and the protect service share one store: the same app sees it at once.
+    assert first.protect.kit_for(probe).layer1 is not None
     saved = load_settings(settings_file)
     assert saved.model_paths == {"sd15": str(tiny_sd_dir.resolve())}
     assert saved.device == "cpu"
