@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 SAFE_SUFFIXES = (".safetensors", ".onnx")
 
 
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); older releases only
+    know ``torch_dtype``. The new loader resolves both through ``_resolve_dtype``."""
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                      config_dir: Path | None = None,
                      variant: str | None = None) -> StableDiffusionPipeline:
@@ -40,7 +48,7 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
     from diffusers import StableDiffusionPipeline
 
     path = Path(path)
-    common: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None,
+    common: dict[str, Any] = {_dtype_keyword(): dtype, "safety_checker": None,
                               "requires_safety_checker": False}
     try:
         if path.is_dir():
