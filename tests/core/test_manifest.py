@@ -124,7 +124,11 @@ def test_report_renders_in_a_headless_browser(tmp_path: Any) -> None:
     page.write_text(render_report(_manifest(), {"/in/IMG_0042.jpg": (thumbnail_jpeg(clean),
                                                                      thumbnail_jpeg(clean))}))
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+    # The background-networking flags keep the browser off the (closed) network.
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}",
                     f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()],
                    check=True, timeout=60, capture_output=True)
     with Image.open(shot) as img:
