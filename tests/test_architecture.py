@@ -61,10 +61,10 @@ def test_contracts_hold_on_the_real_tree(tmp_path: Path) -> None:
                                     "dladiff_app.cli.main", "dladiff_app.core.imageio"])
 def test_front_ends_import_without_the_ml_stack(module: str) -> None:
     """The window (and `dladiff --help`) must come up before torch & co. load."""
-    code = ("import sys, importlib; importlib.import_module(%r); "
+    code = (f"import sys, importlib; importlib.import_module({module!r}); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'insightface', "
             "'onnxruntime', 'cv2', 'dlib') if m in sys.modules]; print(heavy); "
-            "sys.exit(1 if heavy else 0)") % module
+            "sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
