@@ -103,16 +103,25 @@ def shift_face(face: Face, dx: float, dy: float) -> Face:
                    else shape.astype(np.asarray(face.dlib_shape).dtype))
 
 
-def face_regions(faces: Sequence[Face], width: int, height: int, *, context: float = 2.6,
-                 margin: int = 16) -> list[FaceRegion]:
-    """Crops around ``faces`` in a ``width`` x ``height`` photo, overlapping crops merged.
+def scale_face(face: Face, origin: tuple[float, float], factor: tuple[float, float]) -> Face:
+    """The same face in a view that resampled the photo: pixel ``origin`` (x, y) of the old
+    frame is the top-left pixel of the view, and ``factor`` (fx, fy) is view pixels per old
+    pixel. Pixel-centre convention on both sides, the one of ``F.interpolate(...,
+    align_corners=False)``: ``p' = (p - origin + 0.5) * factor - 0.5``."""
+    o = np.array(origin, dtype=np.float64)
+    k = np.array(factor, dtype=np.float64)
 
-    ``context`` is the crop side over the face's extent: dlib's 150 px chip spans 1.5x the
-    landmark extent and can be rotated (x sqrt 2), hence > 2.1. ``margin`` pixels more hold the
-    EOT blur and shift. :func:`dladiff_app.engine.shield.layer2` verifies that each encoder
-    gives the same embedding on the crop as on the full photo and widens the crop if not.
-    """
-    boxes = [_snap(enlarge_box(face_extent(f), context, margin), width, height) for f in faces]
+    def move(p: np.ndarray) -> np.ndarray:
+        pts = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        return ((pts - o + 0.5) * k - 0.5).reshape(np.shape(p))
+
+    return replace(face, box=move(face.box), landmarks5=move(face.landmarks5),
+                   dlib_shape=None if face.dlib_shape is None else move(face.dlib_shape))
+
+
+def merge_boxes(boxes: Sequence[tuple[int, int, int, int]], width: int, height: int
+                ) -> list[tuple[tuple[int, int, int, int], list[int]]]:
+    """Merge overlapping boxes until none overlap: [(union box, indices of its boxes)]."""
     groups: list[tuple[tuple[int, int, int, int], list[int]]] = [
         (b, [i]) for i, b in enumerate(boxes)
     ]
@@ -129,12 +138,27 @@ def face_regions(faces: Sequence[Face], width: int, height: int, *, context: flo
                     break
             if merged:
                 break
-    regions = []
-    for box, idx in groups:
-        idx = sorted(idx)
-        local = tuple(shift_face(faces[i], box[0], box[1]) for i in idx)
-        regions.append(FaceRegion(box=box, faces=tuple(idx), local_faces=local))
-    return regions
+    return [(box, sorted(idx)) for box, idx in groups]
+
+
+def region_for(box: tuple[int, int, int, int], idx: Sequence[int], faces: Sequence[Face]
+               ) -> FaceRegion:
+    """The :class:`FaceRegion` of ``box`` holding ``faces[i]`` for ``i`` in ``idx``."""
+    local = tuple(shift_face(faces[i], box[0], box[1]) for i in idx)
+    return FaceRegion(box=box, faces=tuple(idx), local_faces=local)
+
+
+def face_regions(faces: Sequence[Face], width: int, height: int, *, context: float = 2.6,
+                 margin: int = 16) -> list[FaceRegion]:
+    """Crops around ``faces`` in a ``width`` x ``height`` photo, overlapping crops merged.
+
+    ``context`` is the crop side over the face's extent: dlib's 150 px chip spans 1.5x the
+    landmark extent and can be rotated (x sqrt 2), hence > 2.1. ``margin`` pixels more hold the
+    EOT blur and shift. :func:`dladiff_app.engine.shield.layer2` verifies that each encoder
+    gives the same embedding on the crop as on the full photo and widens the crop if not.
+    """
+    boxes = [_snap(enlarge_box(face_extent(f), context, margin), width, height) for f in faces]
+    return [region_for(box, idx, faces) for box, idx in merge_boxes(boxes, width, height)]
 
 
 def feathered_mask(region_size: tuple[int, int], faces: Sequence[Face], *,

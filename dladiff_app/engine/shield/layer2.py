@@ -1,11 +1,15 @@
 """Layer 2, the zero-shot shield: make every face's identity embedding move away from its own.
 
 For each detected face and each identity encoder available (ArcFace models, CLIP image towers,
-the offline dlib ResNet), PGD minimises the weighted cosine similarity between the encoder's
-embedding of the protected face and of the clean face (METHOD.md, "Layer 2"). The work happens on
-padded crops around the faces, so its cost follows the faces' pixel area, not the photo's
-megapixels; the change is blended in with a feathered mask and stays in the same L-inf ball
-around the clean photo as layer 1's.
+the offline dlib ResNet), PGD pushes the encoder's embedding of the protected face away from the
+clean face's, in the encoder's own metric (cosine similarity, or Euclidean distance for dlib;
+METHOD.md, "Layer 2"). The perturbation lives at full resolution on padded crops around the faces
+and is blended in with a feathered mask, in the same L-inf ball around the clean photo as layer
+1's. Each step looks at every face through one "view": the 8-bit photo itself, the photo as a
+platform shares it (downscaled to a 1080 px long side, JPEG q75), or a random sharing
+transformation. A view is computed at the scale the encoder needs (a big face is downscaled
+first, with a differentiable antialiased resize, so the gradient reaches every full-resolution
+pixel), so the cost follows the number of faces, not the photo's megapixels or the faces' size.
 
 Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1] on one device, full resolution.
 """
@@ -13,6 +17,7 @@ Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1] on one device, fu
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -23,8 +28,23 @@ import torch.nn.functional as F
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
-from dladiff_app.engine.shield.eot import EotConfig, apply_transform, sample_transform
-from dladiff_app.engine.shield.face_region import FaceRegion, face_regions, feathered_mask
+from dladiff_app.engine.shield.eot import EotConfig
+from dladiff_app.engine.shield.face_region import (
+    FaceRegion,
+    face_regions,
+    feathered_mask,
+    merge_boxes,
+    region_for,
+    shift_face,
+)
+from dladiff_app.engine.shield.face_views import (
+    FaceCrop,
+    draw_view,
+    make_view,
+    share_scale,
+    view_scale,
+    work_scale,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +52,15 @@ NO_FACE_WARNING = "No face found: the zero-shot shield was skipped for this phot
 # Platforms resize to about this long side before they re-compress; EOT's downscale range is
 # widened for bigger photos so that it covers what their faces go through.
 SHARE_LONG_SIDE = 1080
+# Share of steps that see the photo exactly as shared (1080 px, JPEG q75) and as saved; the
+# rest see a random EOT transformation (when EOT is on).
+P_SHARED, P_SAVED = 0.4, 0.2
+# Side of a face's own crop over the face's extent: holds the encoders' chips (checked by
+# exact_regions) and the feathered mask, which ends at 2 box sides.
+OWN_CONTEXT = 2.0
+# Step schedule: cosine decay from ALPHA_PEAK to ALPHA_FLOOR times ``settings.step2``; momentum
+# (MI-FGSM) keeps a direction that holds across the random views.
+ALPHA_PEAK, ALPHA_FLOOR, MOMENTUM = 5.0, 0.5, 0.75
 # An encoder's embedding of a crop must match its embedding of the full photo this closely
 # (cosine), or the crop is widened: the optimiser must see exactly what the encoder sees.
 CROP_EXACT_COS = 0.9999
@@ -75,10 +104,24 @@ def clean_embeddings(image: torch.Tensor, faces: Sequence[Face],
         return [{e.name: e.embed(image, f).detach() for e in encoders} for f in faces]
 
 
+def identity_term(encoder: IdentityEncoder, emb: torch.Tensor, target: torch.Tensor
+                  ) -> torch.Tensor:
+    """How much ``emb`` is still ``target``'s identity, in the encoder's own metric, 1 at the
+    clean face and lower when it moves away: cosine similarity, or ``1 - d / threshold`` for a
+    Euclidean encoder (0 at dlib's "different person" line): the judge's metric is the one
+    optimised, so the perturbation is spent on what the judge measures."""
+    if encoder.metric == "euclidean":
+        # The small constant keeps the gradient finite (zero) at d = 0.
+        d = torch.sqrt(((emb.flatten() - target.flatten()) ** 2).sum() + 1e-12)
+        return 1.0 - d / float(encoder.threshold)
+    return F.cosine_similarity(emb.flatten(), target.flatten(), dim=0)
+
+
 def layer2_loss(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[IdentityEncoder],
                 targets: Sequence[Mapping[str, torch.Tensor]],
                 weights: Mapping[str, float] | None = None) -> torch.Tensor:
-    """``sum_faces sum_k w_k * cos(E_k(crop_k(image)), target_k)``: the quantity layer 2
+    """``sum_faces sum_k w_k * identity_term(E_k(crop_k(image)), target_k)`` (cosine
+    similarity, or ``1 - d / threshold`` for Euclidean encoders): the quantity layer 2
     minimises (a scalar tensor, differentiable with respect to ``image``).
 
     ``image``: (1, 3, H, W) float32 [0, 1], the photo or a crop of it; ``faces`` in that
@@ -92,14 +135,14 @@ def layer2_loss(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[I
             w = 1.0 if weights is None else float(weights.get(enc.name, 1.0))
             if w == 0.0:
                 continue
-            emb = enc.embed(image, face)
-            cos = F.cosine_similarity(emb.flatten(), target[enc.name].flatten(), dim=0)
-            total = total + w * cos
+            total = total + w * identity_term(enc, enc.embed(image, face), target[enc.name])
     return total
 
 
 def eot_config_for(width: int, height: int) -> EotConfig:
-    """METHOD.md's EOT ranges, with the downscale reaching a 1080 px share of a big photo."""
+    """METHOD.md's EOT ranges, with the downscale reaching a 1080 px share of a big photo (for
+    callers that transform a full-resolution crop; :func:`protect_faces` scales its views
+    itself and uses :class:`EotConfig`'s own ranges relative to the working scale)."""
     base = EotConfig()
     ratio = min(1.0, SHARE_LONG_SIDE / max(width, height))
     return replace(base, scale=(base.scale[0] * ratio, base.scale[1]))
@@ -129,12 +172,12 @@ def _max_crop_error(image: torch.Tensor, regions: Sequence[FaceRegion],
 
 def exact_regions(image: torch.Tensor, faces: Sequence[Face],
                   encoders: Sequence[IdentityEncoder],
-                  full: Sequence[Mapping[str, torch.Tensor]]) -> list[FaceRegion]:
+                  full: Sequence[Mapping[str, torch.Tensor]], *,
+                  context: float = 2.6) -> list[FaceRegion]:
     """Crops around ``faces`` inside which every encoder sees each face exactly as in the full
-    photo (``full``: clean embeddings computed on the full photo). Widened until true; at worst
-    the crop is the whole photo."""
+    photo (``full``: clean embeddings computed on the full photo). ``context``: the first crop
+    size tried (see :func:`face_regions`); widened until true; at worst the whole photo."""
     h, w = image.shape[-2:]
-    context = 2.6
     while True:
         regions = face_regions(faces, w, h, context=context)
         err = _max_crop_error(image, regions, full, encoders)
@@ -178,6 +221,38 @@ def _similarities(image: torch.Tensor, regions: Sequence[FaceRegion], n_faces: i
     return out
 
 
+def _face_crops(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[IdentityEncoder],
+                targets: Sequence[Mapping[str, torch.Tensor]]
+                ) -> tuple[list[FaceRegion], list[list[FaceCrop]]]:
+    """Each face's own exact crop (see :func:`exact_regions`), and the regions that hold them:
+    overlapping crops merge into one region, so that every pixel has one perturbation, while each
+    face is still looked at through its own small crop."""
+    h, w = image.shape[-2:]
+    own = [exact_regions(image, [f], encoders, [t], context=OWN_CONTEXT)[0].box
+           for f, t in zip(faces, targets, strict=True)]
+    regions, crops = [], []
+    s_share = share_scale(w, h)
+    for box, idx in merge_boxes(own, w, h):
+        region = region_for(box, idx, faces)
+        regions.append(region)
+        rc = []
+        for i in idx:
+            x0, y0, x1, y1 = own[i]
+            rc.append(FaceCrop(box=(x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]),
+                               origin=(x0, y0), face=shift_face(faces[i], x0, y0),
+                               work_scale=work_scale(faces[i]), share_scale=s_share))
+        crops.append(rc)
+    return regions, crops
+
+
+def _alpha(step: int, total: int, alpha: float) -> float:
+    """Cosine decay from ``ALPHA_PEAK * alpha`` to ``ALPHA_FLOOR * alpha``: big steps find the
+    direction, small ones settle on the 8-bit grid."""
+    t = step / max(1, total - 1)
+    lo, hi = ALPHA_FLOOR * alpha, ALPHA_PEAK * alpha
+    return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t))
+
+
 def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[Face],
                   encoders: list[IdentityEncoder], settings: ProtectionSettings, *,
                   weights: dict[str, float] | None = None, steps: int | None = None,
@@ -190,15 +265,18 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     ``image``: the clean photo, (1, 3, H, W) float32 RGB [0, 1]. ``start``: layer 1's result in
     the same ball (None: the clean photo). ``faces``: detections on the clean photo, each
     protected against its own clean embedding. ``encoders``: the ensemble; ``weights`` by
-    encoder name (default 1). ``settings``: ``eps`` (budget), ``step2`` (PGD step), ``eot``,
-    ``seed``, ``layer2_steps`` (unless ``steps`` is given). ``eot`` overrides the sampling
-    ranges (default: :func:`eot_config_for` the photo size). ``cancel.check()`` runs before
-    every step and raises ``Cancelled``; ``progress(done, total)`` after every step.
+    encoder name (default 1). ``settings``: ``eps`` (budget), ``step2`` (PGD step scale),
+    ``eot``, ``seed``, ``layer2_steps`` (unless ``steps`` is given). ``eot`` overrides the
+    sampling ranges of the random views (default :class:`EotConfig`). ``cancel.check()`` runs
+    before every step and raises ``Cancelled``; ``progress(done, total)`` after every step.
 
-    PGD: random start in the ball, signed-gradient descent on :func:`layer2_loss` seen through
-    8-bit quantisation and one random EOT view per step, projected on the ball around ``image``;
-    the result is blended into ``start`` with a feathered mask and put on the 8-bit grid inside
-    the face regions.
+    PGD: random start in the ball, then per step one view of every face (see
+    :mod:`face_views`: the saved file, the shared file, or a random sharing transformation; only
+    the saved file without EOT), signed-gradient descent with momentum on
+    :func:`layer2_loss`'s terms seen through 8-bit quantisation, a step size decaying from
+    ``5 * step2`` to ``step2 / 2``, projected on the ball around ``image``; the result is
+    blended into ``start`` with a feathered mask and put on the 8-bit grid inside the face
+    regions.
     """
     eps = settings.eps / 255.0
     alpha = settings.step2 / 255.0
@@ -217,11 +295,10 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     start = start.detach()
     gen = torch.Generator().manual_seed(settings.seed if generator_seed is None
                                         else int(generator_seed))
-    h, w = image.shape[-2:]
-    eot_cfg = (eot or eot_config_for(w, h)) if settings.eot else None
+    eot_cfg = (eot or EotConfig()) if settings.eot else None
 
     targets = clean_embeddings(image, faces, encoders)
-    regions = exact_regions(image, faces, encoders, targets)
+    regions, crops = _face_crops(image, faces, encoders, targets)
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
     states = []
@@ -231,37 +308,58 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         mask = feathered_mask((region.height, region.width),
                               region.local_faces).to(image)
         lo, hi = _grid_bounds(clean_c, eps)
+        # The photo is x = start + mask * (y - start) with y in the ball [lo, hi]: x itself is
+        # optimised, in the box that y's ball maps to (a step of y by a is one of x by
+        # mask * a), so that no step spends full-resolution passes on the blend.
+        x_lo = start_c + mask * (lo - start_c)
+        x_hi = start_c + mask * (hi - start_c)
         # Random start: at delta = 0 the gradient through an encoder's warp can be exactly 0.
         noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
-        states.append((region, start_c, mask, lo, hi, y))
+        x = start_c + mask * (y - start_c)
+        states.append((start_c, mask, lo, hi, x_lo, x_hi, x, torch.zeros_like(x)))
 
     done = 0
     for step in range(total):
         if cancel is not None:
             cancel.check()
-        for k, (region, start_c, mask, lo, hi, y) in enumerate(states):
-            y = y.detach().requires_grad_(True)
-            # Outside the mask the photo stays ``start``; the blend of two points of the ball
-            # is in the ball, so only ``y`` needs projecting.
-            x = start_c + mask * (y - start_c)
-            view = _quantise_ste(x)
-            if eot_cfg is not None:
-                view = apply_transform(view, sample_transform(eot_cfg, gen))
-            loss = layer2_loss(view, region.local_faces, encoders,
-                               [targets[i] for i in region.faces], weights)
-            (grad,) = torch.autograd.grad(loss, y)
+        draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
+        a_t = _alpha(step, total, alpha)
+        for region, rcrops, state in zip(regions, crops, states, strict=True):
+            _, mask, _, _, x_lo, x_hi, x, momentum = state
+            leaf = x.requires_grad_(True)
+            loss = leaf.new_zeros(())
+            for i, fc in zip(region.faces, rcrops, strict=True):
+                x0, y0, x1, y1 = fc.box
+                whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
+                sub = leaf if whole else leaf[..., y0:y1, x0:x1]
+                # Seen through the 8-bit file; a downscaled view averages the rounding away.
+                if view_scale(fc, draw) >= 0.999:
+                    sub = _quantise_ste(sub)
+                view, vface = make_view(sub, fc, draw)
+                for enc in encoders:
+                    wk = 1.0 if weights is None else float(weights.get(enc.name, 1.0))
+                    if wk != 0.0:
+                        loss = loss + wk * identity_term(enc, enc.embed(view, vface),
+                                                         targets[i][enc.name])
+            if loss.requires_grad:
+                (grad,) = torch.autograd.grad(loss, leaf)
+            x.requires_grad_(False)
+            if not loss.requires_grad:
+                continue
             with torch.no_grad():
-                y = torch.minimum(torch.maximum(y - alpha * grad.sign(), lo), hi)
-            states[k] = (region, start_c, mask, lo, hi, y.detach())
+                # MI-FGSM: L1-normalised gradients accumulate, the sign of the sum steps.
+                l1 = float(torch.linalg.vector_norm(grad, ord=1)) / grad.numel()
+                momentum.mul_(MOMENTUM).add_(grad, alpha=1.0 / max(l1, 1e-20))
+                x.addcmul_(momentum.sign(), mask, value=-a_t)
+                torch.clamp(x, x_lo, x_hi, out=x)
         done = step + 1
         if progress is not None:
             progress(done, total)
 
     protected = start.clone()
     with torch.no_grad():
-        for region, start_c, mask, lo, hi, y in states:
-            x = start_c + mask * (y - start_c)
+        for region, (start_c, mask, lo, hi, _, _, x, _) in zip(regions, states, strict=True):
             q = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
             # Where the mask is 0 the photo is layer 1's, bit for bit.
             x0, y0, x1, y1 = region.box
