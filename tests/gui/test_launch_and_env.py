@@ -52,12 +52,11 @@ def test_estimate_unknown_is_said_not_invented(qtbot) -> None:  # type: ignore[n
 
 @pytest.mark.slow
 def test_real_engine_end_to_end(qtbot, tmp_path: Path, request) -> None:  # type: ignore[no-untyped-def]
-    """The window drives the real engine: zero-shot shield, dlib encoder, a few steps."""
-    engine_services = pytest.importorskip(
-        "dladiff_app.engine.services", reason="dladiff_app.engine.services is not there yet")
-    pytest.importorskip("dladiff_app.engine.faces.dlib_detect",
-                        reason="the dlib face detector module is not there yet")
-    tiny_sd_dir: Path = request.getfixturevalue("tiny_sd_dir")  # built only when not skipping
+    """The window drives the real engine on the tiny fixtures: both shields (tiny SD for the
+    fine-tuning shield, the real offline dlib encoder for the zero-shot shield), a few steps."""
+    import dladiff_app.engine.services as engine_services
+
+    tiny_sd_dir: Path = request.getfixturevalue("tiny_sd_dir")
     from skimage import data
 
     from dladiff_app.core.settings import Settings
@@ -77,14 +76,15 @@ def test_real_engine_end_to_end(qtbot, tmp_path: Path, request) -> None:  # type
         settings_path=tmp_path / "cfg" / "settings.json")
     qtbot.addWidget(window)
     window.strength.set_settings(ProtectionSettings(
-        preset="custom", eps=8, layers=Layers.ZEROSHOT, layer2_steps=3, polish_steps=0,
-        eot=False))
+        preset="custom", eps=8, layers=Layers.BOTH, layer1_rounds=1, layer1_pgd_steps=2,
+        layer1_lora_steps=1, prior_steps=2, layer2_steps=3, polish_steps=1, eot=False))
     window.add_paths([photo])
     window.protect()
     qtbot.waitUntil(lambda: not window.engine.busy, timeout=170_000)
     entry = window.batch.entry(photo.resolve())
     assert entry.status is Status.DONE, entry.status_text
     assert entry.result is not None and Path(entry.result.output).is_file()
+    assert {"layer1", "layer2", "polish"} <= set(entry.result.layers_done), entry.result.layers_done
     window.batch.select_path(entry.path)
     window.show_selected_in_viewer()
     scores = [s for s in entry.result.scores if s.value is not None]
