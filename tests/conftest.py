@@ -12,6 +12,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -39,3 +40,18 @@ def tiny_arcface_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fixtures.tiny_onnx import build_tiny_arcface
 
     return build_tiny_arcface(tmp_path_factory.mktemp("onnx") / "rec_tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Pin torch to one thread for a test module (``pytestmark = usefixtures(...)``).
+
+    On a loaded 2-core machine two busy-waiting BLAS threads run the tiny models many times
+    slower than one thread does; the setting is restored afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,6 @@ fixed noise seeds and timesteps so they compare image sets on equal terms.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,14 +45,7 @@ class Run:
     cache_dir: Path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machine is shared: two busy-waiting BLAS threads on a loaded 2-core box run the
-    # tiny model ~20x slower than one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ One layer-1 + layer-2 run is shared; the polish is judged on the 8-bit file it w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,7 @@ SETTINGS = ProtectionSettings(preset="custom", eps=EPS, layers=Layers.BOTH, laye
 EVAL = {"seeds": (100, 101, 102), "timesteps": (100, 300, 500, 700, 900)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Shared 2-core machine: one BLAS thread is much faster than two busy-waiting ones.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,7 @@ TINY = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.BOTH, layer1_r
                           layer2_steps=6, polish_steps=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machine is shared: two busy-waiting BLAS threads on a loaded 2-core box run the
-    # tiny models many times slower than one thread.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _detector() -> Any:

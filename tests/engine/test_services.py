@@ -11,7 +11,6 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,7 @@ ZERO = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.ZEROSHOT, laye
                           polish_steps=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Shared 2-core machine: one BLAS thread is much faster than two busy-waiting ones.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
