@@ -93,7 +93,7 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
             raise UsageError(f"nothing to resume: {out} holds no DLADiff job journal")
         job = job_from_dict(journal.job, resume=True)
         return dataclasses.replace(job, device=args.device if args.device != "auto"
-                                   else job.device)
+                                   else job.device, pipeline=args.pipeline or job.pipeline)
     if not args.inputs:
         raise UsageError("give at least one photo or folder to protect")
     try:
@@ -108,7 +108,8 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
         raise UsageError(str(exc)) from exc
     return ProtectJob(inputs=tuple(args.inputs), output_dir=out, settings=settings,
                       export=export, device=args.device, recursive=args.recursive,
-                      album_mode=AlbumMode(args.albums), resume=bool(args.resume))
+                      album_mode=AlbumMode(args.albums), resume=bool(args.resume),
+                      pipeline=args.pipeline)
 
 
 # ------------------------------------------------------------------ output
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         device = load_settings().device
     try:
         # Models come from the user's store: downloads plus the local copies in the settings.
-        kit = build_kit(job.settings, device=device, pipeline_dir=args.pipeline)
+        kit = build_kit(job.settings, device=device, pipeline_dir=job.pipeline)
     except DladiffError as exc:
         print(f"dladiff protect: {exc}", file=sys.stderr)
         return 2

@@ -45,3 +45,7 @@ class ProtectJob:
     recursive: bool = False
     album_mode: AlbumMode = AlbumMode.PER_FOLDER
     resume: bool = False
+    # Stable Diffusion folder or .safetensors checkpoint for the fine-tuning shield; None: the
+    # model store's sd15 (a download or the local copy chosen in the settings). Journaled, so a
+    # resumed job protects its remaining photos with the same model.
+    pipeline: Path | None = None

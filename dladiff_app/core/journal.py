@@ -52,6 +52,7 @@ def job_to_dict(job: ProtectJob) -> dict[str, Any]:
         "device": job.device,
         "recursive": job.recursive,
         "album_mode": job.album_mode.value,
+        "pipeline": str(Path(job.pipeline).absolute()) if job.pipeline else None,
     }
 
 
@@ -70,6 +71,7 @@ def job_from_dict(d: dict[str, Any], *, resume: bool = True) -> ProtectJob:
         recursive=d.get("recursive", False),
         album_mode=AlbumMode(d.get("album_mode", AlbumMode.PER_FOLDER.value)),
         resume=resume,
+        pipeline=Path(d["pipeline"]) if d.get("pipeline") else None,
     )
 
 

@@ -337,12 +337,14 @@ class EngineProtectService:
 
     def kit_for(self, job: ProtectJob) -> EngineKit:
         device = self._device(job.device)
-        key = (device, job.settings, self._store_state())
+        key = (device, job.settings, self._store_state(), job.pipeline)
         with self._lock:
             if key not in self._kits:
                 self._kits.clear()  # one warm kit at a time: SD weights are big
                 detector, encoders = self._faces()
                 options = {**self._kit_options, "detector": detector, "encoders": encoders}
+                if job.pipeline is not None:
+                    options["pipeline_dir"] = job.pipeline
                 self._kits[key] = build_kit(job.settings, device=device, store=self.store,
                                             **options)
             return self._kits[key]

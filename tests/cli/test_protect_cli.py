@@ -136,3 +136,5 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals
     doc = json.loads((out / "anna" / "manifest.json").read_text())
     assert len(doc["photos"]) == 3
+    # The resumed run used the journaled --pipeline: every photo got the fine-tuning shield.
+    assert all("layer1" in p["layers_done"] for p in doc["photos"]), doc["photos"]
