@@ -87,3 +87,68 @@ def test_feathered_mask_is_soft_and_local() -> None:
     ramp = m[100, 100:].numpy()
     assert np.all(np.diff(ramp) <= 1e-6)  # falls monotonically, no hard edge
     assert ((ramp > 0.05) & (ramp < 0.95)).sum() >= 5
+
+
+def _big_photo_and_face() -> tuple[np.ndarray, Face]:
+    """The astronaut upscaled 4x (2048 px, above the 1080 px a platform keeps), her face."""
+    from PIL import Image
+
+    small = real_photos.as_uint8(real_photos.astronaut())
+    big = np.asarray(Image.fromarray(small).resize((2048, 2048), Image.Resampling.LANCZOS),
+                     dtype=np.float32) / 255.0
+    box = np.array([165.5, 70.5, 253.5, 158.5]) * 4  # the face box of the 512 px photo
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    lm = np.array([[cx - 60, cy - 40], [cx + 60, cy - 40], [cx, cy],
+                   [cx - 45, cy + 80], [cx + 45, cy + 80]])
+    return big, Face(box=box, landmarks5=lm)
+
+
+def test_shared_view_lines_up_with_the_shared_photo() -> None:
+    """The 'shared' view of a face crop is the same picture, on the same pixel grid, as the
+    corresponding window of the whole photo downscaled to 1080 px and JPEG-compressed (up to
+    the resampling filter: torch's antialiased bilinear vs Pillow's Lanczos)."""
+    from dladiff_app.core.quality import simulate_sharing
+    from dladiff_app.engine.shield import face_views as fv
+    from dladiff_app.engine.shield.face_region import shift_face
+
+    big, face = _big_photo_and_face()
+    x0, y0, x1, y1 = 512, 160, 1184, 832
+    crop = fv.FaceCrop(box=(0, 0, x1 - x0, y1 - y0), origin=(x0, y0),
+                       face=shift_face(face, x0, y0), work_scale=fv.work_scale(face),
+                       share_scale=fv.share_scale(2048, 2048))
+    x = real_photos.to_tensor(big)[..., y0:y1, x0:x1]
+    view, vface = fv.make_view(x, crop, fv.ViewDraw("shared", transform=eot.TransformParams(
+        jpeg_quality=75)))
+    shared = simulate_sharing(big)
+    s = crop.share_scale
+    # Where the view's top-left pixel sits in the shared photo (a multiple of 16: JPEG blocks).
+    j0, i0 = round(face.box[0] * s - vface.box[0]), round(face.box[1] * s - vface.box[1])
+    assert j0 % 16 == 0 and i0 % 16 == 0
+    n_y, n_x = view.shape[-2:]
+    ref = torch.from_numpy(shared[i0 : i0 + n_y, j0 : j0 + n_x]).permute(2, 0, 1)[None]
+    err = float((view - ref).abs().mean())
+    off = float((view[..., :, 1:] - ref[..., :, :-1]).abs().mean())
+    assert err < 0.008 and err < 0.5 * off, (err, off)
+    # The face in view coordinates is the face of the photo scaled by 1080 / 2048.
+    assert np.allclose((vface.box[2] - vface.box[0]), (face.box[2] - face.box[0]) * s, rtol=0.01)
+
+
+def test_views_of_a_big_face_are_computed_at_the_encoders_scale() -> None:
+    from dladiff_app.engine.shield import face_views as fv
+    from dladiff_app.engine.shield.face_region import shift_face
+
+    big, face = _big_photo_and_face()
+    crop = fv.FaceCrop(box=(0, 0, 1024, 1024), origin=(320, 0), face=shift_face(face, 320, 0),
+                       work_scale=fv.work_scale(face), share_scale=1.0)
+    x = real_photos.to_tensor(big)[..., 0:1024, 320:1344].requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    sizes = set()
+    for _ in range(6):
+        draw = fv.draw_view(gen, eot.EotConfig(), p_shared=0.0, p_saved=0.5)
+        view, vface = fv.make_view(x, crop, draw)
+        side = float(vface.box[2] - vface.box[0])
+        assert side <= fv.WORK_FACE_PX + 1 and max(view.shape[-2:]) <= 1024 * 256 / 352 + 2
+        sizes.add(view.shape[-1])
+        (g,) = torch.autograd.grad(view.mean(), x)
+        assert float(g.abs().sum()) > 0  # the full-resolution crop gets the gradient
+    assert len(sizes) > 1  # random views come at random scales

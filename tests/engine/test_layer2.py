@@ -21,6 +21,8 @@ from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.types import Face
 from dladiff_app.engine.shield.layer2 import NO_FACE_WARNING, layer2_loss, protect_faces
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 T1 = Path(torch.__file__).parents[1] / "insightface" / "data" / "images" / "t1.jpg"
 
 
