@@ -38,6 +38,7 @@ from dladiff_app.engine.shield.face_region import (
     shift_face,
 )
 from dladiff_app.engine.shield.face_views import (
+    SHARE_LONG_SIDE,
     FaceCrop,
     draw_view,
     make_view,
@@ -49,9 +50,6 @@ from dladiff_app.engine.shield.face_views import (
 log = logging.getLogger(__name__)
 
 NO_FACE_WARNING = "No face found: the zero-shot shield was skipped for this photo."
-# Platforms resize to about this long side before they re-compress; EOT's downscale range is
-# widened for bigger photos so that it covers what their faces go through.
-SHARE_LONG_SIDE = 1080
 # Share of steps that see the photo exactly as shared (1080 px, JPEG q75) and as saved; the
 # rest see a random EOT transformation (when EOT is on).
 P_SHARED, P_SAVED = 0.4, 0.2
