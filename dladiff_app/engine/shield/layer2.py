@@ -46,6 +46,7 @@ from dladiff_app.engine.shield.face_views import (
     view_scale,
     work_scale,
 )
+from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,6 @@ def eot_config_for(width: int, height: int) -> EotConfig:
     return replace(base, scale=(base.scale[0] * ratio, base.scale[1]))
 
 
-def _quantise_ste(x: torch.Tensor) -> torch.Tensor:
-    # Forward on the 8-bit grid the file will be written on; gradient as if identity.
-    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
-
-
 def _max_crop_error(image: torch.Tensor, regions: Sequence[FaceRegion],
                     full: Sequence[Mapping[str, torch.Tensor]],
                     encoders: Sequence[IdentityEncoder]) -> float:
@@ -196,14 +192,6 @@ def _check_inputs(image: torch.Tensor, start: torch.Tensor, eps: float) -> None:
     if over > eps + 1e-4:
         raise ValueError(f"start is {over * 255:.2f}/255 from the clean image, outside the "
                          f"{eps * 255:.2f}/255 budget")
-
-
-def _grid_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eps-ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where
-    ``clean`` is on the grid, so that quantising a point of the ball keeps it in the ball."""
-    lo = torch.ceil(((clean - eps).clamp(0.0, 1.0) * 255.0) - 1e-4) / 255.0
-    hi = torch.floor(((clean + eps).clamp(0.0, 1.0) * 255.0) + 1e-4) / 255.0
-    return torch.minimum(lo, clean), torch.maximum(hi, clean)
 
 
 def _similarities(image: torch.Tensor, regions: Sequence[FaceRegion], n_faces: int,
@@ -305,7 +293,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         start_c = region.crop(start).clone()
         mask = feathered_mask((region.height, region.width),
                               region.local_faces).to(image)
-        lo, hi = _grid_bounds(clean_c, eps)
+        lo, hi = grid_bounds(clean_c, eps)
         # The photo is x = start + mask * (y - start) with y in the ball [lo, hi]: x itself is
         # optimised, in the box that y's ball maps to (a step of y by a is one of x by
         # mask * a), so that no step spends full-resolution passes on the blend.
@@ -333,7 +321,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
                 sub = leaf if whole else leaf[..., y0:y1, x0:x1]
                 # Seen through the 8-bit file; a downscaled view averages the rounding away.
                 if view_scale(fc, draw) >= 0.999:
-                    sub = _quantise_ste(sub)
+                    sub = quantise_ste(sub)
                 view, vface = make_view(sub, fc, draw)
                 for enc in encoders:
                     wk = 1.0 if weights is None else float(weights.get(enc.name, 1.0))

@@ -57,6 +57,21 @@ def signed_step(
     return project(x_adv.detach() + alpha * direction, clean, eps).detach()
 
 
+def grid_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eps-ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where
+    ``clean`` is on the grid, so that rounding a point of it to the grid (the file as written)
+    keeps it inside the budget. Returns (low, high), each shaped like ``clean``."""
+    lo = torch.ceil(((clean - eps).clamp(0.0, 1.0) * 255.0) - 1e-4) / 255.0
+    hi = torch.floor(((clean + eps).clamp(0.0, 1.0) * 255.0) + 1e-4) / 255.0
+    return torch.minimum(lo, clean), torch.maximum(hi, clean)
+
+
+def quantise_ste(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the 8-bit grid the file is written on, with a straight-through gradient
+    (backward acts as if the rounding were the identity)."""
+    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
+
+
 def linf_255(x_adv: torch.Tensor, clean: torch.Tensor) -> float:
     """max |x_adv - clean| in 1/255 units (for reports and tests)."""
     return float((x_adv - clean).abs().max()) * 255.0

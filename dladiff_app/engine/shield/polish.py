@@ -39,6 +39,7 @@ from dladiff_app.engine.shield.layer2 import (
     exact_regions,
     layer2_loss,
 )
+from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +62,6 @@ class PolishResult:
     identity_after: float
     dual_first: float
     dual_last: float
-
-
-def grid_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eps ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where
-    ``clean`` is on the grid: rounding a point of it to the grid keeps it inside the budget."""
-    lo = torch.ceil(((clean - eps).clamp(0.0, 1.0) * 255.0) - 1e-4) / 255.0
-    hi = torch.floor(((clean + eps).clamp(0.0, 1.0) * 255.0) + 1e-4) / 255.0
-    return torch.minimum(lo, clean), torch.maximum(hi, clean)
-
-
-def _quantise_ste(x: torch.Tensor) -> torch.Tensor:
-    # Both losses see the 8-bit file; the gradient passes as if rounding were the identity.
-    return x + (torch.round(x * 255.0) / 255.0 - x).detach()
 
 
 def _normalised(grad: torch.Tensor) -> torch.Tensor:
@@ -140,11 +128,11 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
             cancel.check()
         transform = sample_transform(eot_cfg, gen_eot) if eot_cfg is not None else None
         x_id = x.clone().requires_grad_(True)
-        id_loss = _identity_loss(_quantise_ste(x_id), regions, encoders, targets, transform)
+        id_loss = _identity_loss(quantise_ste(x_id), regions, encoders, targets, transform)
         g_id = (torch.autograd.grad(id_loss, x_id)[0] if id_loss.requires_grad
                 else torch.zeros_like(x))
         x_dual = x.clone().requires_grad_(True)
-        dual = surrogates.dual_loss(_quantise_ste(x_dual), gen_dual)
+        dual = surrogates.dual_loss(quantise_ste(x_dual), gen_dual)
         (g_dual,) = torch.autograd.grad(dual, x_dual)
         dual_seen.append(float(dual.detach()))
         direction = _normalised(g_id) - dual_weight * _normalised(g_dual.to(x.device))
