@@ -31,6 +31,7 @@ from dladiff_app.core.events import (
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.presets import PRESETS, Layers, preset
+from dladiff_app.core.results import IdentityScore, PhotoResult
 
 HOURS_WARNING_S = 3600.0
 
@@ -144,6 +145,35 @@ def _bar(fraction: float, width: int = 20) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def _score_text(score: IdentityScore | None) -> str:
+    if score is None or score.value is None:
+        return "-"
+    return f"{score.value:.3f} {score.verdict}"
+
+
+def results_table(results: list[PhotoResult]) -> str:
+    """One row per protected photo and identity encoder: the subject face's identity score on
+    the file as written and after sharing (JPEG q75 + 1080 px), with PSNR/SSIM/max change."""
+    rows = [("photo", "faces", "encoder", "protected file", "after sharing", "PSNR", "SSIM",
+             "max")]
+    for r in results:
+        shared = {s.encoder: s for s in r.scores_after_sharing}
+        quality = (f"{r.psnr:.1f}" if r.psnr is not None else "-",
+                   f"{r.ssim:.3f}" if r.ssim is not None else "-",
+                   f"{r.linf:.0f}/255" if r.linf is not None else "-")
+        for i, s in enumerate(r.scores or [None]):  # type: ignore[list-item]
+            first = i == 0
+            rows.append((Path(r.source).name if first else "", str(r.faces) if first else "",
+                         s.encoder if s else "-", _score_text(s),
+                         _score_text(shared.get(s.encoder)) if s else "-",
+                         *(quality if first else ("", "", ""))))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 class Printer:
     """Human output: bars on a terminal (redrawn in place), plain lines otherwise."""
 
@@ -152,6 +182,7 @@ class Printer:
         self.tty = (not as_json) and err.isatty()
         self.names: dict[int, str] = {}
         self.failures: list[str] = []
+        self.results: list[PhotoResult] = []
         self.total = 0
         self._last = 0.0
 
@@ -179,12 +210,14 @@ class Printer:
     def _text(self, event: Event) -> str | None:
         if isinstance(event, JobStarted):
             self.total = event.total_photos
-            return f"Protecting {event.total_photos} photo(s) on {event.device}: {event.message}"
+            return (f"Protecting {event.total_photos} photo(s) in {event.message} on "
+                    f"{event.device}")
         if isinstance(event, PhotoStarted):
             self.names[event.photo_id] = Path(event.source).name
             return None
         if isinstance(event, PhotoDone):
             r = event.result
+            self.results.append(r)
             scores = ", ".join(f"{s.encoder} {s.verdict}" for s in r.scores) or "not scored"
             return (f"done    {Path(r.source).name} -> {r.output} ({r.seconds:.1f} s; "
                     f"PSNR {r.psnr:.1f} dB; {scores})" if r.psnr is not None else
@@ -197,7 +230,8 @@ class Printer:
             return f"note    {event.message}"
         if isinstance(event, JobFinished):
             return (f"Finished in {_clock(event.seconds)}: {event.done} protected, "
-                    f"{event.skipped} already done, {event.failed} failed.")
+                    f"{event.skipped} already done, {event.failed} failed."
+                    + ("\n" + results_table(self.results) if self.results else ""))
         if isinstance(event, JobCancelled):
             return f"Cancelled after {event.done} photo(s); run again with --resume to finish."
         return None

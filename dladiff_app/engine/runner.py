@@ -372,7 +372,7 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), str(m.absolute()))
                for i, m in enumerate(found.missing)]
     sink(JobStarted(len(photos) + len(missing), kit.device_name,
-                    f"{len(albums)} album(s) on {kit.device_name}"))
+                    f"{len(albums)} album(s)"))
     if found.ignored:
         sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
                     f"{found.ignored[0].name}."))

@@ -138,3 +138,24 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     assert len(doc["photos"]) == 3
     # The resumed run used the journaled --pipeline: every photo got the fine-tuning shield.
     assert all("layer1" in p["layers_done"] for p in doc["photos"]), doc["photos"]
+
+
+def test_results_table_lists_each_encoder_saved_and_shared() -> None:
+    from dladiff_app.cli.protect_cmd import results_table
+    from dladiff_app.core.results import IdentityScore, PhotoResult
+
+    saved = IdentityScore("dlib", "euclidean", 1.02, 0.6, False)
+    shared = IdentityScore("dlib", "euclidean", 0.98, 0.6, False)
+    arc = IdentityScore("buffalo_l", "cosine", 0.71, 0.3, True)
+    table = results_table([
+        PhotoResult(source="/in/group.jpg", output="/out/group-protected.png", width=10,
+                    height=10, seconds=1.0, scores=(saved, arc), scores_after_sharing=(shared,),
+                    psnr=40.8, ssim=0.98, linf=8.0, faces=6),
+        PhotoResult(source="/in/sky.png", output="/out/sky-protected.png", width=10, height=10,
+                    seconds=1.0, faces=0),
+    ]).splitlines()
+    assert table[0].split()[:3] == ["photo", "faces", "encoder"]
+    assert "group.jpg" in table[2] and "1.020 different person" in table[2]
+    assert "0.980 different person" in table[2] and "40.8" in table[2] and "8/255" in table[2]
+    assert "0.710 same person" in table[3] and "group.jpg" not in table[3]
+    assert table[4].split()[:3] == ["sky.png", "0", "-"]
