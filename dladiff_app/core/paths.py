@@ -89,6 +89,10 @@ def configure_ml_environment(models_root: Path | None = None) -> dict[str, str]:
     root = models_root if models_root is not None else models_dir()
     values = ml_environment(root)
     os.environ.update(values)
+    # The libraries' own chatter (torchvision hints, per-file loading bars) is not for our users;
+    # a user who wants it back sets these variables themselves.
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(name, "error")
     early = [name for name in _ML_MODULES if name in sys.modules]
     if early:
         _log.info("ML libraries imported before the model folders were set: %s", ", ".join(early))

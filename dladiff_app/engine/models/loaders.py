@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 SAFE_SUFFIXES = (".safetensors", ".onnx")
 
 
+def _quiet_loading_bars() -> None:
+    """diffusers/transformers draw a progress bar per loaded component on stderr; the app shows
+    its own progress, so theirs would only garble the CLI's output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _dtype_keyword() -> str:
     """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); older releases only
     know ``torch_dtype``. The new loader resolves both through ``_resolve_dtype``."""
@@ -47,6 +57,7 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
     """
     from diffusers import StableDiffusionPipeline
 
+    _quiet_loading_bars()
     path = Path(path)
     common: dict[str, Any] = {_dtype_keyword(): dtype, "safety_checker": None,
                               "requires_safety_checker": False}
