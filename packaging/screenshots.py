@@ -6,7 +6,7 @@ Starts its own Xvfb unless ``DISPLAY`` is set (needs ``apt-get install -y xvfb l
 libxcb-keysyms1 libxcb-cursor0``). Sample photos: ``skimage.data.astronaut`` and insightface's
 ``data/images/t1.jpg`` (when installed). The default engine is the fake service of the GUI tests
 (real files, configured scores); ``--real`` uses ``dladiff_app.engine.services`` with the
-zero-shot shield and a few steps. Prints the folder holding ``main_window.png`` and
+zero-shot shield at the Medium preset. Prints the folder holding ``main_window.png`` and
 ``viewer.png``.
 """
 
@@ -90,9 +90,11 @@ def main() -> int:
         from dladiff_app.gui.qt_env import sanitize_qt_environment
 
         sanitize_qt_environment()
+        from dataclasses import replace
+
         from PySide6.QtWidgets import QApplication
 
-        from dladiff_app.core.presets import Layers, ProtectionSettings
+        from dladiff_app.core.presets import PRESETS, Layers
         from dladiff_app.core.settings import Settings
         from dladiff_app.gui.main_window import MainWindow
 
@@ -105,8 +107,8 @@ def main() -> int:
         photos = sample_photos(work / "in")
         window.add_paths(photos)
         if args.real:
-            window.strength.set_settings(ProtectionSettings(
-                preset="custom", eps=8, layers=Layers.ZEROSHOT, layer2_steps=5, polish_steps=0))
+            # The Medium preset's zero-shot shield, as a user without Stable Diffusion runs it.
+            window.strength.set_settings(replace(PRESETS["medium"], layers=Layers.ZEROSHOT))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not all(
                 e.pixels for e in window.batch.entries()):

@@ -284,7 +284,8 @@ class CompareView(QWidget):
         if result.ssim is not None:
             parts.append(f"SSIM {result.ssim:.4f}")
         if result.linf is not None:
-            parts.append(f"max change {result.linf:g}/255")
+            # Measured on the 8-bit file, so a whole number of levels (float noise aside).
+            parts.append(f"max change {result.linf:.0f}/255")
         parts.append(f"{result.faces} face{'s' if result.faces != 1 else ''}")
         if result.layers_done:
             parts.append("shields: " + ", ".join(result.layers_done))
