@@ -30,6 +30,7 @@ from dladiff_app.core.events import (
     Progress,
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 
@@ -114,23 +115,13 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
 
 
 # ------------------------------------------------------------------ output
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def event_dict(event: Event) -> dict[str, Any]:
     d = {"event": type(event).__name__}
     if isinstance(event, PhotoDone):
         d.update(photo_id=event.photo_id, result=event.result.to_dict())
     else:
         d.update(dataclasses.asdict(event))
-    return _jsonable(d)  # type: ignore[no-any-return]
+    return json_safe(d)  # type: ignore[no-any-return]
 
 
 def _clock(seconds: float | None) -> str:

@@ -27,14 +27,14 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no Infinity/NaN (an identical photo has PSNR = inf): such numbers become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -55,7 +55,7 @@ def build_manifest(*, album: str, job: dict[str, Any], device: dict[str, str],
         "photos": sorted(photos, key=lambda p: p["source"]),
         "failed": sorted(failed, key=lambda p: p["source"]),
     }
-    return _finite(doc)  # type: ignore[no-any-return]
+    return json_safe(doc)  # type: ignore[no-any-return]
 
 
 def manifest_text(doc: dict[str, Any]) -> str:

@@ -16,17 +16,6 @@ dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed")
 
 
 @pytest.fixture(scope="module")
-def pack():
-    from dladiff_app.core.errors import ModelMissingError
-    from dladiff_app.engine.models.dlib_pack import find_dlib_pack
-
-    try:
-        return find_dlib_pack()
-    except ModelMissingError as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module")
 def encoder(pack):
     from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
 

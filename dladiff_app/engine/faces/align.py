@@ -97,13 +97,15 @@ def antialias_sigma(matrix: np.ndarray) -> float:
     return max(0.0, (1.0 / scale - 1.0) / 2.0) if scale > 0 else 0.0
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W), radius 3 sigma, differentiable. ``mode``: the
+    border padding (``replicate`` for antialiasing a crop, ``reflect`` for EOT blur)."""
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
     c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.pad(x, (radius, radius, radius, radius), mode=mode)
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
@@ -145,7 +147,7 @@ def warp_affine(
         return image[:, :, :1, :1].sum() * 0.0 + image.new_zeros(n, c, h, w)
     crop = image[:, :, y0:y1, x0:x1]
     if sigma > 0:
-        crop = _gaussian_blur(crop, sigma)
+        crop = gaussian_blur(crop, sigma)
     ch, cw = y1 - y0, x1 - x0
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pts = transform_points(np.stack([u.ravel(), v.ravel()], axis=1), inv) - [x0, y0]

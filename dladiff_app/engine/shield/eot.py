@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dladiff_app.engine.faces.align import gaussian_blur as _blur
+
 # JPEG quantisation tables of the standard (ITU-T T.81 Annex K), row-major, at quality 50.
 _LUMA_Q50 = (
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
@@ -129,16 +131,7 @@ def apply_transform(x: torch.Tensor, params: TransformParams) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur, reflect padding (no dark rim at the crop border)."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    kx = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    ky = k.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, kx, groups=c)
-    return F.conv2d(y, ky, groups=c)
+    return _blur(x, sigma, mode="reflect")
 
 
 def shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
