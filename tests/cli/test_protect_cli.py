@@ -39,12 +39,6 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLADIFF_DEVICE", "cpu")
 
 
-def _need_dlib_detector() -> None:
-    pytest.importorskip("dladiff_app.engine.faces.dlib_detect",
-                        reason="the offline dlib detector (engine.faces.dlib_detect) is not in "
-                        "the tree yet")
-
-
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"x")
@@ -73,7 +67,6 @@ def test_hours_warning_for_full_sd_on_cpu(tmp_path: Path) -> None:
 
 def test_bad_files_are_named_and_exit_1(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    _need_dlib_detector()
     make_album(tmp_path / "in")
     rc = main(["--json", "protect", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "--layers", "zeroshot", "--layer2-steps", "1", "--eps", "4"])
@@ -98,7 +91,6 @@ def test_bad_files_are_named_and_exit_1(tmp_path: Path,
 @pytest.mark.slow
 def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Path,
                                                                 tmp_path: Path) -> None:
-    _need_dlib_detector()
     paths = make_album(tmp_path / "anna")
     for bad in ("truncated", "text", "gif"):
         paths[bad].unlink()

@@ -84,8 +84,6 @@ def _crop_faces(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.real_weights
 def test_dlib_verdicts_on_real_photos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("dladiff_app.engine.faces.dlib_detect") is None:
-        pytest.skip("the dlib detector (engine.faces.dlib_detect) is not in this checkout yet")
     a, b = _crop_faces(tmp_path)
     assert _run(["--json", "score", str(a), str(b), "--encoder", "dlib"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["scores"]

@@ -6,12 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import skimage.metrics as skimage_metrics  # the SSIM reference (a declared test dependency)
 
 from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
 from tests.core.bad_files import sample_rgb
-
-skimage_metrics = pytest.importorskip(
-    "skimage.metrics", reason="scikit-image (installed with insightface) is the SSIM reference")
 
 
 def _astronaut() -> np.ndarray:

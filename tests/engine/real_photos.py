@@ -6,7 +6,8 @@
 - ``coffee()``: ``skimage.data.coffee()``, a photo without a face (600x400).
 
 Each returns a read-only (H, W, 3) float32 RGB array in [0, 1] (the engine's numpy image
-contract), or skips the calling test with the reason when the package is missing. ``as_uint8``
+contract). insightface and scikit-image are declared dependencies, so a missing photo fails the
+calling test (a skip would hide a broken install). ``as_uint8``
 gives the 8-bit view that dlib reads; ``to_tensor`` the (1, 3, H, W) torch layout.
 """
 
@@ -45,21 +46,21 @@ def _insightface_photo(name: str) -> np.ndarray | None:
         return _freeze(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
 
 
-def _insightface_or_skip(name: str) -> np.ndarray:
+def _insightface_or_fail(name: str) -> np.ndarray:
     photo = _insightface_photo(name)
     if photo is None:
-        pytest.skip(f"insightface's sample photo {name} is not installed (pip install insightface)")
+        pytest.fail(f"insightface's sample photo {name} is not installed (pip install insightface)")
     return photo
 
 
 def t1() -> np.ndarray:
     """Group photo, 6 frontal faces, 1280x886."""
-    return _insightface_or_skip("t1.jpg")
+    return _insightface_or_fail("t1.jpg")
 
 
 def tom_hanks() -> np.ndarray:
     """One tightly cropped face, 112x112."""
-    return _insightface_or_skip("Tom_Hanks_54745.png")
+    return _insightface_or_fail("Tom_Hanks_54745.png")
 
 
 @functools.cache
@@ -71,21 +72,21 @@ def _skimage_photo(name: str) -> np.ndarray | None:
     return _freeze(getattr(skimage.data, name)().astype(np.float32) / 255.0)
 
 
-def _skimage_or_skip(name: str) -> np.ndarray:
+def _skimage_or_fail(name: str) -> np.ndarray:
     photo = _skimage_photo(name)
     if photo is None:
-        pytest.skip(f"skimage.data.{name}() is not available (pip install scikit-image)")
+        pytest.fail(f"skimage.data.{name}() is not available (pip install scikit-image)")
     return photo
 
 
 def astronaut() -> np.ndarray:
     """Eileen Collins, one face, 512x512."""
-    return _skimage_or_skip("astronaut")
+    return _skimage_or_fail("astronaut")
 
 
 def coffee() -> np.ndarray:
     """A cup of coffee: no face, 600x400."""
-    return _skimage_or_skip("coffee")
+    return _skimage_or_fail("coffee")
 
 
 def as_uint8(image: np.ndarray) -> np.ndarray:

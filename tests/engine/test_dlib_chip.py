@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import dlib
 import numpy as np
 import pytest
 import torch
 
 from dladiff_app.engine.faces.dlib_chip import extract_face_chip, face_chip_details, pyramid_down2
 from tests.engine import real_photos
-
-dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,8 @@ from dladiff_app.engine.faces.dlib_dat import (
 
 
 @pytest.fixture(scope="module")
-def resnet_path() -> Path:
-    from dladiff_app.core.errors import ModelMissingError
-    from dladiff_app.engine.models.dlib_pack import find_dlib_pack
-
-    try:
-        return find_dlib_pack().recognition
-    except ModelMissingError as err:
-        pytest.skip(str(err))
+def resnet_path(pack) -> Path:  # type: ignore[no-untyped-def]
+    return pack.recognition
 
 
 def test_integers_and_floats_use_dlibs_control_byte_encoding() -> None:

@@ -10,18 +10,12 @@ import pytest
 from dladiff_app.engine.faces.types import FaceDetector
 from tests.engine import real_photos
 
-dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed")
-
 
 @pytest.fixture(scope="module")
 def detector():
-    from dladiff_app.core.errors import ModelMissingError
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
 
-    try:
-        return DlibDetector()
-    except ModelMissingError as err:
-        pytest.skip(str(err))
+    return DlibDetector()
 
 
 def test_finds_all_six_faces_of_the_group_photo_largest_first(detector) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 import time
 
+import dlib
 import numpy as np
 import pytest
 import torch
 
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
 from tests.engine import real_photos
-
-dlib = pytest.importorskip("dlib", reason="dlib-bin is not installed")
 
 
 @pytest.fixture(scope="module")

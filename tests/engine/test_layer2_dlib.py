@@ -22,17 +22,13 @@ pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_threa
 
 @pytest.fixture(scope="module")
 def dlib_stack():  # -> (DlibDetector, DlibEncoder, dlib recognition model)
-    pytest.importorskip("dlib", reason="dlib-bin is not installed")
-    from dladiff_app.core.errors import ModelMissingError
+    import dlib
+
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
     from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
     from dladiff_app.engine.models.dlib_pack import find_dlib_pack
 
-    try:
-        pack = find_dlib_pack()
-    except ModelMissingError as err:
-        pytest.skip(str(err))
-    import dlib
+    pack = find_dlib_pack()
 
     enc = DlibEncoder.load(pack.recognition).eval()
     for p in enc.parameters():

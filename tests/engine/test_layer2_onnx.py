@@ -23,7 +23,6 @@ SETTINGS = ProtectionSettings(eps=8.0, seed=5, eot=False)
 
 @pytest.fixture(scope="module")
 def astronaut_faces():
-    pytest.importorskip("dlib", reason="dlib-bin is not installed")
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
 
     photo = real_photos.astronaut()

@@ -125,8 +125,6 @@ def test_mxnet_style_normalisation_is_detected(tmp_path: Path) -> None:
 @pytest.mark.real_weights
 def test_dlib_encoder_on_faces_without_dlib_landmarks() -> None:
     """Faces from SCRFD carry no dlib shape: scoring adds dlib's own landmarks for dlib."""
-    if importlib.util.find_spec("dladiff_app.engine.faces.dlib_detect") is None:
-        pytest.skip("the dlib detector (engine.faces.dlib_detect) is not in this checkout yet")
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
     from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
     from dladiff_app.engine.faces.score import score_pair
