@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
-from dladiff_app.core.errors import ModelMissingError, UnsupportedOnnxOp
+from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError, UnsupportedOnnxOp
 from dladiff_app.engine.faces.onnx_to_torch import onnx_to_torch, verify_against_onnxruntime
 
 
@@ -61,5 +62,22 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
         onnx_to_torch(tmp_path / "absent.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")
-    with pytest.raises(Exception, match="bad.onnx"):
+    with pytest.raises(ModelIntegrityError, match="bad.onnx"):
         onnx_to_torch(bad)
+
+
+def test_unsupported_op_variant_is_a_typed_error_on_first_use(tmp_path: Path) -> None:
+    weight = onnx.numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER")
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 8, 8])],
+        [weight],
+    )
+    path = tmp_path / "same.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    module = onnx_to_torch(path)
+    with pytest.raises(UnsupportedOnnxOp, match=r"same.onnx.*Conv \(Conv auto_pad SAME"):
+        module(torch.zeros(1, 1, 8, 8))

@@ -7,7 +7,8 @@ gradients, and onnx2torch drags in torchvision (which replaces the CPU torch her
 The module keeps the graph's initializers as buffers (frozen weights: we differentiate with
 respect to the input, never the weights) and executes the node list in its stored order, which
 ONNX requires to be topological. Ops cover the CNN recognizers/detectors exported from PyTorch and
-MXNet. Anything else raises :class:`UnsupportedOnnxOp` at load time, naming every missing op.
+MXNet. Anything else raises :class:`UnsupportedOnnxOp` at load time, naming every missing op;
+an op variant we do not implement (e.g. ``auto_pad=SAME_*``) raises it on the first forward pass.
 """
 
 from __future__ import annotations
@@ -444,7 +445,10 @@ class OnnxModule(nn.Module):
         env.update(zip(self.input_names, inputs, strict=True))
         for (op, ins, outs, attrs), release in zip(self._nodes, self._release, strict=True):
             args: list[Tensor | None] = [env[n] if n else None for n in ins]
-            result = _OPS[op](args, attrs)
+            try:
+                result = _OPS[op](args, attrs)
+            except NotImplementedError as exc:  # a variant of a known op: typed, names the file
+                raise UnsupportedOnnxOp(self.source, [f"{op} ({exc})"]) from exc
             results = result if isinstance(result, tuple) else (result,)
             for name, value in zip(outs, results, strict=False):
                 if name:
