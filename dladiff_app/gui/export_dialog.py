@@ -35,6 +35,7 @@ class ExportDialog(QDialog):
                  intro: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
+        self.setMinimumWidth(560)  # room for a full folder path and the placeholder text
         self.folder_edit = QLineEdit(str(folder) if folder else "")
         self.folder_edit.setAccessibleName("Destination folder")
         self.folder_edit.setPlaceholderText("Choose a folder for the protected photos")
@@ -90,8 +91,12 @@ class ExportDialog(QDialog):
         if folder:
             self.folder_edit.setText(folder)
 
+    def _format(self) -> OutputFormat:
+        # Qt hands a str-based enum back as a plain str: rebuild the enum member.
+        return OutputFormat(self.format.currentData())
+
     def _sync(self) -> None:
-        lossy = self.format.currentData() is not OutputFormat.PNG
+        lossy = self._format() is not OutputFormat.PNG
         self.quality.setEnabled(lossy)
         self.lossy_note.setVisible(lossy)
         self.ok_button.setEnabled(bool(self.folder_edit.text().strip()))
@@ -100,6 +105,6 @@ class ExportDialog(QDialog):
         return Path(self.folder_edit.text().strip()).expanduser()
 
     def options(self) -> ExportOptions:
-        return ExportOptions(format=self.format.currentData(), quality=self.quality.value(),
+        return ExportOptions(format=self._format(), quality=self.quality.value(),
                              keep_metadata=self.metadata.isChecked(),
                              write_report=self.report.isChecked())

@@ -58,7 +58,7 @@ class ModelManagerDialog(QDialog):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
-        self.resize(820, 460)
+        self.resize(980, 620)  # every row and the license visible
         self._models, self._engine = models, engine
         self.rows: list[ModelRow] = []
         self._cancel: CancelToken | None = None
@@ -132,6 +132,9 @@ class ModelManagerDialog(QDialog):
         missing = sum(not r.present for r in self.rows)
         self.summary.setText(f"{missing} model(s) missing." if missing else
                              "All models are ready.")
+        if selected is None and self.rows:
+            # Show a license straight away: the first model still missing, else the first one.
+            selected = next((r for r in self.rows if not r.present), self.rows[0])
         if selected is not None:
             self.select(selected.id)
         self.models_changed.emit(self.rows)

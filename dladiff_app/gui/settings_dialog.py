@@ -47,6 +47,7 @@ class SettingsDialog(QDialog):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
+        self.setMinimumWidth(600)  # room for full folder paths and the placeholder texts
         self._settings = settings
         self.device = QComboBox()
         self.device.setAccessibleName("Device")
