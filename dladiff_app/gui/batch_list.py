@@ -21,7 +21,7 @@ _PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class Status(str, Enum):
-    QUEUED = "Queued"
+    QUEUED = "Not protected yet"  # before a run, and after a run stopped before it
     RUNNING = "Running"
     DONE = "Protected"
     FAILED = "Failed"

@@ -360,7 +360,7 @@ class MainWindow(QMainWindow):
             return
         self._job_paths = [e.path for e in entries]
         for path in self._job_paths:
-            self.batch.set_status(path, Status.QUEUED)
+            self.batch.set_status(path, Status.QUEUED, "waiting its turn")
         job = ProtectJob(inputs=tuple(self._job_paths), output_dir=self.output_dir,
                          settings=settings, export=self.export_options,
                          device=self.settings.device)
@@ -433,13 +433,30 @@ class MainWindow(QMainWindow):
             if summary.cancelled:
                 self._mark_unfinished(Status.CANCELLED, "stopped before it finished")
         self._mark_unfinished(Status.QUEUED, "")
+        self._release_waiting()
+        self._reset_photo_progress()
         self._sync_controls()
         self._schedule_estimate()
+
+    def _release_waiting(self) -> None:
+        # Photos the run never reached are no longer waiting for anything.
+        current = {e.path: e for e in self.batch.entries()}
+        for path in self._job_paths:
+            entry = current.get(path)
+            if entry is not None and entry.status is Status.QUEUED and entry.detail:
+                self.batch.set_status(path, Status.QUEUED)
+
+    def _reset_photo_progress(self) -> None:
+        # A stage name and percentage left over from the last photo read as if work continued.
+        self.photo_progress.reset()
+        self.photo_progress.setFormat("%p%")
 
     def _on_job_crashed(self, message: str) -> None:
         self._mark_unfinished(Status.FAILED, message)
         self.notes.error(f"Protection stopped: {message}")
         self.progress_label.setText("Protection stopped by an error.")
+        self._release_waiting()
+        self._reset_photo_progress()
         self._sync_controls()
 
     def _mark_unfinished(self, status: Status, detail: str) -> None:
@@ -502,6 +519,8 @@ class MainWindow(QMainWindow):
     def _on_models(self, rows: object) -> None:
         self.model_rows = list(rows)  # type: ignore[call-overload]
         missing = [r for r in self.model_rows if not r.present]
+        sd = next((r for r in self.model_rows if r.id == "sd15"), None)
+        self.strength.set_finetune_available(sd is None or sd.present)
         if missing and not self.settings.first_run_done:
             names = ", ".join(r.title for r in missing[:3]) + ("…" if len(missing) > 3 else "")
             self.first_run_text.setText(

@@ -51,6 +51,7 @@ class StrengthPanel(QGroupBox):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Protection", parent)
+        self._finetune_available = True
         self._base = PRESETS["medium"]
         self._updating = False
 
@@ -81,6 +82,12 @@ class StrengthPanel(QGroupBox):
         self.finetune.setChecked(True)
         finetune_help = QLabel("Spoils DreamBooth/LoRA training on your photos. Needs a GPU to "
                                "be quick.")
+        self.finetune_missing = QLabel("Stable Diffusion is not on this computer yet, so this "
+                                       "shield will be skipped. Get it under Models…")
+        self.finetune_missing.setAccessibleName("Fine-tuning shield unavailable")
+        self.finetune_missing.setWordWrap(True)
+        self.finetune_missing.setStyleSheet("color: #b45309; margin-left: 22px;")
+        self.finetune_missing.hide()
         self.zeroshot = QCheckBox("Zero-shot shield")
         self.zeroshot.setAccessibleName("Zero-shot shield")
         self.zeroshot.setChecked(True)
@@ -113,6 +120,7 @@ class StrengthPanel(QGroupBox):
         box.addSpacing(6)
         box.addWidget(self.finetune)
         box.addWidget(finetune_help)
+        box.addWidget(self.finetune_missing)
         box.addWidget(self.zeroshot)
         box.addWidget(zeroshot_help)
         box.addWidget(self.warning)
@@ -123,6 +131,7 @@ class StrengthPanel(QGroupBox):
         self.eps.valueChanged.connect(self._on_slider)
         self.steps.valueChanged.connect(self._on_slider)
         self.finetune.toggled.connect(self._on_slider)
+        self.finetune.toggled.connect(self._sync_finetune_note)
         self.zeroshot.toggled.connect(self._on_slider)
         self._apply(self._base, THOROUGHNESS.index(1.0))
 
@@ -145,6 +154,15 @@ class StrengthPanel(QGroupBox):
     def set_settings(self, settings: ProtectionSettings) -> None:
         """Show explicit settings (for example a saved default); thoroughness is 1x of them."""
         self._apply(settings, THOROUGHNESS.index(1.0))
+
+    def set_finetune_available(self, available: bool) -> None:
+        """Say up front when the fine-tuning shield cannot run (no Stable Diffusion model)."""
+        self._finetune_available = available
+        self._sync_finetune_note()
+
+    def _sync_finetune_note(self) -> None:
+        self.finetune_missing.setVisible(not self._finetune_available
+                                         and self.finetune.isChecked())
 
     def set_layers(self, layers: Layers) -> None:
         self.finetune.setChecked(layers.finetune)

@@ -1,0 +1,88 @@
+"""Behaviours fixed after a user's-eye review of the screenshots (offscreen, fake engine)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PySide6.QtWidgets import QLineEdit
+
+from dladiff_app.core.jobs import ExportOptions, OutputFormat
+from dladiff_app.gui.batch_list import Status
+
+pytestmark = pytest.mark.gui
+
+
+def test_export_dialog_png_needs_no_quality(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.gui.export_dialog import ExportDialog
+
+    dialog = ExportDialog(None, ExportOptions(), title="Export", intro="Copy.")
+    qtbot.addWidget(dialog)
+    assert dialog.options().format is OutputFormat.PNG
+    assert not dialog.quality.isEnabled() and dialog.lossy_note.isHidden()
+    dialog.format.setCurrentIndex(dialog.format.findData(OutputFormat.JPEG))
+    assert dialog.options().format is OutputFormat.JPEG
+    assert dialog.quality.isEnabled() and not dialog.lossy_note.isHidden()
+
+
+@pytest.mark.parametrize("which", ["settings", "export"])
+def test_dialogs_show_whole_placeholders(qtbot, which: str) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.core.settings import Settings
+    from dladiff_app.gui.export_dialog import ExportDialog
+    from dladiff_app.gui.settings_dialog import SettingsDialog
+
+    dialog = (SettingsDialog(Settings(), None) if which == "settings" else
+              ExportDialog(None, ExportOptions(), title="Export", intro="Copy."))
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    for edit in dialog.findChildren(QLineEdit):
+        if edit.placeholderText() and edit.isVisible():
+            needed = edit.fontMetrics().horizontalAdvance(edit.placeholderText())
+            assert edit.width() > needed + 10, (edit.accessibleName(), edit.width(), needed)
+
+
+def test_model_manager_opens_on_a_license(qtbot, make_window) -> None:  # type: ignore[no-untyped-def]
+    window = make_window()
+    manager = window.open_model_manager()
+    qtbot.waitUntil(lambda: manager.table.rowCount() == 2)
+    assert manager.selected_row() is not None and manager.selected_row().id == "buffalo_l"
+    assert "research only" in manager.license.toPlainText()
+
+
+def test_finetune_shield_says_when_sd_is_missing(qtbot, make_window, services) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.core.services import ModelRow
+
+    services.models.rows.append(ModelRow("sd15", "Stable Diffusion 1.5", "Fine-tuning shield",
+                                         False, 4_000_000_000, "OpenRAIL-M", "text", None,
+                                         "missing"))
+    window = make_window()
+    note = window.strength.finetune_missing
+    qtbot.waitUntil(lambda: note.isVisibleTo(window))
+    window.strength.finetune.setChecked(False)
+    assert not note.isVisibleTo(window)
+    window.strength.finetune.setChecked(True)
+    services.models.rows[-1] = replace(services.models.rows[-1], present=True)
+    window.open_model_manager()
+    qtbot.waitUntil(lambda: not note.isVisibleTo(window))
+
+
+def test_cancel_clears_progress_and_unreached_photos(qtbot, make_window, photos, fake_protect) -> None:  # type: ignore[no-untyped-def]
+    fake_protect.slow_from_photo = 1
+    fake_protect.step_seconds = 0.01
+    window = make_window()
+    window.add_paths(photos)
+    assert window.batch.entry(photos[0].resolve()).status_text == "Not protected yet"
+    window.protect()
+    second = window.batch.entry(photos[1].resolve())
+    third = window.batch.entry(photos[2].resolve())
+    assert third.status_text == "Not protected yet: waiting its turn"
+    qtbot.waitUntil(lambda: second.status is Status.RUNNING and second.percent, timeout=10_000)
+    assert window.photo_progress.text() != ""
+    window.cancel()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    assert second.status is Status.CANCELLED
+    assert third.status_text == "Not protected yet"  # the run never reached it
+    assert window.photo_progress.text() == ""
+    assert Path(window.batch.entry(photos[0].resolve()).result.output).is_file()
