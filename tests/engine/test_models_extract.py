@@ -95,7 +95,7 @@ def test_lying_header_is_caught_while_copying(tmp_path: Path) -> None:
     data = data.replace(declared, (10).to_bytes(4, "little"))
     archive.write_bytes(bytes(data))
     assert info.file_size == 5000
-    with pytest.raises((ModelIntegrityError, zipfile.BadZipFile)):
+    with pytest.raises(ModelIntegrityError, match="liar.zip.*x.onnx"):
         safe_extract_zip(archive, tmp_path / "out", max_member_bytes=100, max_total_bytes=100)
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["liar.zip"]

@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from dladiff_app.core.errors import ModelIntegrityError
@@ -123,10 +124,16 @@ def safe_extract_zip(
 def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
                  member_limit: int, budget: int, zip_path: Path) -> int:
     written = 0
-    with archive.open(info) as src, open(target, "xb") as out:
-        while chunk := src.read(_COPY_CHUNK):
-            written += len(chunk)
-            if written > member_limit or written > budget:
-                raise _refuse(zip_path, info.filename, "it expands beyond the size limit")
-            out.write(chunk)
+    try:
+        with archive.open(info) as src, open(target, "xb") as out:
+            while chunk := src.read(_COPY_CHUNK):
+                written += len(chunk)
+                if written > member_limit or written > budget:
+                    raise _refuse(zip_path, info.filename, "it expands beyond the size limit")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC, corrupt/cut stream
+        raise ModelIntegrityError(
+            f"{zip_path.name}: member {info.filename!r} is corrupt ({exc}); the archive was not "
+            "used. Download it again."
+        ) from exc
     return budget - written
