@@ -264,7 +264,10 @@ class BatchList(QTreeWidget):
         children = (album.child(i) for i in range(album.childCount()))
         photos = [self._entries[Path(c.data(0, _PATH_ROLE))] for c in children if c is not None]
         done = sum(e.status is Status.DONE for e in photos)
-        album.setText(1, f"{done}/{len(photos)} protected")
+        # Files that are not photos at all do not count towards the album's total.
+        skipped = sum(e.status is Status.SKIPPED for e in photos)
+        text = f"{done}/{len(photos) - skipped} protected"
+        album.setText(1, text + (f" ({skipped} skipped)" if skipped else ""))
 
     # ------------------------------------------------------------------ thumbnails
     def _on_thumb(self, path: str, image: QImage, pixels: int) -> None:

@@ -72,7 +72,8 @@ def start_export(window: MainWindow) -> None:
         return
     dialog = ExportDialog(None, window.export_options, title="Export protected photos",
                           intro=f"Copy {len(items)} protected photo(s) into another folder, "
-                                "re-encoded in the format you choose.", parent=window)
+                                "re-encoded in the format you choose.", action="Export",
+                          parent=window)
     if not dialog.exec():
         return
     run_export(window, items, dialog.folder(), dialog.options())

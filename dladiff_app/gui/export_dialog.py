@@ -32,7 +32,7 @@ class ExportDialog(QDialog):
     """Pick the destination folder and the :class:`ExportOptions`."""
 
     def __init__(self, folder: Path | None, options: ExportOptions, *, title: str,
-                 intro: str, parent: QWidget | None = None) -> None:
+                 intro: str, action: str = "OK", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(title)
         self.setMinimumWidth(560)  # room for a full folder path and the placeholder text
@@ -74,6 +74,8 @@ class ExportDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.ok_button.setText(action)  # a verb says what the button does
+        self.ok_button.setAccessibleName(action)
         self.folder_edit.textChanged.connect(self._sync)
         intro_label = QLabel(intro)
         intro_label.setWordWrap(True)

@@ -491,7 +491,8 @@ class MainWindow(QMainWindow):
 
     def choose_output(self) -> None:
         dialog = ExportDialog(self.output_dir, self.export_options, title="Output options",
-                              intro="Where and how protected photos are written.", parent=self)
+                              intro="Where and how protected photos are written.",
+                              action="Save", parent=self)
         if dialog.exec():
             self.set_output(dialog.folder(), dialog.options())
 

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.gui
 def test_export_dialog_png_needs_no_quality(qtbot) -> None:  # type: ignore[no-untyped-def]
     from dladiff_app.gui.export_dialog import ExportDialog
 
-    dialog = ExportDialog(None, ExportOptions(), title="Export", intro="Copy.")
+    dialog = ExportDialog(None, ExportOptions(), title="Export", intro="Copy.", action="Export")
     qtbot.addWidget(dialog)
+    assert dialog.ok_button.text() == "Export"
     assert dialog.options().format is OutputFormat.PNG
     assert not dialog.quality.isEnabled() and dialog.lossy_note.isHidden()
     dialog.format.setCurrentIndex(dialog.format.findData(OutputFormat.JPEG))
@@ -86,3 +87,13 @@ def test_cancel_clears_progress_and_unreached_photos(qtbot, make_window, photos,
     assert third.status_text == "Not protected yet"  # the run never reached it
     assert window.photo_progress.text() == ""
     assert Path(window.batch.entry(photos[0].resolve()).result.output).is_file()
+
+
+def test_album_total_leaves_out_files_that_are_not_photos(qtbot, make_window, photos) -> None:  # type: ignore[no-untyped-def]
+    text = photos[0].parent / "notes.txt"
+    text.write_text("not a photo")
+    window = make_window()
+    window.add_paths([photos[0].parent])
+    window.add_paths([text])
+    album = window.batch.topLevelItem(0)
+    assert album.text(1) == "0/2 protected (1 skipped)"
