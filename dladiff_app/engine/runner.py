@@ -16,6 +16,7 @@ for layer 2, at full resolution, on the CPU between stages (the layers move them
 
 from __future__ import annotations
 
+import glob
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -153,7 +154,8 @@ class _Run:
         if entry is None or entry.state != "writing" or not entry.planned or not entry.sha256:
             return None
         planned = Path(entry.planned)
-        candidates = [planned, *sorted(planned.parent.glob(f"{planned.stem}-*{planned.suffix}"))]
+        numbered = f"{glob.escape(planned.stem)}-*{glob.escape(planned.suffix)}"
+        candidates = [planned, *sorted(planned.parent.glob(numbered))]
         for path in candidates:
             if path.is_file() and sha256_file(path) == entry.sha256:
                 return path
@@ -303,7 +305,11 @@ class _Run:
                                                              self.eta.step_fn(None))
                 except Cancelled:
                     raise
-                except DladiffError as exc:
+                except Exception as exc:  # typed or not, it must not cost the other albums
+                    if not isinstance(exc, DladiffError):
+                        log.exception("the fine-tuning shield failed on album %s", album.name)
+                        exc = RuntimeError(f"internal error ({type(exc).__name__}: {exc}); "
+                                           "please report it")
                     for p in loaded:
                         self.fail(p, f"{p.path.name}: the fine-tuning shield failed: {exc}")
                     return

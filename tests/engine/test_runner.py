@@ -225,3 +225,55 @@ def test_blocked_album_folder_fails_its_photos_and_the_batch_goes_on(
     reason = next(e.reason for e in events if isinstance(e, PhotoFailed))
     assert reason.startswith("sky.png: Could not write") and str(out / "a") in reason
     assert (out / "b" / "sky2-protected.png").is_file()
+
+
+def test_a_crash_inside_the_fine_tuning_shield_fails_its_album_not_the_job(
+        tmp_path: Path) -> None:
+    """An untyped error (e.g. a RuntimeError from CUDA) in layer 1 is reported per photo, and
+    the next album still runs: the GUI's engine thread must never see a raw traceback."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((64, 80, 3), 120, np.uint8)).save(tmp_path / name / "p.png")
+    calls: list[int] = []
+
+    def broken_layer1(images: list[Any], cancel: CancelToken, step: Any) -> Any:
+        calls.append(len(images))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    kit = EngineKit(device_kind="cpu", device_name="CPU", detector=None, score=lambda a, b: [],
+                    layer1=broken_layer1)
+    settings = ProtectionSettings(preset="custom", eps=4.0, layers=Layers.FINETUNE)
+    job = ProtectJob(inputs=(tmp_path / "a", tmp_path / "b"), output_dir=tmp_path / "out",
+                     settings=settings)
+    events: list[Event] = []
+    summary = run_job(job, kit, events.append)
+    assert calls == [1, 1]  # the second album ran after the first one crashed
+    assert (summary.done, summary.failed, summary.cancelled) == (0, 2, False)
+    reasons = [e.reason for e in events if isinstance(e, PhotoFailed)]
+    assert len(reasons) == 2 and all(
+        r.startswith("p.png: the fine-tuning shield failed: internal error (RuntimeError: CUDA")
+        for r in reasons), reasons
+    assert not list((tmp_path / "out").rglob("*-protected*"))
+
+
+def test_resume_adopts_a_numbered_file_whose_name_has_glob_characters(tmp_path: Path) -> None:
+    """``[`` in a photo name must not turn the search for ``name-2.png`` into a glob class."""
+    from dladiff_app.core.albums import Album
+    from dladiff_app.core.journal import sha256_bytes
+    from dladiff_app.engine.runner import _Photo, _Run
+
+    source = tmp_path / "in" / "party [1].png"
+    out = tmp_path / "out"
+    (out / "in").mkdir(parents=True)
+    planned = out / "in" / "party [1]-protected.png"
+    planned.write_bytes(b"someone else's file")
+    written = out / "in" / "party [1]-protected-2.png"
+    written.write_bytes(b"our protected photo")
+    job = ProtectJob(inputs=(source,), output_dir=out, settings=ProtectionSettings())
+    run = _Run(job, EngineKit("cpu", "CPU", None, lambda a, b: []), lambda e: None,
+               CancelToken())
+    run.journal.start_job(job)
+    photo = _Photo(0, source, Album("in", (source,)), str(source))
+    run.journal_state(photo, "writing", planned=str(planned),
+                      sha256=sha256_bytes(written.read_bytes()))
+    assert run.written_before(photo) == written
