@@ -82,6 +82,7 @@ class SplitImageView(QWidget):
         self.zoom = 1.0
         self.pan = QPointF(0, 0)
         self._drag: str | None = None
+        self.after_label = "After"
         self._last = QPointF()
 
     def set_images(self, before: QImage | None, after: QImage | None) -> None:
@@ -138,7 +139,8 @@ class SplitImageView(QWidget):
         p.drawEllipse(QPointF(x, self.height() / 2), 7, 7)
         p.setPen(QColor("white"))
         p.drawText(QRectF(8, 6, 120, 20), Qt.AlignmentFlag.AlignLeft, "Before")
-        p.drawText(QRectF(self.width() - 128, 6, 120, 20), Qt.AlignmentFlag.AlignRight, "After")
+        p.drawText(QRectF(self.width() - 208, 6, 200, 20), Qt.AlignmentFlag.AlignRight,
+                   self.after_label)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
@@ -177,17 +179,30 @@ class SplitImageView(QWidget):
         self.update()
 
 
+def encoder_label(name: str) -> str:
+    """A person-readable name for an identity encoder id (unknown ids are shown as they are)."""
+    key = name.lower()
+    if key.startswith("dlib"):
+        return "dlib face recognition"
+    for pack in ("buffalo_l", "antelopev2"):
+        if key in (pack, f"arcface_{pack}"):
+            return f"ArcFace ({pack})"
+    if "clip" in key:
+        return f"CLIP ({name})"
+    return name
+
+
 def badge_text(score: IdentityScore) -> str:
+    encoder = encoder_label(score.encoder)
     if score.value is None:
-        return f"{score.encoder}: no face ({score.note})" if score.note else \
-            f"{score.encoder}: no face"
+        return f"{encoder}: no face ({score.note})" if score.note else f"{encoder}: no face"
     if score.metric == "euclidean":
         rule = f"same person below {score.threshold:.2f}"
         value = f"distance {score.value:.3f}"
     else:
         rule = f"same person from {score.threshold:.2f}"
         value = f"similarity {score.value:.3f}"
-    return f"{score.encoder}: {value} → {score.verdict} ({rule})"
+    return f"{encoder}: {value} → {score.verdict} ({rule})"
 
 
 def badge_colour(score: IdentityScore) -> str:
@@ -254,6 +269,9 @@ class CompareView(QWidget):
                 except ValueError as exc:
                     self.title.setText(f"Difference unavailable: {exc}")
             after = self._diff or self._after
+        # The right half is no longer the protected photo: say what it shows.
+        self.canvas.after_label = (f"Difference (×{DIFF_GAIN:g})" if after is self._diff
+                                   and after is not None else "After")
         self.canvas.set_images(self._before, after)
 
     def _show_scores(self, result: PhotoResult | None) -> None:

@@ -136,10 +136,10 @@ def test_viewer_shows_the_reported_scores(qtbot, make_window, photos) -> None:  
     window.show_selected_in_viewer()
     assert window.tabs.currentWidget() is window.viewer
     texts = [b.text() for b in window.viewer.badges]
-    assert any("arcface_buffalo_l: similarity 0.123" in t and "different person" in t
+    assert any("ArcFace (buffalo_l): similarity 0.123" in t and "different person" in t
                and "from 0.30" in t for t in texts)
-    assert any("dlib_resnet: distance 0.732" in t and "below 0.60" in t for t in texts)
-    assert any(t.startswith("After JPEG/resize: arcface_buffalo_l: similarity 0.247")
+    assert any("dlib face recognition: distance 0.732" in t and "below 0.60" in t for t in texts)
+    assert any(t.startswith("After JPEG/resize: ArcFace (buffalo_l): similarity 0.247")
                for t in texts)
     assert "PSNR 41.25 dB" in window.viewer.quality.text()
     canvas = window.viewer.canvas

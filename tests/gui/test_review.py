@@ -97,3 +97,22 @@ def test_album_total_leaves_out_files_that_are_not_photos(qtbot, make_window, ph
     window.add_paths([text])
     album = window.batch.topLevelItem(0)
     assert album.text(1) == "0/2 protected (1 skipped)"
+
+
+def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photos) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.gui.compare_view import encoder_label
+
+    assert encoder_label("dlib") == "dlib face recognition"
+    assert encoder_label("antelopev2") == "ArcFace (antelopev2)"
+    assert encoder_label("mystery") == "mystery"
+    window = make_window()
+    window.add_paths(photos[:1])
+    window.protect()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    window.batch.select_path(photos[0].resolve())
+    window.show_selected_in_viewer()
+    assert window.viewer.canvas.after_label == "After"
+    window.viewer.diff_toggle.setChecked(True)
+    assert window.viewer.canvas.after_label.startswith("Difference")
+    window.viewer.diff_toggle.setChecked(False)
+    assert window.viewer.canvas.after_label == "After"
