@@ -170,9 +170,18 @@ def run_photo(path: Path, out_dir: Path, detector, encoders, judge: Judge, setti
 
 
 def _different(enc: IdentityEncoder, v: float | None) -> bool:
+    """Measured and past the encoder's threshold. A face the judge no longer finds is not
+    counted here: it is reported in its own column, because another detector may still find it."""
     if v is None:
-        return True  # no face found any more: the attacker gets nothing
+        return False
     return v >= enc.threshold if enc.metric == "euclidean" else v < enc.threshold
+
+
+def _verdicts(enc: IdentityEncoder, vs: list[float | None]) -> str:
+    """``different/total``, plus how many faces were not re-detected at all."""
+    lost = sum(v is None for v in vs)
+    text = f"{sum(_different(enc, v) for v in vs)}/{len(vs)}"
+    return f"{text} ({lost} not re-detected)" if lost else text
 
 
 def table(rows: list[dict], encoders: list[IdentityEncoder], title: str) -> str:
@@ -189,10 +198,8 @@ def table(rows: list[dict], encoders: list[IdentityEncoder], title: str) -> str:
                 got = [v for v in vs if v is not None]
                 return f"{np.mean(got):.3f}" if got else "n/a"
 
-            nd = sum(_different(enc, v) for v in sv)
-            ns = sum(_different(enc, v) for v in sh)
-            lines.append(f"| {r['photo']} | {r['faces']} | {mean(sv)} | {nd}/{len(sv)} | "
-                         f"{mean(sh)} | {ns}/{len(sh)} | {mean(ref)} | {r['psnr']} | "
+            lines.append(f"| {r['photo']} | {r['faces']} | {mean(sv)} | {_verdicts(enc, sv)} | "
+                         f"{mean(sh)} | {_verdicts(enc, sh)} | {mean(ref)} | {r['psnr']} | "
                          f"{r['ssim']} | {r['linf_255']} | {r['seconds']} | {r['peak_rss_mb']} |")
     return "\n".join(lines)
 
