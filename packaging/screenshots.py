@@ -6,8 +6,9 @@ Starts its own Xvfb unless ``DISPLAY`` is set (needs ``apt-get install -y xvfb l
 libxcb-keysyms1 libxcb-cursor0``). Sample photos: ``skimage.data.astronaut`` and insightface's
 ``data/images/t1.jpg`` (when installed). The default engine is the fake service of the GUI tests
 (real files, configured scores); ``--real`` uses ``dladiff_app.engine.services`` with the
-zero-shot shield at the Medium preset. Prints the folder holding ``main_window.png`` and
-``viewer.png``.
+zero-shot shield at the Medium preset. Captures the first start (model offer), the model
+manager, the settings, the photo list with a file that is not a photo, a run, the viewer (and its
+difference map), the export dialog and a cancelled run; prints the folder holding them.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ def start_xvfb() -> subprocess.Popen[bytes] | None:
     if xvfb is None:
         sys.exit("Xvfb is not installed: apt-get install -y xvfb libxcb-icccm4 "
                  "libxcb-keysyms1 libxcb-cursor0")
-    display = ":97"
-    proc = subprocess.Popen([xvfb, display, "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+    # -displayfd: Xvfb picks a free display and writes its number, so runs never collide.
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0", "1400x900x24",
+                             "-nolisten", "tcp"], pass_fds=(write_fd,),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if proc.poll() is not None:
-        sys.exit(f"Xvfb exited with code {proc.returncode}")
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        number = pipe.readline().strip()
+    if proc.poll() is not None or not number:
+        sys.exit(f"Xvfb did not start (exit code {proc.poll()})")
+    display = f":{number}"
     os.environ["DISPLAY"] = display
     os.environ["QT_QPA_PLATFORM"] = "xcb"
     return proc
@@ -76,6 +82,58 @@ def build_services(real: bool, work: Path):  # type: ignore[no-untyped-def]
                     device=eng.EngineDeviceService())
 
 
+def pump(app, seconds: float, until=None) -> bool:  # type: ignore[no-untyped-def]
+    """Run the event loop for up to ``seconds``, or until ``until()`` is true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if until is not None and until():
+            return True
+        time.sleep(0.01)
+    app.processEvents()
+    return until is None
+
+
+def shoot(app, widget, path: Path) -> None:  # type: ignore[no-untyped-def]
+    pump(app, 0.2)
+    widget.grab().save(str(path))
+
+
+def first_start_and_dialogs(app, window, out: Path) -> None:  # type: ignore[no-untyped-def]
+    """The empty window with the first-start offer, the model manager and the settings."""
+    from dladiff_app.gui.settings_dialog import SettingsDialog
+
+    pump(app, 10, lambda: window.first_run_banner.isVisibleTo(window))
+    shoot(app, window, out / "first_start.png")
+    manager = window.open_model_manager()
+    pump(app, 10, lambda: manager.table.rowCount() > 0)
+    shoot(app, manager, out / "model_manager.png")
+    manager.close()
+    dialog = SettingsDialog(window.settings, window.device, window)
+    dialog.show()
+    shoot(app, dialog, out / "settings.png")
+    dialog.reject()
+    window.first_run_offline.click()  # offline zero-shot mode, as a user without SD picks
+
+
+def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """Protect one more photo and cancel it once it is under way."""
+    from dladiff_app.gui.batch_list import Status
+
+    copy = photo.parent.parent / "more" / f"again{photo.suffix}"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(photo, copy)
+    window.add_paths([copy])
+    entry = window.batch.entry(copy.resolve())
+    pump(app, 5, lambda: entry.pixels is not None)
+    window.protect()
+    pump(app, timeout, lambda: entry.status is Status.RUNNING and bool(entry.percent))
+    window.cancel()
+    shoot(app, window, out / "cancelling.png")
+    pump(app, timeout, lambda: not window.engine.busy)
+    shoot(app, window, out / "cancelled.png")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNG files")
@@ -96,23 +154,25 @@ def main() -> int:
 
         from dladiff_app.core.presets import PRESETS, Layers
         from dladiff_app.core.settings import Settings
+        from dladiff_app.gui.export_album import export_dialog
         from dladiff_app.gui.main_window import MainWindow
 
         app = QApplication.instance() or QApplication([])
         window = MainWindow(services=build_services(args.real, work), settings=Settings(
-            default_output=str(work / "protected"), first_run_done=True),
+            default_output=str(work / "protected")),
             settings_path=work / "config" / "settings.json")
         window.resize(1280, 800)
         window.show()
+        first_start_and_dialogs(app, window, out)
         photos = sample_photos(work / "in")
-        window.add_paths(photos)
+        not_a_photo = photos[0].parent / "notes.jpg"  # a text file with a photo's name
+        not_a_photo.write_text("shopping list: milk, eggs")
+        window.add_paths([*photos, not_a_photo])
         if args.real:
             # The Medium preset's zero-shot shield, as a user without Stable Diffusion runs it.
             window.strength.set_settings(replace(PRESETS["medium"], layers=Layers.ZEROSHOT))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(
-                e.pixels for e in window.batch.entries()):
-            app.processEvents()
+        pump(app, 5, lambda: all(e.pixels or e.detail for e in window.batch.entries()))
+        shoot(app, window, out / "photos_added.png")
         window.protect()
         grabbed_running = False
         deadline = time.monotonic() + args.timeout
@@ -125,20 +185,25 @@ def main() -> int:
         if window.engine.busy:
             window.cancel()
             print("protection did not finish in time; cancelled", file=sys.stderr)
-        app.processEvents()
-        window.grab().save(str(out / "main_window.png"))
+        shoot(app, window, out / "main_window.png")
         done = [e for e in window.batch.entries() if e.result is not None]
         if done:
             window.batch.select_path(done[0].path)
             window.show_selected_in_viewer()
-            app.processEvents()
-            window.grab().save(str(out / "viewer.png"))
+            shoot(app, window, out / "viewer.png")
             window.viewer.diff_toggle.setChecked(True)
-            app.processEvents()
-            window.grab().save(str(out / "viewer_difference.png"))
+            shoot(app, window, out / "viewer_difference.png")
+            window.viewer.diff_toggle.setChecked(False)
+            window.tabs.setCurrentIndex(0)
+            dialog = export_dialog(window, len(done))
+            dialog.show()
+            shoot(app, dialog, out / "export.png")
+            dialog.reject()
+            cancelled_run(app, window, photos[0], out, args.timeout)
         window.close()
         app.processEvents()
-        ok = bool(done) and (out / "viewer.png").is_file()
+        ok = bool(done) and all((out / name).is_file() for name in (
+            "viewer.png", "first_start.png", "model_manager.png", "cancelled.png"))
     finally:
         if xvfb is not None:
             xvfb.terminate()

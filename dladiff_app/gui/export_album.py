@@ -18,6 +18,7 @@ from dladiff_app.core.imageio import load_image, protected_name, save_image
 from dladiff_app.core.jobs import ExportOptions
 
 if TYPE_CHECKING:
+    from dladiff_app.gui.export_dialog import ExportDialog
     from dladiff_app.gui.main_window import MainWindow
 
 REPORT_FILES = ("manifest.json", "report.html")
@@ -63,20 +64,29 @@ def export_protected(items: list[ExportItem], dest: Path, options: ExportOptions
 
 def start_export(window: MainWindow) -> None:
     """Ask where and how, then export on the engine thread with a notification at the end."""
-    from dladiff_app.gui.export_dialog import ExportDialog
-
-    items = [ExportItem(e.path, Path(e.result.output)) for e in window.batch.entries()
-             if e.result is not None]
+    items = export_items(window)
     if not items:
         window.notes.notify("Protect some photos first; then they can be exported.")
         return
-    dialog = ExportDialog(None, window.export_options, title="Export protected photos",
-                          intro=f"Copy {len(items)} protected photo(s) into another folder, "
-                                "re-encoded in the format you choose.", action="Export",
-                          parent=window)
+    dialog = export_dialog(window, len(items))
     if not dialog.exec():
         return
     run_export(window, items, dialog.folder(), dialog.options())
+
+
+def export_items(window: MainWindow) -> list[ExportItem]:
+    return [ExportItem(e.path, Path(e.result.output)) for e in window.batch.entries()
+            if e.result is not None]
+
+
+def export_dialog(window: MainWindow, count: int) -> ExportDialog:
+    """The export question (not yet shown), for ``count`` protected photos."""
+    from dladiff_app.gui.export_dialog import ExportDialog
+
+    return ExportDialog(None, window.export_options, title="Export protected photos",
+                        intro=f"Copy {count} protected photo(s) into another folder, "
+                              "re-encoded in the format you choose.", action="Export",
+                        parent=window)
 
 
 def run_export(window: MainWindow, items: list[ExportItem], dest: Path,
