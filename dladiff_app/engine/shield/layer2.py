@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.faces.score import similarity
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
 from dladiff_app.engine.shield.eot import EotConfig
 from dladiff_app.engine.shield.face_region import (
@@ -90,10 +91,9 @@ class Layer2Result:
 
 
 def identity_value(encoder: IdentityEncoder, a: torch.Tensor, b: torch.Tensor) -> float:
-    """Compare two embeddings the way ``encoder`` judges identity (cosine or Euclidean)."""
-    if encoder.metric == "euclidean":
-        return float(torch.linalg.vector_norm(a.detach() - b.detach()))
-    return float(F.cosine_similarity(a.detach().flatten(), b.detach().flatten(), dim=0))
+    """Compare two (D,) embeddings the way ``encoder`` judges identity (cosine or Euclidean),
+    as a plain float: :func:`engine.faces.score.similarity` on detached tensors."""
+    return float(similarity(encoder, a.detach(), b.detach()))
 
 
 def clean_embeddings(image: torch.Tensor, faces: Sequence[Face],
