@@ -16,6 +16,7 @@ from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import OutputError
 from dladiff_app.core.imageio import load_image, protected_name, save_image
 from dladiff_app.core.jobs import ExportOptions
+from dladiff_app.gui.wording import counted
 
 if TYPE_CHECKING:
     from dladiff_app.gui.export_dialog import ExportDialog
@@ -84,7 +85,7 @@ def export_dialog(window: MainWindow, count: int) -> ExportDialog:
     from dladiff_app.gui.export_dialog import ExportDialog
 
     return ExportDialog(None, window.export_options, title="Export protected photos",
-                        intro=f"Copy {count} protected photo(s) into another folder, "
+                        intro=f"Copy {counted(count, 'protected photo')} into another folder, "
                               "re-encoded in the format you choose.", action="Export",
                         parent=window)
 
@@ -97,7 +98,7 @@ def run_export(window: MainWindow, items: list[ExportItem], dest: Path,
         paths = [Path(p) for p in result]  # type: ignore[attr-defined]
         count = sum(1 for p in paths if p.name not in REPORT_FILES)
         window.last_export = paths
-        window.notes.notify(f"Exported {count} photo(s) to {dest}.")
+        window.notes.notify(f"Exported {counted(count, 'photo')} to {dest}.")
 
     window.engine.submit(lambda: export_protected(items, dest, options, token), done,
                          lambda msg: window.notes.error(f"Export failed: {msg}"), cancel=token)

@@ -44,6 +44,7 @@ from dladiff_app.gui.notifications import NotificationArea
 from dladiff_app.gui.services import Services
 from dladiff_app.gui.settings_dialog import SettingsDialog
 from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
+from dladiff_app.gui.wording import counted, was_were
 
 STAGES = {"load": "Loading", "prior": "Learning the face", "layer1": "Fine-tuning shield",
           "layer2": "Zero-shot shield", "polish": "Polishing", "score": "Measuring",
@@ -367,7 +368,7 @@ class MainWindow(QMainWindow):
         self._job_started = time.monotonic()
         self.photo_progress.setValue(0)
         self.batch_progress.setValue(0)
-        self.progress_label.setText(f"Starting: {len(entries)} photo(s)…")
+        self.progress_label.setText(f"Starting: {counted(len(entries), 'photo')}…")
         self.engine.start_job(job)
         self._sync_controls()
 
@@ -383,7 +384,7 @@ class MainWindow(QMainWindow):
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, ev.JobStarted):
-            self.progress_label.setText(f"Protecting {event.total_photos} photo(s) on "
+            self.progress_label.setText(f"Protecting {counted(event.total_photos, 'photo')} on "
                                         f"{event.device}. {event.message}".strip())
         elif isinstance(event, ev.PhotoStarted):
             if (path := self._path(event.photo_id)) is not None:
@@ -412,8 +413,8 @@ class MainWindow(QMainWindow):
                 f"{event.failed} failed, {event.skipped} skipped.")
             self.batch_progress.setValue(1000)
         elif isinstance(event, ev.JobCancelled):
-            self.progress_label.setText(f"Cancelled. {event.done} photo(s) were protected "
-                                        "and kept.")
+            self.progress_label.setText(f"Cancelled. {counted(event.done, 'photo')} {was_were(event.done)} "
+                                        "protected and kept.")
 
     def _on_progress(self, event: ev.Progress) -> None:
         stage = STAGES.get(event.stage, event.stage)
@@ -525,7 +526,8 @@ class MainWindow(QMainWindow):
         if missing and not self.settings.first_run_done:
             names = ", ".join(r.title for r in missing[:3]) + ("…" if len(missing) > 3 else "")
             self.first_run_text.setText(
-                f"Welcome! {len(missing)} model(s) are not on this computer yet ({names}). "
+                f"Welcome! {counted(len(missing), 'model')} {'is' if len(missing) == 1 else 'are'} "
+                f"not on this computer yet ({names}). "
                 "Download them for full protection, or start right away with the offline "
                 "zero-shot shield.")
             self.first_run_banner.show()

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.services import ModelRow, ModelService
 from dladiff_app.gui.engine_thread import EngineThread
+from dladiff_app.gui.wording import counted
 
 
 def format_size(size: int | None) -> str:
@@ -130,7 +131,7 @@ class ModelManagerDialog(QDialog):
                 self.table.setItem(r, c, item)
         self.table.resizeColumnToContents(0)
         missing = sum(not r.present for r in self.rows)
-        self.summary.setText(f"{missing} model(s) missing." if missing else
+        self.summary.setText(f"{counted(missing, 'model')} missing." if missing else
                              "All models are ready.")
         if selected is None and self.rows:
             # Show a license straight away: the first model still missing, else the first one.

@@ -100,7 +100,7 @@ def test_cancel_mid_run_keeps_finished_photos(qtbot, make_window, photos, fake_p
     assert first.status is Status.DONE and Path(first.result.output).is_file()
     second = window.batch.entry(photos[1].resolve())
     assert second.status is Status.CANCELLED and second.result is None
-    assert "Cancelled. 1 photo(s)" in window.progress_label.text()
+    assert "Cancelled. 1 photo was protected" in window.progress_label.text()
     assert window.protect_button.isEnabled()  # the rest can be protected later
 
 
@@ -175,7 +175,7 @@ def test_export_writes_the_files(qtbot, make_window, photos, tmp_path) -> None: 
     for p in window.last_export:
         with Image.open(p) as img:
             assert img.format == "PNG" and img.size == (96, 72)
-    assert any("Exported 3 photo(s)" in t for t in window.notes.visible_texts())
+    assert any("Exported 3 photos" in t for t in window.notes.visible_texts())
     # The settings remember the chosen output.
     from dladiff_app.core.settings import load_settings
 

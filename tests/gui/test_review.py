@@ -116,3 +116,14 @@ def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photo
     assert window.viewer.canvas.after_label.startswith("Difference")
     window.viewer.diff_toggle.setChecked(False)
     assert window.viewer.canvas.after_label == "After"
+
+
+def test_counts_read_as_sentences(qtbot, make_window, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.core.settings import Settings
+    from dladiff_app.gui.wording import counted
+
+    assert (counted(1, "photo"), counted(0, "photo"), counted(2, "model")) == \
+        ("1 photo", "0 photos", "2 models")
+    window = make_window(Settings(default_output=str(tmp_path / "out")))
+    qtbot.waitUntil(lambda: window.first_run_banner.isVisibleTo(window))
+    assert "1 model is not on this computer yet" in window.first_run_text.text()
