@@ -315,7 +315,6 @@ class EngineProtectService:
         calibration."""
         state = self._store_state()
         if self._face_models is None or self._face_models_key != state:
-            self._face_models_key = state
             from dladiff_app.core.errors import DladiffError
             from dladiff_app.engine.faces import registry
 
@@ -332,7 +331,10 @@ class EngineProtectService:
                 except DladiffError as exc:
                     log.info("no identity encoder: %s", exc)
                     encoders = []
+            # The key only after a successful load: a load that raised is retried next time
+            # instead of leaving the old models labelled with the new state.
             self._face_models = (detector, list(encoders))
+            self._face_models_key = state
         return self._face_models
 
     def kit_for(self, job: ProtectJob) -> EngineKit:
