@@ -70,3 +70,40 @@ def test_to_working_is_identity_at_working_size_and_upscales_small_photos() -> N
     assert torch.equal(to_working(x, 64), x)
     small = to_working(torch.rand(3, 40, 50), 64)
     assert small.shape == (1, 3, 64, 64)
+
+
+def test_grid_bounds_keep_the_rounded_file_inside_the_budget() -> None:
+    """Any point between the bounds, rounded to 8 bits as the file is written, stays within eps
+    of an 8-bit clean photo and inside [0, 1]; the bounds themselves are on the grid."""
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 256, (3, 16, 16), generator=gen).float() / 255.0
+    clean[0, 0, :4] = torch.tensor([0.0, 1 / 255, 254 / 255, 1.0])  # the box edges
+    for k in (1, 4, 8, 12):
+        eps = k / 255.0
+        lo, hi = pgd.grid_bounds(clean, eps)
+        for b in (lo, hi):
+            assert torch.equal(torch.round(b * 255.0) / 255.0, b)
+        assert (lo <= clean).all() and (clean <= hi).all()
+        # The whole ball is reachable: the bounds are exactly clean -/+ eps, clipped to the box.
+        assert torch.allclose(lo, (clean - eps).clamp(0, 1), atol=1e-6)
+        assert torch.allclose(hi, (clean + eps).clamp(0, 1), atol=1e-6)
+        t = torch.rand(clean.shape, generator=gen)
+        written = pgd.quantise_ste(lo + t * (hi - lo))
+        assert pgd.linf_255(written, clean) <= k + 1e-4
+        assert written.min() >= 0 and written.max() <= 1
+
+
+def test_grid_bounds_contain_an_off_grid_clean_photo() -> None:
+    clean = torch.tensor([0.5 / 255, 100.4 / 255, 254.7 / 255])  # e.g. from a 16-bit file
+    lo, hi = pgd.grid_bounds(clean, 2 / 255)
+    assert (lo <= clean).all() and (clean <= hi).all()
+    assert torch.allclose(lo * 255, torch.tensor([0.0, 99.0, 253.0]), atol=1e-4)
+    assert torch.allclose(hi * 255, torch.tensor([2.0, 102.0, 255.0]), atol=1e-4)
+
+
+def test_quantise_ste_rounds_forward_and_passes_the_gradient_through() -> None:
+    x = torch.tensor([0.1, 0.50196, 0.9999], requires_grad=True)
+    y = pgd.quantise_ste(x)
+    assert torch.equal(y.detach(), torch.round(x.detach() * 255) / 255)
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0]))
