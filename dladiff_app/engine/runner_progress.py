@@ -90,6 +90,8 @@ class EtaTracker:
         extra = max(0.0, planned - self.album_used)
         self.left["album"] = max(0.0, self.left["album"] - extra)
         self.album_used += extra
+        # The next album's layer 1 counts its steps from 1 again.
+        self.last_step = {k: v for k, v in self.last_step.items() if k[0] is not None}
 
     def photo_finished(self, photo_id: int) -> None:
         """The photo is done, failed or skipped: drop what is left of its plan."""

@@ -1,0 +1,44 @@
+"""Progress and ETA of a job from measured step times (a fake clock, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dladiff_app.core.events import Event, Progress
+from dladiff_app.core.presets import Layers, ProtectionSettings
+from dladiff_app.engine.runner_progress import EtaTracker
+
+SETTINGS = ProtectionSettings(preset="custom", layers=Layers.FINETUNE, layer1_rounds=1,
+                              layer1_pgd_steps=4, layer1_lora_steps=0, prior_steps=0)
+
+
+def test_every_albums_layer1_steps_count_and_the_eta_follows_the_measured_rate() -> None:
+    now = [0.0]
+    events: list[Event] = []
+    eta = EtaTracker(events.append, clock=lambda: now[0])
+    eta.plan(SETTINGS, [1, 1], layer1=True, layer2=False)
+    assert eta.left == {"album": 8.0, "photo": 4.0}
+    for album in (0, 1):
+        step = eta.step_fn(None)
+        for done in range(1, 5):
+            now[0] += 3.0  # three seconds per layer-1 step
+            step("layer1_pgd", done, 4)
+        # The album's own steps were counted while they ran, not only when it finished.
+        assert eta.left["album"] == 4.0 * (1 - album)
+        eta.album_finished(album)
+    progress = [e for e in events if isinstance(e, Progress)]
+    overall = [p.overall for p in progress]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(8 / 12)
+    assert eta.rate["album"] == pytest.approx(3.0)
+    assert progress[-1].eta_s == pytest.approx(4.0 * 3.0)  # the photos' two steps each, at the only known rate
+
+
+def test_a_finished_photo_drops_what_is_left_of_its_plan() -> None:
+    events: list[Event] = []
+    eta = EtaTracker(events.append, clock=lambda: 0.0)
+    eta.plan(SETTINGS, [2], layer1=False, layer2=False)
+    assert eta.left == {"album": 0.0, "photo": 4.0}
+    eta.photo_finished(0)
+    assert eta.left["photo"] == 2.0 and eta.overall == 0.5
+    last = events[-1]
+    assert isinstance(last, Progress) and (last.stage, last.photo_id) == ("score", 0)
