@@ -251,7 +251,9 @@ class _Run:
                 "sha256": digest, "preset": s.preset, "eps": s.eps, "layers": s.layers.value,
                 "steps": {"layer1_pgd": s.layer1_total_pgd if "layer1" in layers_done else 0,
                           "prior": s.prior_steps if "layer1" in layers_done else 0,
-                          "layer1_lora": (s.layer1_rounds * s.layer1_lora_steps
+                          # No S_dyn update after the last PGD round (it could not change
+                          # the photos): rounds - 1 updates are what ran.
+                          "layer1_lora": ((s.layer1_rounds - 1) * s.layer1_lora_steps
                                           if "layer1" in layers_done else 0),
                           "layer2": s.layer2_steps if "layer2" in layers_done else 0,
                           "polish": s.polish_steps if "polish" in layers_done else 0},

@@ -123,6 +123,10 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     upright = data.astronaut()[:384].astype(np.float32) / 255  # what the camera saw
     assert float(np.abs(load_image(Path(sideways.output)).pixels - upright).mean()) < 0.03
     assert sideways.layers_done == ("layer1", "layer2", "polish")
+    # The manifest records the steps that ran (test_layer1 counts them), not rounds x steps.
+    assert sideways.extra["steps"]["layer1_lora"] == (
+        (TINY.layer1_rounds - 1) * TINY.layer1_lora_steps)
+    assert sideways.extra["steps"]["layer1_pgd"] == TINY.layer1_rounds * TINY.layer1_pgd_steps
     assert "joint steps" in sideways.extra["layer_notes"]["polish"]
     assert sideways.scores and sideways.scores[0].value is not None
     assert sideways.scores_after_sharing and sideways.psnr is not None
