@@ -59,7 +59,8 @@ def _pipeline_identity(pipeline_dir: Path) -> dict[str, Any]:
     index = pipeline_dir / "model_index.json"
     if index.is_file():
         info["revision"] = "model_index sha256:" + hashlib.sha256(index.read_bytes()).hexdigest()[:16]
-    weights = sorted(pipeline_dir.rglob("*.safetensors"))
+    weights = ([pipeline_dir] if pipeline_dir.is_file()  # a single-file checkpoint
+               else sorted(pipeline_dir.rglob("*.safetensors")))
     info["weights_bytes"] = sum(p.stat().st_size for p in weights)
     return info
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from dladiff_app.core.errors import OutputError
 from dladiff_app.engine.shield.prior_cache import PriorCache, pipeline_identity, prior_cache_key
 
 SETTINGS = {"prior_steps": 10, "seed": 0, "rank": 8}
@@ -25,6 +27,12 @@ def test_key_depends_on_images_settings_and_pipeline(tiny_sd_dir: Path, tmp_path
     other.mkdir()
     (other / "model_index.json").write_text("{}")
     assert pipeline_identity(other) != pipeline_identity(tiny_sd_dir)
+    # Single-file checkpoints (a supported way to give SD) must not all share one identity.
+    one, two = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    one.write_bytes(b"x" * 10)
+    two.write_bytes(b"y" * 11)
+    assert len({pipeline_identity(one), pipeline_identity(two), pipeline_identity(other)}) == 3
+    assert prior_cache_key(images, one, SETTINGS) != prior_cache_key(images, two, SETTINGS)
 
 
 def test_save_load_and_counters(tmp_path: Path) -> None:
@@ -37,6 +45,14 @@ def test_save_load_and_counters(tmp_path: Path) -> None:
     assert loaded is not None and torch.equal(loaded["a.lora_A.{adapter}.weight"],
                                               state["a.lora_A.{adapter}.weight"])
     assert cache.hits == 1
+
+
+def test_unwritable_cache_is_a_typed_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder would go")
+    with pytest.raises(OutputError, match="prior-"):
+        PriorCache(blocker / "prior_lora").save("k" * 64, {"w": torch.zeros(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
 def test_corrupt_entry_is_a_miss(tmp_path: Path) -> None:

@@ -129,3 +129,12 @@ def test_gpu_without_a_measured_step_leaves_only_layer1_unknown() -> None:
     measured = estimate_job(3, both, 12.0, cal, layer1_available=True, pgd_step_s=0.5,
                             device_kind="cuda")
     assert 0 < measured.layer1_s < cpu.layer1_s and math.isfinite(measured.total_s)
+
+
+def test_manifest_names_a_single_file_checkpoint_with_its_size(tmp_path: Path) -> None:
+    from dladiff_app.engine.services import _pipeline_identity
+
+    checkpoint = tmp_path / "my-sd.safetensors"
+    checkpoint.write_bytes(b"\0" * 1234)
+    info = _pipeline_identity(checkpoint)
+    assert info["path"] == str(checkpoint) and info["weights_bytes"] == 1234

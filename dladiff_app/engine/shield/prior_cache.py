@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from dladiff_app.core.errors import OutputError
+from dladiff_app.core.atomic import atomic_write_bytes
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 
 
 def pipeline_identity(pipeline_dir: Path) -> str:
-    """Hex digest naming a pipeline folder's exact weights without reading gigabytes: its
-    model_index.json and unet/config.json bytes plus every weight file's path, size and mtime."""
+    """Hex digest naming a pipeline's exact weights without reading gigabytes. A diffusers
+    folder: its model_index.json, unet/ and vae/config.json bytes plus every weight file's
+    relative path, size and mtime. A single checkpoint file: its name, size and mtime."""
     root = Path(pipeline_dir)
     h = hashlib.sha256()
+    if root.is_file():  # one .safetensors checkpoint: the folder walk below would see nothing
+        st = root.stat()
+        h.update(f"single-file:{root.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
     for rel in ("model_index.json", "unet/config.json", "vae/config.json"):
         f = root / rel
         h.update(rel.encode())
@@ -82,18 +85,12 @@ class PriorCache:
         return None
 
     def save(self, key: str, state: dict[str, torch.Tensor]) -> Path:
-        """Write atomically (temp file + rename) so a crash never leaves a half entry."""
-        from safetensors.torch import save_file
+        """Write with :func:`core.atomic.atomic_write_bytes` (temp file, fsync, rename; the temp
+        is removed on failure) so a crash never leaves a half entry. Raises ``OutputError``."""
+        from safetensors.torch import save
 
         path = self.path_for(key)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(fd)
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                      metadata={"key": key, "kind": "dladiff-prior-lora"})
-            os.replace(tmp, path)
-        except OSError as err:
-            raise OutputError(path, f"the prior-surrogate cache could not be written ({err})") \
-                from err
+        data = save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    metadata={"key": key, "kind": "dladiff-prior-lora"})
+        atomic_write_bytes(path, data)
         return path
