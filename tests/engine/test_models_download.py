@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import Cancelled, ModelDownloadError, ModelIntegrityError
+from dladiff_app.core.errors import (
+    Cancelled,
+    ModelDownloadError,
+    ModelIntegrityError,
+    OutputError,
+)
 from dladiff_app.engine.models.download import (
     download_file,
     marker_path,
@@ -127,3 +132,16 @@ def test_hub_progress_aggregates_and_cancels() -> None:
     token.cancel()
     with pytest.raises(Cancelled):
         bar.update(1)  # a hub transfer stops at the next chunk
+
+
+def test_unwritable_destination_is_a_typed_error_naming_the_file(server: FileServer,
+                                                                 tmp_path: Path) -> None:
+    dest = tmp_path / "blob.bin"
+    part_path(dest).mkdir()  # the partial file cannot be created: a real OS refusal
+    with pytest.raises(OutputError, match=r"blob\.bin.*(folder|refused)"):
+        download_file(server.url("/blob.bin"), dest, chunk_size=CHUNK)
+    assert not dest.exists()
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the models folder would go")
+    with pytest.raises(OutputError, match="file"):
+        download_file(server.url("/blob.bin"), blocked / "blob.bin", chunk_size=CHUNK)

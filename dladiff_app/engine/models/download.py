@@ -21,8 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dladiff_app.core.atomic import atomic_write_text, describe_os_error
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import Cancelled, ModelDownloadError, ModelIntegrityError
+from dladiff_app.core.errors import (
+    Cancelled,
+    ModelDownloadError,
+    ModelIntegrityError,
+    OutputError,
+)
 
 ProgressFn = Callable[[int, "int | None"], None]
 
@@ -84,6 +90,37 @@ def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTP
         ) from exc
 
 
+def _receive(response: http.client.HTTPResponse, part: Path, offset: int, url: str, dest: Path,
+             chunk_size: int, total: int | None, progress: ProgressFn | None,
+             cancel: CancelToken | None) -> int:
+    """Append the response body to ``part`` (from ``offset``); returns the bytes now in it.
+    A read error is a :class:`ModelDownloadError`, a write error (disk full, ...) an
+    :class:`OutputError`; either way the ``.part`` is kept for a resume."""
+    done = offset
+    try:
+        with open(part, "ab" if offset else "wb") as out:
+            while True:
+                try:
+                    chunk = response.read(chunk_size)
+                except (http.client.IncompleteRead, OSError) as exc:
+                    raise ModelDownloadError(
+                        f"Download of {url} was interrupted after {done} bytes ({exc}); run it "
+                        "again to resume."
+                    ) from exc
+                if not chunk:
+                    return done
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+                if cancel is not None and cancel.cancelled:
+                    out.flush()
+                    raise Cancelled(f"Download of {dest.name} cancelled; it resumes next time.")
+    except OSError as exc:
+        raise OutputError(part, f"{describe_os_error(exc)} (the download resumes from here "
+                                "next time)") from exc
+
+
 def download_file(
     url: str,
     dest: Path,
@@ -111,8 +148,11 @@ def download_file(
             size = dest.stat().st_size
             progress(size, size)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    marker_path(dest).unlink(missing_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        marker_path(dest).unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(dest.parent, describe_os_error(exc)) from exc
     part = part_path(dest)
     if expected_size is not None and part.is_file() and part.stat().st_size > expected_size:
         part.unlink()
@@ -151,27 +191,8 @@ def download_file(
             length = response.headers.get("Content-Length")
             if length is not None and total is None:
                 total = offset + int(length)
-            done = offset
-            mode = "ab" if offset else "wb"
-            with open(part, mode) as out:
-                while True:
-                    try:
-                        chunk = response.read(chunk_size)
-                    except (http.client.IncompleteRead, OSError) as exc:
-                        raise ModelDownloadError(
-                            f"Download of {url} was interrupted after {done} bytes ({exc}); run "
-                            "it again to resume."
-                        ) from exc
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-                    if cancel is not None and cancel.cancelled:
-                        out.flush()
-                        raise Cancelled(f"Download of {dest.name} cancelled; it resumes next "
-                                        "time.")
+            done = _receive(response, part, offset, url, dest, chunk_size, total, progress,
+                            cancel)
             if length is not None and done < offset + int(length):
                 raise ModelDownloadError(
                     f"Download of {url} was interrupted after {done} bytes; run it again to "
@@ -194,9 +215,8 @@ def download_file(
             "has changed."
         )
     os.replace(part, dest)
-    marker_path(dest).write_text(
-        json.dumps({"url": url, "size": actual_size, "sha256": actual_hash}), encoding="utf-8"
-    )
+    atomic_write_text(marker_path(dest),
+                      json.dumps({"url": url, "size": actual_size, "sha256": actual_hash}))
     return dest
 
 
