@@ -90,10 +90,19 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
     if out is None:
         raise UsageError("say where the protected photos go: -o OUT (or --resume OUT)")
     if args.resume and not args.inputs:
-        journal = Journal(out)
+        try:
+            journal = Journal(out)
+        except DladiffError as exc:  # e.g. a journal the user may not read
+            raise UsageError(str(exc)) from exc
         if journal.job is None:
             raise UsageError(f"nothing to resume: {out} holds no DLADiff job journal")
-        job = job_from_dict(journal.job, resume=True)
+        try:
+            job = job_from_dict(journal.job, resume=True)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(
+                f"cannot resume {out}: its job journal is damaged or was written by another "
+                f"version ({type(exc).__name__}: {exc}); protect the photos into a new folder"
+            ) from exc
         return dataclasses.replace(job, device=args.device if args.device != "auto"
                                    else job.device, pipeline=args.pipeline or job.pipeline)
     if not args.inputs:

@@ -16,7 +16,7 @@ import pytest
 from dladiff_app.cli.main import main
 from dladiff_app.cli.protect_cmd import long_job_warning
 from dladiff_app.core.jobs import ProtectJob
-from dladiff_app.core.journal import Journal
+from dladiff_app.core.journal import JOURNAL_NAME, Journal
 from dladiff_app.core.presets import Layers, preset
 from tests.engine.test_runner import make_album
 
@@ -51,6 +51,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["protect", "--resume", str(tmp_path / "empty")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["protect", str(photo), "-o", str(tmp_path / "o"), "--layers", "nope"]) == 2
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / JOURNAL_NAME).write_text('{"kind": "job", "v": 1, "job": {}}\n')
+    assert main(["protect", "--resume", str(damaged)]) == 2
+    assert "journal is damaged or was written by another version" in capsys.readouterr().err
 
 
 def test_hours_warning_for_full_sd_on_cpu(tmp_path: Path) -> None:
