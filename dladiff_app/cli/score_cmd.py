@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from dladiff_app.core.errors import DladiffError, ImageError
+from dladiff_app.core.errors import DladiffError
 
 EXIT_SCORED, EXIT_NO_FACE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             match="all" if args.all_faces else "largest",
             labels=(Path(args.clean).name, Path(args.other).name),
         )
-    except (ImageError, DladiffError) as exc:
+    except DladiffError as exc:  # ImageError included: unreadable photo, missing model, ...
         if as_json:
             print(json.dumps({"error": str(exc)}))
         else:
