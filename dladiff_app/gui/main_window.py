@@ -364,7 +364,10 @@ class MainWindow(QMainWindow):
             self.batch.set_status(path, Status.QUEUED, "waiting its turn")
         job = ProtectJob(inputs=tuple(self._job_paths), output_dir=self.output_dir,
                          settings=settings, export=self.export_options,
-                         device=self.settings.device)
+                         device=self.settings.device,
+                         # The app writes every run into the same folder: photos protected
+                         # there before are reported and kept, never refused or redone.
+                         resume=True)
         self._job_started = time.monotonic()
         self.photo_progress.setValue(0)
         self.batch_progress.setValue(0)

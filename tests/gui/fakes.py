@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import Cancelled
+from dladiff_app.core.errors import Cancelled, JobConflictError
 from dladiff_app.core.events import (
     EventSink,
     JobCancelled,
@@ -59,6 +59,12 @@ class FakeProtectService:
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
         self.jobs.append(job)
         self.threads.append(threading.current_thread().name)
+        # Like the real runner: a folder that holds an earlier job is only reused on resume.
+        marker = job.output_dir / ".fake-journal"
+        if marker.exists() and not job.resume:
+            raise JobConflictError(f"{job.output_dir} already holds a DLADiff job journal.")
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        marker.touch()
         t0 = time.monotonic()
         n = len(job.inputs)
         sink(JobStarted(total_photos=n, device="Fake CPU"))

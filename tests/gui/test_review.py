@@ -127,3 +127,16 @@ def test_counts_read_as_sentences(qtbot, make_window, tmp_path) -> None:  # type
     window = make_window(Settings(default_output=str(tmp_path / "out")))
     qtbot.waitUntil(lambda: window.first_run_banner.isVisibleTo(window))
     assert "1 model is not on this computer yet" in window.first_run_text.text()
+
+
+def test_protect_again_into_the_same_folder(qtbot, make_window, photos, fake_protect) -> None:  # type: ignore[no-untyped-def]
+    window = make_window()
+    window.add_paths(photos[:1])
+    window.protect()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    window.add_paths(photos[1:])
+    window.protect()
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=10_000)
+    assert [len(j.inputs) for j in fake_protect.jobs] == [1, 2]
+    assert all(window.batch.entry(p.resolve()).status is Status.DONE for p in photos)
+    assert not any("journal" in t for t in window.notes.visible_texts())
