@@ -179,6 +179,12 @@ class SplitImageView(QWidget):
         self.update()
 
 
+# The engine's stage ids, in the words the strength panel uses.
+SHIELD_NAMES = {"layer1": "fine-tuning shield", "layer2": "zero-shot shield",
+                "finetune": "fine-tuning shield", "zeroshot": "zero-shot shield",
+                "polish": "joint polish"}
+
+
 def encoder_label(name: str) -> str:
     """A person-readable name for an identity encoder id (unknown ids are shown as they are)."""
     key = name.lower()
@@ -306,5 +312,6 @@ class CompareView(QWidget):
             parts.append(f"max change {result.linf:.0f}/255")
         parts.append(f"{result.faces} face{'s' if result.faces != 1 else ''}")
         if result.layers_done:
-            parts.append("shields: " + ", ".join(result.layers_done))
+            parts.append("done: " + ", ".join(SHIELD_NAMES.get(name, name)
+                                               for name in result.layers_done))
         self.quality.setText(" · ".join(parts))

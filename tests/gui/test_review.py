@@ -112,6 +112,7 @@ def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photo
     window.batch.select_path(photos[0].resolve())
     window.show_selected_in_viewer()
     assert window.viewer.canvas.after_label == "After"
+    assert "done: zero-shot shield" in window.viewer.quality.text()
     window.viewer.diff_toggle.setChecked(True)
     assert window.viewer.canvas.after_label.startswith("Difference")
     window.viewer.diff_toggle.setChecked(False)
