@@ -74,14 +74,17 @@ def make_scorer(detector: FaceDetector | None, encoders: Sequence[IdentityEncode
     """Identity of the subject (largest face) in ``clean`` vs in ``other``, per encoder.
 
     Both images (H, W, 3) float32 RGB [0, 1], sizes may differ; each is detected on its own, so
-    a protection that also hides the face shows as "no face found in the protected image"."""
+    a protection that also hides the face shows as "no face found in the protected image". The
+    other image is the same scene (saved or shared copy), so the subject is matched by position
+    only: another person's face is never scored as the subject's (that would read as "different
+    person")."""
     from dladiff_app.engine.faces.score import score_images
 
     def score(clean: np.ndarray, other: np.ndarray) -> list[IdentityScore]:
         if detector is None or not encoders:
             return []
         matches = score_images(clean, other, detector, encoders, match="largest",
-                               labels=("the original", "the protected image"))
+                               labels=("the original", "the protected image"), same_framing=True)
         return list(matches[0].scores) if matches else []
     return score
 

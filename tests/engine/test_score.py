@@ -111,6 +111,8 @@ def test_matching_uses_relative_boxes() -> None:
     moved = [_face_at(900, 500, 1.0)]
     assert match_faces([big], (600, 1000), moved, (600, 1000))[0][1] is moved[0]
     assert match_faces([big], (600, 1000), moved, (600, 1000), match="all")[0][1] is None
+    # A protected copy is the same scene: another face is never taken for the subject's.
+    assert match_faces([big], (600, 1000), moved, (600, 1000), same_framing=True)[0][1] is None
 
 
 def test_mxnet_style_normalisation_is_detected(tmp_path: Path) -> None:

@@ -138,3 +138,23 @@ def test_manifest_names_a_single_file_checkpoint_with_its_size(tmp_path: Path) -
     checkpoint.write_bytes(b"\0" * 1234)
     info = _pipeline_identity(checkpoint)
     assert info["path"] == str(checkpoint) and info["weights_bytes"] == 1234
+
+
+def test_job_scores_never_compare_the_subject_with_another_person(pack) -> None:  # type: ignore[no-untyped-def]
+    """Group photo whose largest face is gone in the "protected" copy: the scorer must say the
+    face is missing, not score another person's face as the subject's ("different person")."""
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+    from dladiff_app.engine.services import make_scorer
+    from tests.engine import real_photos
+
+    clean = np.array(real_photos.t1())  # writable, as a loaded photo is
+    detector = DlibDetector(pack=pack)
+    subject = detector.detect(clean)[0]
+    x0, y0, x1, y1 = (int(v) for v in subject.box)
+    hidden = np.array(clean)
+    hidden[max(0, y0 - 20):y1 + 20, max(0, x0 - 20):x1 + 20] = 0.5
+    assert len(detector.detect(hidden)) >= 1  # the other people are still there
+    (score,) = make_scorer(detector, [DlibEncoder.load(pack.recognition)])(clean, hidden)
+    assert score.value is None and score.same_person is None
+    assert score.note == "no face at this position in the protected image"

@@ -68,12 +68,15 @@ def match_faces(
     clean_faces: Sequence[Face], clean_shape: Sequence[int],
     other_faces: Sequence[Face], other_shape: Sequence[int],
     match: Literal["largest", "all"] = "largest",
+    same_framing: bool = False,
 ) -> list[tuple[Face | None, Face | None]]:
     """Pairs (clean face, other face or None), largest clean face first.
 
     A pair needs box IoU >= :data:`MIN_IOU` in relative coordinates. The subject of
     ``"largest"`` falls back to the other photo's only face, or its largest, when nothing
-    overlaps (a different framing of the same person).
+    overlaps (a different framing of the same person), unless ``same_framing`` says the two
+    photos show the same scene (a protected copy): then another person's face is never taken
+    for the subject's.
     """
     if not clean_faces:
         return [(None, other_faces[0] if other_faces else None)]
@@ -87,7 +90,7 @@ def match_faces(
             iou = box_iou(rel, _relative_box(other_faces[i], other_shape))
             if iou >= best_iou:
                 best, best_iou = i, iou
-        if best is None and match == "largest" and free:
+        if best is None and match == "largest" and free and not same_framing:
             best = free[0]
         if best is not None:
             free.remove(best)
@@ -135,6 +138,7 @@ def score_images(
     encoders: Sequence[IdentityEncoder],
     match: Literal["largest", "all"] = "largest",
     labels: tuple[str, str] = ("the clean image", "the protected image"),
+    same_framing: bool = False,
 ) -> list[FaceMatch]:
     """Identity scores between ``clean`` and ``other``.
 
@@ -142,12 +146,13 @@ def score_images(
     with ``detector`` in each photo. Returns one :class:`FaceMatch` per subject (the largest
     clean face; every clean face with ``match="all"``). When a face is missing, the scores
     carry value None and a note such as "no face found in the protected image" (``labels``
-    name the two photos in these notes).
+    name the two photos in these notes). ``same_framing``: see :func:`match_faces`.
     """
     clean_faces = detector.detect(clean)
     other_faces = detector.detect(other)
     out = []
-    for cf, of in match_faces(clean_faces, clean.shape, other_faces, other.shape, match):
+    for cf, of in match_faces(clean_faces, clean.shape, other_faces, other.shape, match,
+                              same_framing):
         if cf is None:
             note = f"no face found in {labels[0]}"
             if of is None:
