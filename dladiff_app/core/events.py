@@ -84,7 +84,3 @@ class JobCancelled:
 Event = (JobStarted | PhotoStarted | Progress | PhotoDone | PhotoFailed | PhotoSkipped | Notice
          | JobFinished | JobCancelled)
 EventSink = Callable[[Event], None]
-
-
-def ignore_events(event: Event) -> None:
-    """An EventSink that drops everything."""

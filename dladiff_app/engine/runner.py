@@ -19,7 +19,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -412,8 +412,3 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     seconds = time.monotonic() - run.t0
     sink(JobFinished(run.done, run.failed, run.skipped, seconds))
     return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds)
-
-
-def photo_keys(paths: Sequence[Path]) -> list[str]:
-    """The journal keys of source paths (absolute, links resolved)."""
-    return [str(Path(p).resolve()) for p in paths]
