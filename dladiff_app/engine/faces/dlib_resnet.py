@@ -186,4 +186,7 @@ class DlibEncoder(nn.Module):
         return extract_face_chip(image, face.dlib_shape, size=CHIP_SIZE, padding=CHIP_PADDING)
 
     def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
+        """``image``: (1, 3, H, W) float32 RGB in [0, 1], may require grad; ``face`` must carry
+        dlib's 68 landmarks. Returns the (128,) descriptor (not normalised), differentiable
+        with respect to ``image``."""
         return self.net(self.chip(image, face))[0]

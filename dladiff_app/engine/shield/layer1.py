@@ -90,8 +90,9 @@ class Layer1Surrogates:
 
     def fixed_dual_loss(self, x: torch.Tensor, seeds: tuple[int, ...] = (0, 1),
                         timesteps: tuple[int, ...] = (100, 500, 900)) -> float:
-        """The dual loss of ``x`` averaged over fixed (seed, timestep) draws, without gradient:
-        an evaluation two versions of a photo can be compared with on equal terms."""
+        """The dual loss of ``x`` ((3, H, W) or (1, 3, H, W) float32 RGB in [0, 1], any size:
+        resized to the working size here) averaged over fixed (seed, timestep) draws, without
+        gradient: an evaluation two versions of a photo can be compared with on equal terms."""
         values = []
         w_dyn, w_prior = self.weights
         with torch.no_grad():

@@ -116,6 +116,7 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     eot_cfg = eot_config_for(w, h) if settings.eot else None
 
     def identity_now(image: torch.Tensor) -> float:
+        # (1, 3, H, W) [0, 1] -> identity loss of the 8-bit file it would be written as.
         with torch.no_grad():
             return float(_identity_loss(torch.round(image * 255.0) / 255.0, regions, encoders,
                                         targets, None))
