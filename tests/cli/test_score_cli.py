@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,12 +10,7 @@ import pytest
 from PIL import Image
 
 from dladiff_app.cli.main import build_parser
-
-
-def _t1_path() -> Path:
-    spec = importlib.util.find_spec("insightface")
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).parent / "data" / "images" / "t1.jpg"
+from tests.engine import real_photos
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +28,8 @@ def _run(argv: list[str]) -> int:
 def test_same_photo_scores_one(tmp_path: Path, tiny_scrfd_onnx: Path, tiny_arcface_onnx: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "copy.png"
-    Image.open(_t1_path()).save(copy)
-    code = _run(["--json", "score", str(_t1_path()), str(copy), "--encoder",
+    Image.open(real_photos.t1_path()).save(copy)
+    code = _run(["--json", "score", str(real_photos.t1_path()), str(copy), "--encoder",
                  str(tiny_arcface_onnx), "--detector", str(tiny_scrfd_onnx)])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -48,7 +42,7 @@ def test_table_and_missing_face(tmp_path: Path, tiny_scrfd_onnx: Path, tiny_arcf
                                 capsys: pytest.CaptureFixture[str]) -> None:
     blank = tmp_path / "blank.png"
     Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(blank)
-    code = _run(["score", str(_t1_path()), str(blank), "--encoder", str(tiny_arcface_onnx),
+    code = _run(["score", str(real_photos.t1_path()), str(blank), "--encoder", str(tiny_arcface_onnx),
                  "--detector", str(tiny_scrfd_onnx)])
     out = capsys.readouterr().out
     assert code == 1
@@ -57,10 +51,10 @@ def test_table_and_missing_face(tmp_path: Path, tiny_scrfd_onnx: Path, tiny_arcf
 
 def test_bad_input_exits_2(tmp_path: Path, tiny_arcface_onnx: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
-    code = _run(["score", str(tmp_path / "nope.jpg"), str(_t1_path()),
+    code = _run(["score", str(tmp_path / "nope.jpg"), str(real_photos.t1_path()),
                  "--encoder", str(tiny_arcface_onnx)])
     assert code == 2 and "nope.jpg" in capsys.readouterr().err
-    code = _run(["score", str(_t1_path()), str(_t1_path()), "--encoder", "no_such_encoder"])
+    code = _run(["score", str(real_photos.t1_path()), str(real_photos.t1_path()), "--encoder", "no_such_encoder"])
     assert code == 2 and "no_such_encoder" in capsys.readouterr().err
 
 
@@ -68,7 +62,7 @@ def _crop_faces(tmp_path: Path) -> tuple[Path, Path]:
     """Two single-person crops of different people in t1.jpg, found by the real dlib detector."""
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
 
-    img = Image.open(_t1_path()).convert("RGB")
+    img = Image.open(real_photos.t1_path()).convert("RGB")
     faces = DlibDetector().detect(np.asarray(img, dtype=np.float32) / 255.0)
     assert len(faces) >= 2
     paths = []

@@ -53,6 +53,14 @@ def _insightface_or_fail(name: str) -> np.ndarray:
     return photo
 
 
+def t1_path() -> Path:
+    """The file of :func:`t1` (for tests that hand a path to the CLI or a loader)."""
+    folder = insightface_images_dir()
+    if folder is None or not (folder / "t1.jpg").is_file():
+        pytest.fail("insightface's sample photo t1.jpg is not installed (pip install insightface)")
+    return folder / "t1.jpg"
+
+
 def t1() -> np.ndarray:
     """Group photo, 6 frontal faces, 1280x886."""
     return _insightface_or_fail("t1.jpg")

@@ -20,10 +20,10 @@ from dladiff_app.core.errors import Cancelled
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.types import Face
 from dladiff_app.engine.shield.layer2 import NO_FACE_WARNING, layer2_loss, protect_faces
+from tests.engine import real_photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-T1 = Path(torch.__file__).parents[1] / "insightface" / "data" / "images" / "t1.jpg"
 
 
 class BoxEncoder(torch.nn.Module):
@@ -171,7 +171,7 @@ def test_rejects_a_start_outside_the_budget(astronaut: tuple[torch.Tensor, list[
 
 
 def test_group_photo_protects_every_face() -> None:
-    img = _photo(T1)
+    img = _photo(real_photos.t1_path())
     faces = _dlib_faces(img)
     assert len(faces) >= 5
     res = protect_faces(img, None, faces, [BoxEncoder()], PLAIN, steps=8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,11 @@ from dladiff_app.engine.faces.registry import encoder_from_path
 from dladiff_app.engine.faces.score import match_faces, score_images, similarity, to_tensor
 from dladiff_app.engine.faces.scrfd import ScrfdDetector
 from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder
+from tests.engine import real_photos
 
 
 def _t1_rgb() -> np.ndarray:
-    from PIL import Image
-
-    spec = importlib.util.find_spec("insightface")
-    assert spec is not None and spec.origin is not None
-    path = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return np.array(real_photos.t1())  # a writable copy
 
 
 def _face_at(x: float, y: float, scale: float) -> Face:
