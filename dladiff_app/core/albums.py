@@ -47,6 +47,8 @@ class Discovery:
     files: tuple[InputFile, ...]
     missing: tuple[Path, ...]   # inputs that do not exist (reported, not fatal)
     ignored: tuple[Path, ...]   # files in folders that are not pictures (reported as a notice)
+    # Input folders that lie inside the output folder (never read: reported, not silently empty)
+    inside_output: tuple[Path, ...] = ()
 
 
 def _is_hidden(path: Path) -> bool:
@@ -66,12 +68,14 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
     """Expand ``inputs`` into files, in a stable order (sorted per folder, inputs in given order).
 
     ``exclude`` (the output folder) is never read as input, so protecting a folder into a
-    sub-folder of itself does not protect the protected files on the next run. Duplicates (the
-    same file reached twice) are kept once.
+    sub-folder of itself does not protect the protected files on the next run; an input folder
+    inside it is listed in ``inside_output`` (the caller says so) instead of being read.
+    Duplicates (the same file reached twice) are kept once.
     """
     files: list[InputFile] = []
     missing: list[Path] = []
     ignored: list[Path] = []
+    inside_output: list[Path] = []
     seen: set[Path] = set()
 
     def add(path: Path, folder: Path) -> None:
@@ -84,6 +88,7 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
         path = Path(raw)
         if path.is_dir():
             if exclude is not None and _inside(path, exclude):
+                inside_output.append(path)
                 continue
             for folder, entries in _walk(path, recursive):
                 if exclude is not None and _inside(folder, exclude):
@@ -97,7 +102,7 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
             add(path, path.parent)
         else:
             missing.append(path)
-    return Discovery(tuple(files), tuple(missing), tuple(ignored))
+    return Discovery(tuple(files), tuple(missing), tuple(ignored), tuple(inside_output))
 
 
 def _walk(root: Path, recursive: bool) -> list[tuple[Path, list[Path]]]:

@@ -377,8 +377,12 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     for album in albums:
         for path in album.photos:
             photos.append(_Photo(len(photos), path, album, str(path.resolve())))
+    unusable = [(m, "the file or folder does not exist") for m in found.missing] + [
+        (m, f"this folder is inside the output folder {run.out}, which is never read as input "
+            "(its protected copies would be protected again): choose an output folder outside "
+            "your photos") for m in found.inside_output]
     missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), str(m.absolute()))
-               for i, m in enumerate(found.missing)]
+               for i, (m, _) in enumerate(unusable)]
     sink(JobStarted(len(photos) + len(missing), kit.device_name,
                     f"{len(albums)} album(s)"))
     if found.ignored:
@@ -392,10 +396,10 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
             sink(PhotoFailed(photo.id, str(photo.path), f"{photo.path.name}: {exc}"))
         sink(JobFinished(0, run.failed, 0, time.monotonic() - run.t0))
         raise
-    for photo in missing:
-        run.fail(photo, f"{photo.path.name}: the file or folder does not exist")
     run.eta.plan(job.settings, [len(a.photos) for a in albums], kit.layer1 is not None,
-                 kit.layer2 is not None, polish=kit.polish is not None)
+                 kit.layer2 is not None, polish=kit.polish is not None, unusable=len(missing))
+    for photo, (_, reason) in zip(missing, unusable, strict=True):
+        run.fail(photo, f"{photo.path.name}: {reason}")
     current: Album | None = None
     try:
         for index, album in enumerate(albums):

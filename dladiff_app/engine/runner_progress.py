@@ -31,7 +31,8 @@ class EtaTracker:
         self.last_step: dict[tuple[int | None, str], int] = {}
 
     def plan(self, settings: ProtectionSettings, album_sizes: Sequence[int], layer1: bool,
-             layer2: bool, polish: bool = True) -> None:
+             layer2: bool, polish: bool = True, unusable: int = 0) -> None:
+        """Plan the work; ``unusable`` photos (missing inputs) only count as finished ones."""
         s = settings
         run_l1 = s.layers.finetune and layer1
         l1 = (s.prior_steps + s.layer1_rounds * (s.layer1_pgd_steps + s.layer1_lora_steps)
@@ -41,7 +42,7 @@ class EtaTracker:
         self.per_photo = 2.0 + (s.layer2_steps if run_l2 else 0.0) + (
             s.polish_steps if run_l1 and run_l2 and polish else 0.0)
         self.left = {"album": float(sum(self.per_album)),
-                     "photo": self.per_photo * sum(album_sizes)}
+                     "photo": self.per_photo * (sum(album_sizes) + unusable)}
         self.total = sum(self.left.values()) or 1.0
 
     def _tick(self, kind: str, units: float, photo_id: int | None) -> None:
@@ -67,6 +68,8 @@ class EtaTracker:
 
     @property
     def overall(self) -> float:
+        if self.total <= 0:  # nothing planned yet
+            return 0.0
         return max(0.0, min(1.0, 1.0 - sum(self.left.values()) / self.total))
 
     def step_fn(self, photo_id: int | None) -> Callable[[str, int, int], None]:

@@ -43,6 +43,14 @@ def test_output_folder_inside_input_is_excluded(tmp_path: Path) -> None:
     assert [f.path.name for f in found.files] == ["p.jpg"]
 
 
+def test_input_folder_inside_the_output_folder_is_reported_not_silently_empty(
+        tmp_path: Path) -> None:
+    _touch(tmp_path / "pics" / "me" / "p.jpg")
+    for out in (tmp_path / "pics", tmp_path / "pics" / "me"):
+        found = discover_inputs([tmp_path / "pics" / "me"], exclude=out)
+        assert found.files == () and found.inside_output == (tmp_path / "pics" / "me",)
+
+
 def test_grouping_modes_and_unique_names(tmp_path: Path) -> None:
     files = [_touch(tmp_path / "one" / "anna" / "1.jpg"), _touch(tmp_path / "one" / "anna" / "2.jpg"),
              _touch(tmp_path / "two" / "Anna" / "1.jpg"), _touch(tmp_path / "two" / "bo" / "3.jpg")]

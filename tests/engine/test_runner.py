@@ -281,3 +281,22 @@ def test_resume_adopts_a_numbered_file_whose_name_has_glob_characters(tmp_path: 
     run.journal_state(photo, "writing", planned=str(planned),
                       sha256=sha256_bytes(written.read_bytes()))
     assert run.written_before(photo) == written
+
+
+def test_photos_inside_the_output_folder_fail_with_the_reason(tmp_path: Path) -> None:
+    """``dladiff protect ~/Pictures/me -o ~/Pictures`` used to finish with 0 photos and no word,
+    and any missing input crashed the job (progress divided by an empty plan)."""
+    folder = tmp_path / "pics" / "me"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((64, 80, 3), 120, np.uint8)).save(folder / "p.png")
+    kit = EngineKit(device_kind="cpu", device_name="CPU", detector=None, score=lambda a, b: [])
+    job = ProtectJob(inputs=(folder, tmp_path / "nope.jpg"), output_dir=tmp_path / "pics",
+                     settings=ProtectionSettings(layers=Layers.ZEROSHOT))
+    events: list[Event] = []
+    summary = run_job(job, kit, events.append)
+    assert (summary.done, summary.failed) == (0, 2)
+    reasons = sorted(e.reason for e in events if isinstance(e, PhotoFailed))
+    assert reasons[0].startswith("me: this folder is inside the output folder")
+    assert reasons[1] == "nope.jpg: the file or folder does not exist"
+    assert [e for e in events if isinstance(e, Progress)][-1].overall == 1.0
+    assert list(folder.iterdir()) == [folder / "p.png"]
