@@ -60,7 +60,7 @@ def _cpu_info(reason: str) -> DeviceInfo:
     except (ValueError, OSError, AttributeError):
         memory = None
     cpu = platform.processor() or platform.machine() or "CPU"
-    return DeviceInfo("cpu", "cpu", f"CPU {cpu} ({threads} threads)", memory, None, reason)
+    return DeviceInfo("cpu", "cpu", f"CPU {cpu} ({threads} thread{'s' if threads != 1 else ''})", memory, None, reason)
 
 
 def _cuda_info(index: int, reason: str) -> DeviceInfo:

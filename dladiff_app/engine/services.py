@@ -212,8 +212,10 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         try:
             pipeline_dir = (store if store is not None else _default_store()).path("sd15")
         except ModelMissingError as exc:
-            layer1_missing = (f"The fine-tuning shield was skipped: {exc} Protect with "
-                              "--layers zeroshot to run only the zero-shot shield.")
+            # Read in the CLI and in the app alike: name both ways to switch the shield off.
+            layer1_missing = (f"The fine-tuning shield was skipped: {exc} To protect with the "
+                              "zero-shot shield only, switch the fine-tuning shield off (in "
+                              "the command line: --layers zeroshot).")
     if cache_dir is None:
         from dladiff_app.core.paths import cache_dir as default_cache
 

@@ -17,6 +17,20 @@ def as_services(services: Any) -> Services:
     return Services(protect=services.protect, models=services.models, device=services.device)
 
 
+def app_icon() -> Any:
+    """The app's icon (``resources/dladiff.svg``) as a QIcon, or None where the file is not
+    shipped (a plain wheel install) or cannot be read: Qt's default icon is used then."""
+    from PySide6.QtGui import QIcon
+
+    from dladiff_app.core.resources import resource_path
+
+    path = resource_path("dladiff.svg")
+    if path is None:
+        return None
+    icon = QIcon(str(path))
+    return None if icon.isNull() else icon
+
+
 def run_app(services: Any, settings: Settings | None = None, photos: list[Path] | None = None,
             self_test: bool = False, settings_path: Path | None = None) -> int:
     """Show the window and run the event loop; returns the exit code.
@@ -32,6 +46,9 @@ def run_app(services: Any, settings: Settings | None = None, photos: list[Path] 
     app = QApplication.instance() or QApplication([])
     app.setApplicationName("DLADiff")
     app.setOrganizationName("DLADiff")
+    icon = app_icon()
+    if icon is not None:
+        app.setWindowIcon(icon)
     window = MainWindow(services=as_services(services), settings=settings,
                         settings_path=settings_path)
     if photos:

@@ -92,3 +92,11 @@ def test_real_engine_end_to_end(qtbot, tmp_path: Path, request) -> None:  # type
     texts = " | ".join(b.text() for b in window.viewer.badges)
     for s in scores:
         assert f"{s.value:.3f}" in texts
+
+
+def test_app_icon_is_the_shipped_svg(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.gui.launch import app_icon
+
+    icon = app_icon()
+    assert icon is not None and not icon.isNull()
+    assert not icon.pixmap(64, 64).isNull()

@@ -186,7 +186,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             id="ip_adapter_faceid",
             title="IP-Adapter-FaceID (SD 1.5)",
-            purpose="Zero-shot identity attack used by 'Test the protection'",
+            purpose=("Zero-shot identity attack (IP-Adapter-FaceID) for checking a protection "
+                     "against the real tool; not used by this release yet"),
             kind="hf_files",
             source="h94/IP-Adapter-FaceID",
             revision="main",
