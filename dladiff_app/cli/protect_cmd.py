@@ -1,8 +1,16 @@
 """``dladiff protect``: protect photos and albums from the command line.
 
-Exit codes: 0 every photo protected (or already protected by an earlier run), 1 some photos
-failed (each is named with its reason), 2 usage error (bad option, nothing to do, output folder
-holding another job). Heavy libraries load inside :func:`run` only.
+Exit codes (also in the README and ``--help``):
+
+- 0: every photo is protected (now or by an earlier run at the same settings);
+- 1: some photos failed (each is named with its reason), or the run was cancelled;
+- 2: nothing was done: usage error, no photo in the inputs, the output folder holds another job
+  or is in use by another running process (its PID is named);
+- 3: the run finished without failures but some photos are NOT protected: no shield could change
+  them (no face found for the zero-shot shield). They are listed; no ``-protected`` file exists
+  for them (``--export-unprotected`` writes them as ``-unprotected``).
+
+Heavy libraries load inside :func:`run` only.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from dladiff_app.core.errors import DladiffError, JobConflictError
+from dladiff_app.core.errors import DladiffError, JobConflictError, NothingToProtectError
 from dladiff_app.core.events import (
     Event,
     JobCancelled,
@@ -27,21 +35,28 @@ from dladiff_app.core.events import (
     PhotoFailed,
     PhotoSkipped,
     PhotoStarted,
+    PhotoUnprotected,
     Progress,
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.services import JobSummary
 
 HOURS_WARNING_S = 3600.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROTECTED = 0, 1, 2, 3
+EXIT_CODES_HELP = ("exit codes: 0 every photo protected; 1 some photos failed (or cancelled); "
+                   "2 nothing done (usage error, no photos, folder in use or holding another "
+                   "job); 3 finished, but some photos are NOT protected (no face found)")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "protect", help="protect photos or folders (albums) against AI identity copying",
         description="Protect face photos. Originals are only read; protected copies are written "
-        "to OUT/<album>/<name>-protected.<ext> with manifest.json and report.html per album.")
+        "to OUT/<album>/<name>-protected.<ext> with manifest.json and report.html per album.",
+        epilog=EXIT_CODES_HELP)
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                    help="photos and/or folders (a folder is one album by default)")
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="output folder")
@@ -65,6 +80,9 @@ def register(subparsers: Any) -> None:
                    help="a local Stable Diffusion folder (diffusers format) for the fine-tuning "
                    "shield instead of the downloaded sd15")
     p.add_argument("--no-report", action="store_true", help="skip manifest.json/report.html")
+    p.add_argument("--export-unprotected", action="store_true",
+                   help="also write photos no shield could change (no face found), as "
+                   "<name>-unprotected.<ext>; by default they are only listed")
     p.add_argument("--yes", action="store_true", help="do not ask before a very long job")
     p.add_argument("--json", dest="json_local", action="store_true", default=argparse.SUPPRESS,
                    help="JSON lines on stdout (same as the global --json)")
@@ -114,7 +132,8 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
         settings = preset(args.preset).with_overrides(
             eps=args.eps, layers=Layers(args.layers) if args.layers else None, **overrides)
         export = ExportOptions(format=OutputFormat(args.format), quality=args.quality,
-                               keep_metadata=args.keep_metadata, write_report=not args.no_report)
+                               keep_metadata=args.keep_metadata, write_report=not args.no_report,
+                               export_unprotected=args.export_unprotected)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return ProtectJob(inputs=tuple(args.inputs), output_dir=out, settings=settings,
@@ -182,6 +201,7 @@ class Printer:
         self.tty = (not as_json) and err.isatty()
         self.names: dict[int, str] = {}
         self.failures: list[str] = []
+        self.unprotected: list[str] = []
         self.results: list[PhotoResult] = []
         self.total = 0
         self._last = 0.0
@@ -189,6 +209,8 @@ class Printer:
     def __call__(self, event: Event) -> None:
         if isinstance(event, PhotoFailed):
             self.failures.append(event.reason)
+        if isinstance(event, PhotoUnprotected):
+            self.unprotected.append(f"{Path(event.source).name}: {event.reason}")
         if self.as_json:
             print(json.dumps(event_dict(event), ensure_ascii=False), file=self.out, flush=True)
             return
@@ -224,13 +246,17 @@ class Printer:
                     f"done    {Path(r.source).name} -> {r.output}")
         if isinstance(event, PhotoFailed):
             return f"FAILED  {event.reason}"
+        if isinstance(event, PhotoUnprotected):
+            where = f" (exported unchanged as {event.output})" if event.output else ""
+            return f"NOT PROTECTED {Path(event.source).name}: {event.reason}{where}"
         if isinstance(event, PhotoSkipped):
             return f"skipped {Path(event.source).name}: {event.reason}"
         if isinstance(event, Notice):
             return f"note    {event.message}"
         if isinstance(event, JobFinished):
             return (f"Finished in {_clock(event.seconds)}: {event.done} protected, "
-                    f"{event.skipped} already done, {event.failed} failed."
+                    f"{event.skipped} already done, {event.unprotected} NOT protected, "
+                    f"{event.failed} failed."
                     + ("\n" + results_table(self.results) if self.results else ""))
         if isinstance(event, JobCancelled):
             return f"Cancelled after {event.done} photo(s); run again with --resume to finish."
@@ -309,16 +335,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_job(job, kit, printer, CancelToken())
-    except JobConflictError as exc:
+    except (JobConflictError, NothingToProtectError) as exc:
         print(f"dladiff protect: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except DladiffError as exc:
         print(f"dladiff protect: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if printer.failures and not as_json:
-        print(f"{len(printer.failures)} photo(s) were not protected:", file=sys.stderr)
+        print(f"{len(printer.failures)} photo(s) failed:", file=sys.stderr)
         for reason in printer.failures:
             print(f"  {reason}", file=sys.stderr)
-    if summary.cancelled:
-        return 1
-    return 1 if summary.failed else 0
+    if printer.unprotected and not as_json:
+        print(f"{len(printer.unprotected)} photo(s) are NOT protected (no -protected file was "
+              "written for them):", file=sys.stderr)
+        for reason in printer.unprotected:
+            print(f"  {reason}", file=sys.stderr)
+    return exit_code(summary)
+
+
+def exit_code(summary: JobSummary) -> int:
+    """The documented exit code of a finished run (see the module docstring)."""
+    if summary.cancelled or summary.failed:
+        return EXIT_FAILED
+    return EXIT_UNPROTECTED if summary.unprotected else EXIT_OK

@@ -49,6 +49,8 @@ class Discovery:
     ignored: tuple[Path, ...]   # files in folders that are not pictures (reported as a notice)
     # Input folders that lie inside the output folder (never read: reported, not silently empty)
     inside_output: tuple[Path, ...] = ()
+    # Folders that could not be listed (permission denied, ...), with the reason
+    unreadable: tuple[tuple[Path, str], ...] = ()
 
 
 def _is_hidden(path: Path) -> bool:
@@ -76,21 +78,29 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
     missing: list[Path] = []
     ignored: list[Path] = []
     inside_output: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     seen: set[Path] = set()
 
     def add(path: Path, folder: Path) -> None:
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: loading it names the problem
+            key = path.absolute()
         if key not in seen:
             seen.add(key)
             files.append(InputFile(path, folder))
 
     for raw in inputs:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # e.g. inside a folder we may not enter: loading it says why
+            is_dir = False
+        if is_dir:
             if exclude is not None and _inside(path, exclude):
                 inside_output.append(path)
                 continue
-            for folder, entries in _walk(path, recursive):
+            for folder, entries in _walk(path, recursive, unreadable):
                 if exclude is not None and _inside(folder, exclude):
                     continue
                 for entry in entries:
@@ -98,28 +108,59 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
                         add(entry, folder)
                     else:
                         ignored.append(entry)
-        elif path.exists() or path.is_symlink():
+        elif _exists(path):
             add(path, path.parent)
         else:
             missing.append(path)
-    return Discovery(tuple(files), tuple(missing), tuple(ignored), tuple(inside_output))
+    return Discovery(tuple(files), tuple(missing), tuple(ignored), tuple(inside_output),
+                     tuple(unreadable))
 
 
-def _walk(root: Path, recursive: bool) -> list[tuple[Path, list[Path]]]:
-    """Folders under ``root`` (root first, then sorted), each with its sorted visible files."""
+def _exists(path: Path) -> bool:
+    """Anything at ``path``, a dangling or looping link included (loading it says what)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return True  # there is something, we may just not look at it
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "this folder cannot be read (permission denied): nothing in it was protected"
+    return f"this folder cannot be read ({exc.strerror or exc}): nothing in it was protected"
+
+
+def _walk(root: Path, recursive: bool,
+          unreadable: list[tuple[Path, str]]) -> list[tuple[Path, list[Path]]]:
+    """Folders under ``root`` (root first, then sorted), each with its sorted visible files.
+    Folders that cannot be listed are added to ``unreadable`` with the reason (never a silent
+    "0 photos")."""
     out: list[tuple[Path, list[Path]]] = []
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(root):
+        def onerror(exc: OSError) -> None:
+            unreadable.append((Path(exc.filename or root), _why(exc)))
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             folder = Path(dirpath)
             out.append((folder, sorted(folder / f for f in filenames if not f.startswith("."))))
     else:
         try:
-            entries = sorted(p for p in root.iterdir() if p.is_file() and not _is_hidden(p))
-        except OSError:
+            entries = sorted(p for p in root.iterdir() if not _is_hidden(p) and _is_file(p))
+        except OSError as exc:
+            unreadable.append((root, _why(exc)))
             entries = []
         out.append((root, entries))
-    return [(folder, [p for p in entries if p.is_file()]) for folder, entries in out]
+    return [(folder, [p for p in entries if _is_file(p)]) for folder, entries in out]
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file (following links). FIFOs, sockets and devices inside folders are not
+    photos: they are left out like sub-folders are."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _safe_name(text: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,36 @@ def _ensure_folder(dest: Path) -> None:
         raise OutputError(dest, describe_os_error(exc)) from exc
 
 
+# Temporary names are ".<name>.<12 hex>.tmp": the name part is cut so the whole stays within the
+# 255 bytes most file systems allow, whatever the final name's length.
+TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$", re.DOTALL)
+_TEMP_NAME_BYTES = 200
+
+
+def _short(name: str) -> str:
+    while len(name.encode("utf-8")) > _TEMP_NAME_BYTES:
+        name = name[:-1]
+    return name
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (names as written by this
+    module). Only call it while no writer can be active there (the job folder is locked).
+    Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if TEMP_NAME.match(name):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                _remove_quietly(path)
+                removed.append(path)
+    return removed
+
+
 def _write_temp(dest: Path, data: bytes) -> Path:
     """Write ``data`` to a new hidden file beside ``dest``, fsynced; returns its path.
 
@@ -79,7 +110,7 @@ def _write_temp(dest: Path, data: bytes) -> Path:
     any other file the user creates. On failure the temp file is removed and OSError propagates.
     """
     for _ in range(100):
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+        tmp = dest.with_name(f".{_short(dest.name)}.{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                          0o666)

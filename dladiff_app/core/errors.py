@@ -102,3 +102,11 @@ class UnsupportedOnnxOp(ModelMissingError):
 
 class JobConflictError(DladiffError):
     """The output folder already holds another job (resume it or choose another folder)."""
+
+
+class JobLockedError(JobConflictError):
+    """Another live process is protecting into the same output folder right now."""
+
+
+class NothingToProtectError(DladiffError):
+    """The inputs hold no photo at all (an empty folder, only hidden files): nothing was started."""

@@ -54,10 +54,27 @@ class PhotoFailed:
 
 
 @dataclass(frozen=True)
-class PhotoSkipped:
+class PhotoUnprotected:
+    """The photo was finished but no shield could change it (no face found for the zero-shot
+    shield, or that shield is missing, and the fine-tuning shield did not run). It is *not*
+    protected; ``output`` is set only when the user asked to export such photos (named
+    ``-unprotected``)."""
+
     photo_id: int
     source: str
     reason: str
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class PhotoSkipped:
+    """Nothing was done to the photo in this run. ``result`` is the earlier protection at the
+    same settings when the photo was protected before (so a front end can show it as protected)."""
+
+    photo_id: int
+    source: str
+    reason: str
+    result: PhotoResult | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class JobFinished:
     failed: int
     skipped: int
     seconds: float
+    unprotected: int = 0  # finished without any shield changing them (see PhotoUnprotected)
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,6 @@ class JobCancelled:
     done: int
 
 
-Event = (JobStarted | PhotoStarted | Progress | PhotoDone | PhotoFailed | PhotoSkipped | Notice
-         | JobFinished | JobCancelled)
+Event = (JobStarted | PhotoStarted | Progress | PhotoDone | PhotoFailed | PhotoUnprotected
+         | PhotoSkipped | Notice | JobFinished | JobCancelled)
 EventSink = Callable[[Event], None]

@@ -23,8 +23,12 @@ conversion.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -45,7 +49,9 @@ from dladiff_app.core.errors import (
     UnsupportedFormatError,
 )
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
+# MPO: the JPEG variant phones and many cameras write (Ultra HDR gain maps, depth maps, stereo
+# pairs): the first picture is an ordinary JPEG and is the photo itself.
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP")
 SAVE_FORMATS = ("png", "jpeg", "webp")
 
 _FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
@@ -117,23 +123,53 @@ def load_image(path: Path | str, *, max_megapixels: float = 100.0,
     file and says what to do.
     """
     path = Path(path)
+    with _open_regular(path) as fh:
+        return _load_from(fh, path, max_megapixels=max_megapixels, min_side=min_side)
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open a photo for reading, refusing anything that is not a regular file *before* opening
+    it: ``open`` on a FIFO blocks until a writer appears (forever, for a stray pipe), and a
+    device file never ends. Errors are :class:`ImageError` subclasses that name the file."""
     try:
-        is_folder = path.is_dir()
-    except OSError:  # e.g. a parent folder we may not enter: open() below says why
-        is_folder = False
-    if is_folder:
-        raise ImageMissingError(path, "this is a folder, not a photo")
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, Pillow reads it lazily
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageMissingError(path, "the file does not exist (moved or deleted?)") from None
     except PermissionError:
         raise ImageUnreadableError(
             path, "permission denied: you are not allowed to read this file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageUnreadableError(
+                path, "it is a symbolic link that points back to itself (a link loop)") from None
         raise ImageUnreadableError(path, f"the file cannot be opened ({exc.strerror})") from None
-    with fh:
-        return _load_from(fh, path, max_megapixels=max_megapixels, min_side=min_side)
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageMissingError(path, "this is a folder, not a photo")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAnImageError(path, "this is not a regular file (a pipe, device or socket); "
+                                    "only photo files can be protected")
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except PermissionError:
+        raise ImageUnreadableError(
+            path, "permission denied: you are not allowed to read this file") from None
+    except OSError as exc:
+        raise ImageUnreadableError(path, f"the file cannot be opened ({exc.strerror})") from None
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a photo file's bytes, with the same checks and errors as :func:`load_image`
+    (never blocks on a FIFO)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with _open_regular(path) as fh:
+        try:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        except OSError as exc:
+            raise ImageUnreadableError(path, f"the file cannot be read ({exc.strerror})"
+                                       ) from None
+    return digest.hexdigest()
 
 
 def decode_bytes(data: bytes) -> np.ndarray:
@@ -360,7 +396,11 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected float pixels in [0, 1] or uint8, got {arr.dtype}")
     if not np.all(np.isfinite(arr)):
         raise ValueError("pixels contain NaN or infinity")
-    return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    # One float temporary, worked in place: a 48 MP photo would otherwise hold three.
+    work = np.clip(arr, 0.0, 1.0)
+    work *= 255.0
+    np.rint(work, out=work)
+    return work.astype(np.uint8)
 
 
 def _normalise_format(fmt: str) -> str:
@@ -415,12 +455,30 @@ def save_image(pixels: np.ndarray, dest: Path, *, format: str | None = None, qua
     return create_exclusive(dest, encode_image(pixels, fmt, quality=quality, exif=exif))
 
 
-def protected_name(source: Path, out_dir: Path, fmt: str) -> Path:
-    """``out_dir/<source stem>-protected.<png|jpg|webp>`` (the free name is picked on save)."""
-    return Path(out_dir) / f"{Path(source).stem}-protected.{_EXTENSIONS[_normalise_format(fmt)]}"
+# Most file systems allow 255 bytes per name. Room is kept for a "-NNNN" number (a free name is
+# picked on save) and for the hidden temporary name atomic.py derives from it.
+_MAX_NAME_BYTES = 255 - 6
+
+
+def _fit_stem(stem: str, tail: str) -> str:
+    """``stem`` shortened (whole characters, UTF-8 bytes counted) so ``stem + tail`` fits."""
+    room = _MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    while len(stem.encode("utf-8")) > room:
+        stem = stem[:-1]
+    return stem
+
+
+def protected_name(source: Path, out_dir: Path, fmt: str, *, label: str = "protected") -> Path:
+    """``out_dir/<source stem>-<label>.<png|jpg|webp>`` (the free name is picked on save).
+
+    ``label`` is ``protected``, or ``unprotected`` for a photo no shield could change (exported
+    only on request). A very long stem is shortened so the name stays within 255 bytes."""
+    tail = f"-{label}.{_EXTENSIONS[_normalise_format(fmt)]}"
+    return Path(out_dir) / (_fit_stem(Path(source).stem, tail) + tail)
 
 
 __all__ = [
     "SAVE_FORMATS", "SUPPORTED_FORMATS", "ImageError", "LoadedImage", "clean_exif",
-    "decode_bytes", "encode_image", "load_image", "protected_name", "save_image", "to_uint8",
+    "decode_bytes", "encode_image", "file_sha256", "load_image", "protected_name", "save_image",
+    "to_uint8",
 ]

@@ -29,6 +29,10 @@ class ExportOptions:
     quality: int = 95            # JPEG/WebP quality, 1-100
     keep_metadata: bool = False  # keep orientation-neutral, location-free EXIF
     write_report: bool = True    # manifest.json + report.html per album
+    # Photos no shield could change (no face found) are not written by default: a file named
+    # "-protected" that is not protected is worse than none. On request they are copied out as
+    # "<name>-unprotected.<ext>" (same export rules: format, metadata).
+    export_unprotected: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.quality <= 100:

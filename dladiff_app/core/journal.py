@@ -7,7 +7,19 @@ rewritten in place, so a crash cannot damage records that were already there.
 A photo goes ``queued -> running -> writing -> done`` (or ``failed``). ``writing`` records the
 SHA-256 and the planned name of the encoded file *before* it is created; if the process dies
 between creating the file and recording ``done``, resume finds the complete file by its hash and
-adopts it instead of writing a second copy (exactly-once output).
+adopts it instead of writing a second copy (exactly-once output). The ``writing`` record also
+carries the photo's complete result (layers, notes, scores measured on the encoded bytes), so an
+adopted file keeps everything a normal finish records.
+
+A photo is keyed by *what* is protected *how*: the SHA-256 of the source file, the protection
+settings, the export options and the model versions (:func:`protection_key`). The same photo at
+other settings is another protection, written to a new file; a photo moved or renamed keeps its
+key. ``unprotected`` is a finished state too: no shield could change the photo (no face found).
+
+Paths of the job's own files (outputs, manifests, reports) are stored relative to the job folder,
+so a job resumed from another working directory, or a moved job folder, still finds them.
+Records missing a field (a journal edited by hand or by another version) are ignored and counted
+in ``damaged`` instead of crashing the reader.
 """
 
 from __future__ import annotations
@@ -25,8 +37,10 @@ from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, Protec
 from dladiff_app.core.presets import Layers, ProtectionSettings
 
 JOURNAL_NAME = ".dladiff-journal.jsonl"
-JOURNAL_VERSION = 1
-STATES = ("queued", "running", "writing", "done", "failed")
+JOURNAL_VERSION = 2
+STATES = ("queued", "running", "writing", "done", "failed", "unprotected")
+# Fields holding paths of the job's own files: written relative to the job folder.
+_PATH_FIELDS = ("output", "planned")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -34,11 +48,30 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of a regular file. Raises OSError, and ``IsADirectoryError``-style OSError for
+    anything that is not a regular file (a FIFO would block ``open`` forever)."""
+    import stat
+
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path} is not a regular file")
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def protection_key(source_sha256: str, settings: dict[str, Any], export: dict[str, Any],
+                   models: dict[str, Any]) -> str:
+    """The journal key of one protection: the same bytes protected with the same settings,
+    export options and model versions. The preset's *name* is left out (``custom`` with Medium's
+    numbers is Medium)."""
+    what = {"source": source_sha256,
+            "settings": {k: v for k, v in settings.items() if k != "preset"},
+            "export": export, "models": models}
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
+    return "p-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
 def job_to_dict(job: ProtectJob) -> dict[str, Any]:
@@ -48,7 +81,8 @@ def job_to_dict(job: ProtectJob) -> dict[str, Any]:
         "settings": job.settings.to_dict(),
         "export": {"format": job.export.format.value, "quality": job.export.quality,
                    "keep_metadata": job.export.keep_metadata,
-                   "write_report": job.export.write_report},
+                   "write_report": job.export.write_report,
+                   "export_unprotected": job.export.export_unprotected},
         "device": job.device,
         "recursive": job.recursive,
         "album_mode": job.album_mode.value,
@@ -66,7 +100,8 @@ def job_from_dict(d: dict[str, Any], *, resume: bool = True) -> ProtectJob:
         settings=ProtectionSettings(**settings),
         export=ExportOptions(format=OutputFormat(export["format"]), quality=export["quality"],
                              keep_metadata=export["keep_metadata"],
-                             write_report=export.get("write_report", True)),
+                             write_report=export.get("write_report", True),
+                             export_unprotected=export.get("export_unprotected", False)),
         device=d.get("device", "auto"),
         recursive=d.get("recursive", False),
         album_mode=AlbumMode(d.get("album_mode", AlbumMode.PER_FOLDER.value)),
@@ -88,21 +123,30 @@ class PhotoEntry:
     planned: str | None = None
     reason: str | None = None
     result: dict[str, Any] | None = None
+    source_sha256: str | None = None
+    settings: dict[str, Any] | None = None   # preset, eps, layers of this protection
     done_count: int = 0
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Protected, or finished as not protectable (no face): nothing left to do."""
+        return self.state in ("done", "unprotected")
 
 
 class Journal:
     """Reader/writer of ``OUT/.dladiff-journal.jsonl``. Not shared between processes."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).absolute()
         self.path = self.out_dir / JOURNAL_NAME
-        self.job: dict[str, Any] | None = None
+        self.job: dict[str, Any] | None = None       # the latest job that ran in this folder
+        self.first_job: dict[str, Any] | None = None
         self.photos: dict[str, PhotoEntry] = {}
         self.albums: dict[str, dict[str, Any]] = {}
         self.torn_lines = 0
+        self.damaged = 0  # whole records ignored because a field was missing or malformed
         self.records = 0
         self._needs_newline = False
         if self.path.exists():
@@ -127,35 +171,74 @@ class Journal:
             except ValueError:
                 self.torn_lines += 1  # a line cut by a crash: it never happened
                 continue
-            if isinstance(rec, dict):
+            if not isinstance(rec, dict):
+                self.damaged += 1
+                continue
+            try:
                 self._apply(rec)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                self.damaged += 1  # a record without its fields: as if it was never written
+
+    # ------------------------------------------------------------------ paths
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the job folder when it lies inside it (else absolute)."""
+        p = Path(path)
+        p = p if p.is_absolute() else Path.cwd() / p
+        try:
+            return p.relative_to(self.out_dir).as_posix()
+        except ValueError:
+            return str(p)
+
+    def resolve(self, stored: str) -> str:
+        """A stored path as an absolute path (relative ones are inside the job folder)."""
+        p = Path(stored)
+        return str(p if p.is_absolute() else self.out_dir / p)
 
     def _apply(self, rec: dict[str, Any]) -> None:
-        self.records += 1
         kind = rec.get("kind")
-        if kind == "job":
-            if self.job is None:
+        if kind in ("job", "resume"):
+            if "job" in rec:
+                if not isinstance(rec["job"], dict):
+                    raise TypeError("job record without a job")
                 self.job = rec["job"]
+                if self.first_job is None:
+                    self.first_job = rec["job"]
         elif kind == "album":
-            self.albums.setdefault(rec["album"], {}).update(
-                {k: v for k, v in rec.items() if k not in ("kind", "album", "t")})
+            fields = {k: v for k, v in rec.items() if k not in ("kind", "album", "t")}
+            for name in ("manifest", "report"):
+                if name in fields:
+                    fields[name] = self.resolve(str(fields[name]))
+            self.albums.setdefault(str(rec["album"]), {}).update(fields)
         elif kind == "photo":
-            key = rec["key"]
+            key, state = str(rec["key"]), str(rec["state"])
+            if state not in STATES:
+                raise ValueError(state)
             entry = self.photos.get(key)
             if entry is None:
-                entry = PhotoEntry(key=key, album=rec.get("album", ""),
-                                   source=rec.get("source", key), state=rec["state"])
+                entry = PhotoEntry(key=key, album=str(rec.get("album", "")),
+                                   source=str(rec.get("source", key)), state=state)
                 self.photos[key] = entry
-            entry.state = rec["state"]
-            if entry.state == "running":
+            entry.state = state
+            if state == "running":
                 entry.attempts += 1
                 entry.planned = None
-            for name in ("output", "sha256", "planned", "reason", "result"):
+            for name in ("output", "sha256", "planned", "reason", "result", "source_sha256",
+                         "settings"):
                 if name in rec:
-                    setattr(entry, name, rec[name])
-            if entry.state == "done":
+                    value = rec[name]
+                    if name in _PATH_FIELDS and value is not None:
+                        value = self.resolve(str(value))
+                    if name == "result" and isinstance(value, dict) and "output" in value:
+                        value = {**value, "output": self.resolve(str(value["output"]))}
+                    setattr(entry, name, value)
+            if state == "done":
                 entry.done_count += 1
                 entry.reason = None
+            if state == "unprotected" and "output" not in rec:
+                entry.output = None
+        else:
+            return
+        self.records += 1
 
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict[str, Any]) -> None:
@@ -179,19 +262,27 @@ class Journal:
         self._apply(rec)
 
     def start_job(self, job: ProtectJob) -> None:
-        if self.job is None:
-            self._append({"kind": "job", "v": JOURNAL_VERSION, "job": job_to_dict(job)})
-        else:
-            self._append({"kind": "resume", "v": JOURNAL_VERSION})
+        """Record the job; a later run records its own settings (what ``--resume`` continues)."""
+        kind = "job" if self.job is None else "resume"
+        self._append({"kind": kind, "v": JOURNAL_VERSION, "job": job_to_dict(job)})
 
     def set_state(self, key: str, state: str, *, album: str, source: str,
                   **fields: Any) -> None:
         if state not in STATES:
             raise ValueError(f"unknown photo state {state!r}")
+        for name in _PATH_FIELDS:
+            if fields.get(name) is not None:
+                fields[name] = self.relative(fields[name])
+        result = fields.get("result")
+        if isinstance(result, dict) and result.get("output"):
+            fields["result"] = {**result, "output": self.relative(result["output"])}
         self._append({"kind": "photo", "key": key, "album": album, "source": source,
                       "state": state, **fields})
 
     def set_album(self, album: str, **fields: Any) -> None:
+        for name in ("manifest", "report"):
+            if fields.get(name) is not None:
+                fields[name] = self.relative(fields[name])
         self._append({"kind": "album", "album": album, **fields})
 
     # ------------------------------------------------------------------ queries
@@ -201,8 +292,29 @@ class Journal:
     def done_in_album(self, album: str) -> list[PhotoEntry]:
         return [e for e in self.photos.values() if e.album == album and e.state == "done"]
 
+    def unprotected_in_album(self, album: str) -> list[PhotoEntry]:
+        return [e for e in self.photos.values()
+                if e.album == album and e.state == "unprotected"]
+
     def failed_in_album(self, album: str) -> list[PhotoEntry]:
-        return [e for e in self.photos.values() if e.album == album and e.state == "failed"]
+        """Failures not made good since (a later run protected the same source file)."""
+        finished = {e.source for e in self.photos.values() if e.finished}
+        return [e for e in self.photos.values() if e.album == album and e.state == "failed"
+                and e.source not in finished]
+
+    def other_protections(self, entry_key: str, source_sha256: str) -> list[PhotoEntry]:
+        """Earlier protections of the same source file at other settings (still on disk)."""
+        return [e for e in self.photos.values() if e.key != entry_key and e.state == "done"
+                and e.source_sha256 == source_sha256 and e.output and Path(e.output).is_file()]
+
+    def results_by_source(self) -> dict[str, list[PhotoEntry]]:
+        """Finished protections whose file is still there, by absolute source path (latest
+        last): what the app shows as already protected when the same photos are listed again."""
+        found: dict[str, list[PhotoEntry]] = {}
+        for e in self.photos.values():
+            if e.state == "done" and e.result and e.output and Path(e.output).is_file():
+                found.setdefault(e.source, []).append(e)
+        return found
 
     def problems(self) -> list[str]:
         """Consistency check: every done photo recorded done once, its output present with the

@@ -20,7 +20,9 @@ from dladiff_app import __version__
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 MANIFEST_KIND = "dladiff-album-manifest"
-MANIFEST_VERSION = 1
+# 2: ``unprotected`` (photos no shield could change, e.g. no face found) and each photo's
+# ``source_sha256``; a photo may be listed once per protection at different settings.
+MANIFEST_VERSION = 2
 
 
 def load_schema() -> dict[str, Any]:
@@ -40,9 +42,13 @@ def json_safe(value: Any) -> Any:
 
 def build_manifest(*, album: str, job: dict[str, Any], device: dict[str, str],
                    models: dict[str, Any], photos: Iterable[dict[str, Any]],
-                   failed: Iterable[dict[str, str]]) -> dict[str, Any]:
-    """Assemble an album manifest. ``job`` holds ``preset, eps, layers, settings, export``;
-    ``photos`` are the per-photo records the runner journaled (one per protected photo)."""
+                   failed: Iterable[dict[str, str]],
+                   unprotected: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Assemble an album manifest. ``job`` holds ``preset, eps, layers, settings, export`` of
+    the latest run; ``photos`` are the per-photo records the runner journaled (one per
+    protection; each carries its own preset and budget); ``unprotected`` the photos no shield
+    could change (``source, reason, output`` where output is the ``-unprotected`` export or
+    None)."""
     doc = {
         "kind": MANIFEST_KIND,
         "schema_version": MANIFEST_VERSION,
@@ -52,8 +58,9 @@ def build_manifest(*, album: str, job: dict[str, Any], device: dict[str, str],
         "job": job,
         "device": device,
         "models": models,
-        "photos": sorted(photos, key=lambda p: p["source"]),
+        "photos": sorted(photos, key=lambda p: (p["source"], p["output"])),
         "failed": sorted(failed, key=lambda p: p["source"]),
+        "unprotected": sorted(unprotected, key=lambda p: p["source"]),
     }
     return json_safe(doc)  # type: ignore[no-any-return]
 

@@ -119,23 +119,52 @@ def _photo_section(photo: dict[str, Any], thumbs: tuple[bytes, bytes] | None) ->
 
 def render_report(manifest: dict[str, Any],
                   thumbnails: dict[str, tuple[bytes, bytes]] | None = None) -> str:
-    """HTML for one album. ``thumbnails`` maps a photo's ``source`` to (before, after) JPEG bytes
-    (see :func:`thumbnail_jpeg`); photos without an entry are listed without pictures."""
+    """HTML for one album. ``thumbnails`` maps a photo's ``output`` (or its ``source``) to
+    (before, after) JPEG bytes (see :func:`thumbnail_jpeg`); photos without an entry are listed
+    without pictures."""
     thumbnails = thumbnails or {}
-    job = manifest["job"]
+    unprotected = manifest.get("unprotected", [])
     head = (f"<h1>DLADiff protection report: {escape(manifest['album'])}</h1>"
-            f"<p>{len(manifest['photos'])} photo(s) protected, {len(manifest['failed'])} not. "
-            f"Preset {escape(str(job['preset']))}, budget {_fmt(job['eps'], 1)}/255, shields: "
-            f"{escape(job['layers'])}. Device: {escape(manifest['device']['name'])}. "
+            f"<p>{len(manifest['photos'])} protected, {len(unprotected)} not protected (no "
+            f"shield could change them), {len(manifest['failed'])} failed. "
+            f"{_settings_sentence(manifest)} Device: {escape(manifest['device']['name'])}. "
             f"DLADiff {escape(manifest['app_version'])}, {escape(manifest['created'])}.</p>"
             "<p>Identity scores compare the original with the protected file as written: "
             "&ldquo;different person&rdquo; means the encoder no longer recognises the face.</p>")
+    warned = ""
+    if unprotected:
+        warned = ("<h2>Not protected</h2><p class='failed'>These photos are <strong>not "
+                  "protected</strong>: no shield could change them. Do not share them as "
+                  "protected.</p><ul>" + "".join(
+                      f"<li class='failed'>{escape(u['source'])}: {escape(u['reason'])}"
+                      + (f" (exported unchanged as <code>{escape(u['output'])}</code>)"
+                         if u.get("output") else " (no file was written)") + "</li>"
+                      for u in unprotected) + "</ul>")
     failed = ""
     if manifest["failed"]:
-        failed = ("<h2>Not protected</h2><ul>" + "".join(
+        failed = ("<h2>Failed</h2><ul>" + "".join(
             f"<li class='failed'>{escape(f['source'])}: {escape(f['reason'])}</li>"
             for f in manifest["failed"]) + "</ul>")
-    body = "".join(_photo_section(p, thumbnails.get(p["source"])) for p in manifest["photos"])
+    body = "".join(_photo_section(p, thumbnails.get(p["output"], thumbnails.get(p["source"])))
+                   for p in manifest["photos"])
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>DLADiff report: {escape(manifest['album'])}</title>"
-            f"<style>{_CSS}</style></head><body>{head}{failed}{body}</body></html>\n")
+            f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}</body></html>\n")
+
+
+def _settings_sentence(manifest: dict[str, Any]) -> str:
+    """The settings the photos actually carry: the latest run's, or each preset with its count
+    when the album holds protections made at different settings."""
+    job = manifest["job"]
+    kinds: dict[tuple[str, str, str], int] = {}
+    for p in manifest["photos"]:
+        key = (str(p.get("preset")), _fmt(p.get("eps"), 1), str(p.get("layers")))
+        kinds[key] = kinds.get(key, 0) + 1
+    if len(kinds) <= 1:
+        preset, eps, layers = next(iter(kinds)) if kinds else (
+            str(job["preset"]), _fmt(job["eps"], 1), str(job["layers"]))
+        return (f"Preset {escape(preset)}, budget {eps}/255, shields: {escape(layers)}.")
+    parts = [f"preset {escape(pr)} at {eps}/255, shields {escape(la)} ({n} photo(s))"
+             for (pr, eps, la), n in sorted(kinds.items())]
+    return ("Protections at different settings are listed (a photo protected again keeps its "
+            "earlier file): " + "; ".join(parts) + ".")

@@ -58,3 +58,31 @@ class PhotoResult:
         d["scores"] = [s.to_dict() for s in self.scores]
         d["scores_after_sharing"] = [s.to_dict() for s in self.scores_after_sharing]
         return d
+
+
+def _score_from_dict(d: dict[str, Any]) -> IdentityScore:
+    return IdentityScore(encoder=str(d["encoder"]), metric=str(d["metric"]), value=d.get("value"),
+                         threshold=float(d["threshold"]), same_person=d.get("same_person"),
+                         note=str(d.get("note", "")))
+
+
+_RESULT_FIELDS = ("source", "output", "width", "height", "seconds", "scores",
+                  "scores_after_sharing", "psnr", "ssim", "linf", "faces", "layers_done",
+                  "warnings")
+
+
+def result_from_record(record: dict[str, Any]) -> PhotoResult:
+    """The :class:`PhotoResult` of a manifest/journal photo record (the inverse of the runner's
+    flattening: fields that are not PhotoResult's own go back into ``extra``). Raises KeyError,
+    TypeError or ValueError on a record that lacks what a result needs."""
+    return PhotoResult(
+        source=str(record["source"]), output=str(record["output"]),
+        width=int(record["width"]), height=int(record["height"]),
+        seconds=float(record.get("seconds", 0.0)),
+        scores=tuple(_score_from_dict(s) for s in record.get("scores", [])),
+        scores_after_sharing=tuple(_score_from_dict(s)
+                                   for s in record.get("scores_after_sharing", [])),
+        psnr=record.get("psnr"), ssim=record.get("ssim"), linf=record.get("linf"),
+        faces=int(record.get("faces", 0)), layers_done=tuple(record.get("layers_done", ())),
+        warnings=tuple(record.get("warnings", ())),
+        extra={k: v for k, v in record.items() if k not in _RESULT_FIELDS})

@@ -46,6 +46,7 @@ class JobSummary:
     cancelled: bool
     output_dir: str
     seconds: float
+    unprotected: int = 0  # photos finished without protection (no face found, ...)
 
 
 class ProtectService(Protocol):

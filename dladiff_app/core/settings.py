@@ -37,6 +37,8 @@ class Settings:
     output_format: str = "png"
     jpeg_quality: int = 95
     first_run_done: bool = False
+    # Also write photos no shield could change (no face found) as "<name>-unprotected.<ext>".
+    export_unprotected: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,6 +56,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "output_format": (str,),
     "jpeg_quality": (int,),
     "first_run_done": (bool,),
+    "export_unprotected": (bool,),
 }
 
 

@@ -5,10 +5,17 @@ The CLI and the GUI both call :func:`run_job`. The shields, the face detector, t
 scorer and the device come in an :class:`EngineKit` (``engine.services.build_kit`` builds the real
 one), so tests can run the real layers or swap one out without touching this orchestration.
 
-Crash safety (see ``core.journal``): a photo is journaled ``running`` before work starts,
-``writing`` with the SHA-256 of the encoded file before it is created, ``done`` after it was
-measured. Output files are created with ``create_exclusive`` (temp + link): a half-written file
-never appears under a final name and nothing is ever overwritten.
+Crash safety (see ``core.journal``): the job folder is locked for the whole run (``core.joblock``);
+a photo is journaled ``running`` before work starts, ``writing`` with the SHA-256 of the encoded
+file and its complete measured result before the file is created, ``done`` after. Output files
+are created with ``create_exclusive`` (temp + link): a half-written file never appears under a
+final name and nothing is ever overwritten; temporaries of a killed run are removed on resume.
+
+Honest statuses: a photo that no shield changed (no face found and no fine-tuning shield) is
+``unprotected``, never written as ``-protected`` (only exported as ``-unprotected`` on request).
+
+Memory: without the fine-tuning shield an album streams (one photo decoded at a time); with it,
+the album's photos are decoded together because that shield works on the whole album.
 
 Tensor contract inside: photos are (3, H, W) float32 RGB in [0, 1] for layer 1 and (1, 3, H, W)
 for layer 2, at full resolution, on the CPU between stages (the layers move them to the device).
@@ -28,9 +35,15 @@ import numpy as np
 import torch
 
 from dladiff_app import __version__
-from dladiff_app.core.albums import Album, discover_inputs, group_albums
+from dladiff_app.core.albums import Album, Discovery, discover_inputs, group_albums
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import Cancelled, DladiffError, JobConflictError, OutputError
+from dladiff_app.core.errors import (
+    Cancelled,
+    DladiffError,
+    JobConflictError,
+    NothingToProtectError,
+    OutputError,
+)
 from dladiff_app.core.events import (
     EventSink,
     JobCancelled,
@@ -41,10 +54,17 @@ from dladiff_app.core.events import (
     PhotoFailed,
     PhotoSkipped,
     PhotoStarted,
+    PhotoUnprotected,
 )
 from dladiff_app.core.jobs import ProtectJob
-from dladiff_app.core.journal import Journal, PhotoEntry, sha256_bytes, sha256_file
-from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.journal import (
+    Journal,
+    PhotoEntry,
+    protection_key,
+    sha256_bytes,
+    sha256_file,
+)
+from dladiff_app.core.results import IdentityScore, PhotoResult, result_from_record
 from dladiff_app.core.services import JobSummary
 from dladiff_app.engine.faces.types import Face, FaceDetector
 from dladiff_app.engine.runner_progress import EtaTracker
@@ -104,9 +124,22 @@ class _Photo:
     id: int
     path: Path
     album: Album
-    key: str
+    key: str                           # journal key; a path key until the file was hashed
+    source_sha256: str | None = None
     pixels: np.ndarray | None = None   # (H, W, 3) float32 RGB [0, 1] (orientation applied)
     exif: bytes | None = None
+
+
+@dataclass
+class _Outcome:
+    """What the shields did to one photo, before it is saved."""
+
+    current: torch.Tensor              # (1, 3, H, W) float32 [0, 1]
+    layers_done: list[str]
+    notes: dict[str, str]
+    warnings: list[str]
+    faces: int
+    seconds: float = 0.0
 
 
 class _Run:
@@ -115,11 +148,18 @@ class _Run:
     def __init__(self, job: ProtectJob, kit: EngineKit, sink: EventSink,
                  cancel: CancelToken) -> None:
         self.job, self.kit, self.sink, self.cancel = job, kit, sink, cancel
-        self.out = Path(job.output_dir)
+        # Absolute, so journaled paths do not depend on where the process was started.
+        self.out = Path(job.output_dir).absolute()
         self.journal = Journal(self.out)
-        self.done = self.failed = self.skipped = 0
+        self.done = self.failed = self.skipped = self.unprotected = 0
         self.eta = EtaTracker(sink)
         self.t0 = time.monotonic()
+        s, e = job.settings, job.export
+        self.key_parts = (
+            s.to_dict(),
+            {"format": e.format.value, "quality": e.quality, "keep_metadata": e.keep_metadata},
+            {"revisions": kit.model_revisions, "detector": kit.models.get("detector"),
+             "layer1": kit.layer1 is not None, "layer2": kit.layer2 is not None})
 
     # ---------------------------------------------------------------- bookkeeping
     def fail(self, photo: _Photo, reason: str) -> None:
@@ -127,21 +167,43 @@ class _Run:
         self.sink(PhotoFailed(photo.id, str(photo.path), reason))
         try:
             self.journal.set_state(photo.key, "failed", album=photo.album.name,
-                                   source=str(photo.path), reason=reason)
+                                   source=str(photo.path.absolute()), reason=reason)
         except OutputError as exc:
             log.warning("could not journal a failure: %s", exc)
         self.eta.photo_finished(photo.id)
 
     def journal_state(self, photo: _Photo, state: str, **fields: Any) -> None:
-        self.journal.set_state(photo.key, state, album=photo.album.name, source=str(photo.path),
-                               **fields)
+        s = self.job.settings
+        self.journal.set_state(photo.key, state, album=photo.album.name,
+                               source=str(photo.path.absolute()), source_sha256=photo.source_sha256,
+                               settings={"preset": s.preset, "eps": s.eps,
+                                         "layers": s.layers.value}, **fields)
 
     # ---------------------------------------------------------------- photos
+    def identify(self, photo: _Photo) -> bool:
+        """Hash the source file and derive the photo's journal key; False (photo failed) when
+        the file cannot be read."""
+        from dladiff_app.core.imageio import file_sha256
+
+        try:
+            photo.source_sha256 = file_sha256(photo.path)
+        except DladiffError as exc:
+            self.fail(photo, str(exc))
+            return False
+        photo.key = protection_key(photo.source_sha256, *self.key_parts)
+        return True
+
     def finished_before(self, photo: _Photo) -> PhotoEntry | None:
-        """The journal entry if this photo was protected by an earlier run and its file is
-        still there, intact."""
+        """The journal entry if this photo was finished at these settings by an earlier run and
+        its file (if any) is still there, intact."""
         entry = self.journal.entry(photo.key)
-        if entry is None or entry.state != "done" or not entry.output:
+        if entry is None:
+            return None
+        if entry.state == "unprotected":
+            wanted = self.job.export.export_unprotected
+            return entry if not wanted or (entry.output and Path(entry.output).is_file()) \
+                else None
+        if entry.state != "done" or not entry.output:
             return None
         out = Path(entry.output)
         if out.is_file() and sha256_file(out) == entry.sha256:
@@ -161,6 +223,24 @@ class _Run:
                 return path
         return None
 
+    def report_earlier(self, photo: _Photo, entry: PhotoEntry) -> None:
+        self.skipped += 1
+        self.eta.photo_finished(photo.id)
+        if entry.state == "unprotected":
+            self.unprotected += 1
+            self.sink(PhotoUnprotected(photo.id, str(photo.path),
+                                       f"{entry.reason} (found by an earlier run)",
+                                       entry.output))
+            return
+        result = None
+        if entry.result:
+            try:
+                result = result_from_record({**entry.result, "output": entry.output})
+            except (KeyError, TypeError, ValueError):
+                result = None
+        self.sink(PhotoSkipped(photo.id, str(photo.path),
+                               f"already protected at these settings: {entry.output}", result))
+
     def load(self, photo: _Photo) -> bool:
         from dladiff_app.core.imageio import load_image
 
@@ -173,116 +253,194 @@ class _Run:
         photo.exif = loaded.exif_kept
         return True
 
-    def protect(self, photo: _Photo, layer1_out: torch.Tensor | None,
-                layer1_note: str) -> None:
-        """Layer 2 + polish + save + measure for one loaded photo."""
-        from dladiff_app.core.atomic import create_exclusive, next_free_path
-        from dladiff_app.core.imageio import encode_image, protected_name
-
+    def shield(self, photo: _Photo, layer1_out: torch.Tensor | None,
+               layer1_note: str) -> _Outcome:
+        """Layer 2 + polish for one loaded photo (layer 1 ran on the album before)."""
         assert photo.pixels is not None
         started = time.monotonic()
         s = self.job.settings
-        self.sink(PhotoStarted(photo.id, str(photo.path)))
-        self.journal_state(photo, "running")
         clean = torch.from_numpy(np.ascontiguousarray(photo.pixels)).permute(2, 0, 1)[None]
         current = layer1_out[None] if layer1_out is not None else clean.clone()
-        layers_done = ["layer1"] if layer1_out is not None else []
-        notes = {"layer1": layer1_note} if layer1_out is not None else {}
-        warnings: list[str] = []
+        out = _Outcome(current, ["layer1"] if layer1_out is not None else [],
+                       {"layer1": layer1_note} if layer1_out is not None else {}, [], 0)
         faces: list[Face] = []
         step = self.eta.step_fn(photo.id)
         if s.layers.zeroshot:
             if self.kit.layer2 is None or self.kit.detector is None:
-                warnings.append(self.kit.layer2_missing)
+                out.warnings.append(self.kit.layer2_missing)
             else:
                 faces = self.kit.detector.detect(photo.pixels)
                 if not faces:
-                    warnings.append(f"No face found in {photo.path.name}: the zero-shot shield "
-                                    "was skipped for this photo.")
+                    out.warnings.append(f"No face found in {photo.path.name}: the zero-shot "
+                                        "shield was skipped for this photo.")
                 else:
-                    out2 = self.kit.layer2(clean, current, faces, self.cancel, step)
-                    current = out2.protected
-                    layers_done.append("layer2")
-                    notes["layer2"] = out2.note
-                    warnings.extend(out2.warnings)
-        if ("layer1" in layers_done and "layer2" in layers_done and s.polish_steps > 0
+                    out2 = self.kit.layer2(clean, out.current, faces, self.cancel, step)
+                    out.current = out2.protected
+                    out.layers_done.append("layer2")
+                    out.notes["layer2"] = out2.note
+                    out.warnings.extend(out2.warnings)
+        if ("layer1" in out.layers_done and "layer2" in out.layers_done and s.polish_steps > 0
                 and self.kit.polish is not None):
-            current, notes["polish"] = self.kit.polish(clean, current, faces, self.cancel, step)
-            layers_done.append("polish")
-        for w in warnings:
+            out.current, out.notes["polish"] = self.kit.polish(clean, out.current, faces,
+                                                               self.cancel, step)
+            out.layers_done.append("polish")
+        out.faces = len(faces)
+        out.seconds = time.monotonic() - started
+        return out
+
+    def protect(self, photo: _Photo, layer1_out: torch.Tensor | None,
+                layer1_note: str) -> None:
+        """Shields, then save (or report unprotected) and measure one loaded photo."""
+        self.sink(PhotoStarted(photo.id, str(photo.path)))
+        self.journal_state(photo, "running")
+        outcome = self.shield(photo, layer1_out, layer1_note)
+        for w in outcome.warnings:
             self.sink(Notice(w, photo.id))
         self.cancel.check()
-        step("save", 0, 1)
+        if not outcome.layers_done:
+            self.finish_unprotected(photo, outcome)
+            return
+        self.save(photo, outcome)
+
+    def _encode(self, photo: _Photo, current: torch.Tensor) -> tuple[bytes, str]:
+        from dladiff_app.core.imageio import encode_image
+
         fmt = self.job.export.format.value
-        pixels = current[0].permute(1, 2, 0).clamp(0, 1).numpy()
+        pixels = current[0].permute(1, 2, 0).numpy()  # encode_image clips and quantises
         exif = photo.exif if self.job.export.keep_metadata else None
-        data = encode_image(pixels, fmt, quality=self.job.export.quality, exif=exif)
-        planned = next_free_path(protected_name(photo.path, photo.album.output_dir(self.out), fmt))
+        return encode_image(pixels, fmt, quality=self.job.export.quality, exif=exif), fmt
+
+    def finish_unprotected(self, photo: _Photo, outcome: _Outcome) -> None:
+        """No shield changed the photo: never written as ``-protected``. Only on request is it
+        exported, as ``-unprotected``, so nobody mistakes it for a protected copy."""
+        from dladiff_app.core.atomic import create_exclusive
+        from dladiff_app.core.imageio import protected_name
+
+        reason = "; ".join(w for w in outcome.warnings if w) or "no shield could change it"
+        if "No face found" in reason:
+            reason = (f"no face found in {photo.path.name}, so the zero-shot shield could not "
+                      "change it" + ("" if not self.job.settings.layers.finetune else
+                                     " and the fine-tuning shield did not run"))
+        written: Path | None = None
+        if self.job.export.export_unprotected:
+            data, fmt = self._encode(photo, outcome.current)
+            planned = protected_name(photo.path, photo.album.output_dir(self.out), fmt,
+                                     label="unprotected")
+            written = create_exclusive(planned, data)
+        fields: dict[str, Any] = {"reason": reason}
+        if written is not None:
+            fields["output"] = str(written)
+        self.journal_state(photo, "unprotected", **fields)
+        self.unprotected += 1
+        self.eta.photo_finished(photo.id)
+        self.sink(PhotoUnprotected(photo.id, str(photo.path), reason,
+                                   str(written) if written else None))
+
+    def save(self, photo: _Photo, outcome: _Outcome) -> None:
+        """Encode, measure the encoded bytes, journal the full result, then publish the file:
+        a crash after publishing leaves a journal that already holds the layers and scores."""
+        from dladiff_app.core.atomic import create_exclusive, next_free_path
+        from dladiff_app.core.imageio import decode_bytes, protected_name
+
+        step = self.eta.step_fn(photo.id)
+        step("save", 0, 1)
+        data, fmt = self._encode(photo, outcome.current)
+        outcome.current = torch.empty(0)  # the float copy is not needed past this point
+        planned = next_free_path(protected_name(photo.path, photo.album.output_dir(self.out),
+                                                fmt))
         digest = sha256_bytes(data)
-        self.journal_state(photo, "writing", planned=str(planned), sha256=digest)
+        step("score", 0, 1)
+        record = self.measure(photo, decode_bytes(data), planned, digest, outcome)
+        step("score", 1, 1)
+        self.journal_state(photo, "writing", planned=str(planned), sha256=digest, result=record)
         written = create_exclusive(planned, data)
         step("save", 1, 1)
-        self.finish(photo, written, digest, time.monotonic() - started, layers_done, notes,
-                    warnings, len(faces))
+        self.finish(photo, written, digest, record)
 
-    def finish(self, photo: _Photo, written: Path, digest: str, seconds: float,
-               layers_done: list[str], notes: dict[str, str], warnings: list[str],
-               faces: int) -> None:
-        """Measure the file as written, journal it done, report it."""
-        from dladiff_app.core.imageio import load_image
+    def measure(self, photo: _Photo, saved: np.ndarray, planned: Path, digest: str,
+                outcome: _Outcome) -> dict[str, Any]:
+        """The manifest record of the photo, measured on ``saved`` (the encoded file decoded)."""
         from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
 
         assert photo.pixels is not None
-        step = self.eta.step_fn(photo.id)
-        step("score", 0, 1)
-        saved = load_image(written).pixels
+        clean_view, saved_view = _scoring_views(photo.pixels, saved)
         shared = simulate_sharing(saved)
         reference = _resize_like(photo.pixels, shared.shape[:2])
         s = self.job.settings
+        done = outcome.layers_done
+        warnings = list(outcome.warnings)
+        for other in self.journal.other_protections(photo.key, photo.source_sha256 or ""):
+            was = other.settings or {}
+            warnings.append(
+                f"Protected again with other settings (preset {s.preset}, budget {s.eps:g}/255, "
+                f"shields {s.layers.value}); the earlier protection (preset "
+                f"{was.get('preset', '?')}, budget {was.get('eps', '?')}/255) is kept in "
+                f"{other.output}.")
         result = PhotoResult(
-            source=str(photo.path), output=str(written), width=saved.shape[1],
-            height=saved.shape[0], seconds=round(seconds, 3),
-            scores=tuple(self.kit.score(photo.pixels, saved)),
+            source=str(photo.path), output=str(planned), width=saved.shape[1],
+            height=saved.shape[0], seconds=round(outcome.seconds, 3),
+            scores=tuple(self.kit.score(clean_view, saved_view)),
             scores_after_sharing=tuple(self.kit.score(reference, shared)),
             psnr=psnr(photo.pixels, saved), ssim=ssim(photo.pixels, saved),
-            linf=linf_255(photo.pixels, saved), faces=faces, layers_done=tuple(layers_done),
+            linf=linf_255(photo.pixels, saved), faces=outcome.faces, layers_done=tuple(done),
             warnings=tuple(warnings),
             extra={
-                "sha256": digest, "preset": s.preset, "eps": s.eps, "layers": s.layers.value,
-                "steps": {"layer1_pgd": s.layer1_total_pgd if "layer1" in layers_done else 0,
-                          "prior": s.prior_steps if "layer1" in layers_done else 0,
+                "sha256": digest, "source_sha256": photo.source_sha256, "preset": s.preset,
+                "eps": s.eps, "layers": s.layers.value,
+                "steps": {"layer1_pgd": s.layer1_total_pgd if "layer1" in done else 0,
+                          "prior": s.prior_steps if "layer1" in done else 0,
                           # No S_dyn update after the last PGD round (it could not change
                           # the photos): rounds - 1 updates are what ran.
                           "layer1_lora": ((s.layer1_rounds - 1) * s.layer1_lora_steps
-                                          if "layer1" in layers_done else 0),
-                          "layer2": s.layer2_steps if "layer2" in layers_done else 0,
-                          "polish": s.polish_steps if "polish" in layers_done else 0},
+                                          if "layer1" in done else 0),
+                          "layer2": s.layer2_steps if "layer2" in done else 0,
+                          "polish": s.polish_steps if "polish" in done else 0},
                 "device": self.kit.device_kind, "model_revisions": self.kit.model_revisions,
-                "app_version": __version__, "layer_notes": notes,
+                "app_version": __version__, "layer_notes": outcome.notes,
             })
-        step("score", 1, 1)
-        record = _manifest_photo(result)
+        return _manifest_photo(result)
+
+    def finish(self, photo: _Photo, written: Path, digest: str, record: dict[str, Any]) -> None:
+        """Journal the published file done and report it."""
+        record = {**record, "output": str(written)}
         self.journal_state(photo, "done", output=str(written), sha256=digest, result=record)
         self.done += 1
         self.eta.photo_finished(photo.id)
-        self.sink(PhotoDone(photo.id, result))
+        self.sink(PhotoDone(photo.id, result_from_record(record)))
+
+    def adopt(self, photo: _Photo, written: Path) -> bool:
+        """Finish a photo whose file an interrupted run published: its journaled result (layers,
+        scores) stays; only a result-less journal (an older version) is measured again."""
+        entry = self.journal.entry(photo.key)
+        assert entry is not None and entry.sha256 is not None
+        record = entry.result
+        if not record:
+            if not self.load(photo):
+                return True
+            from dladiff_app.core.imageio import load_image
+
+            outcome = _Outcome(torch.empty(0), [], {}, [
+                "Recovered after an interruption: layers were recorded before the crash and "
+                "are not listed here."], 0)
+            record = self.measure(photo, load_image(written).pixels, written, entry.sha256,
+                                  outcome)
+            photo.pixels = None
+        self.finish(photo, written, entry.sha256, record)
+        return True
 
     # ---------------------------------------------------------------- albums
     def run_album(self, index: int, album: Album, photos: list[_Photo]) -> None:
         pending: list[_Photo] = []
         for photo in photos:
+            if not self.identify(photo):
+                continue
             entry = self.finished_before(photo)
             if entry is not None:
-                self.skipped += 1
-                self.eta.photo_finished(photo.id)
-                self.sink(PhotoSkipped(photo.id, str(photo.path),
-                                       f"already protected in an earlier run: {entry.output}"))
+                self.report_earlier(photo, entry)
                 continue
             adopted = self.written_before(photo)
-            if adopted is not None and self.load(photo):
-                self.finish(photo, adopted, sha256_file(adopted), 0.0, [], {},
-                            ["Recovered after an interruption: layers were recorded before "
-                             "the crash and are not listed here."], 0)
+            if adopted is not None:
+                self.adopt(photo, adopted)
                 continue
             pending.append(photo)
         try:
@@ -292,44 +450,58 @@ class _Run:
             for photo in pending:
                 self.fail(photo, f"{photo.path.name}: {err}")
             return
+        s = self.job.settings
+        if not (pending and s.layers.finetune and self.kit.layer1 is not None):
+            if pending and s.layers.finetune:
+                self.sink(Notice(self.kit.layer1_missing))
+            self.eta.album_finished(index)
+            # Streaming: one photo decoded at a time, freed before the next is read.
+            for photo in pending:
+                if self.load(photo):
+                    self.protect_guarded(photo, None, "")
+            return
         loaded = [p for p in pending if self.load(p)]
         layer1_out: list[torch.Tensor | None] = [None] * len(loaded)
         layer1_note = ""
-        s = self.job.settings
-        if loaded and s.layers.finetune:
-            if self.kit.layer1 is None:
-                self.sink(Notice(self.kit.layer1_missing))
-            else:
-                images = [torch.from_numpy(np.ascontiguousarray(p.pixels)).permute(2, 0, 1)
-                          for p in loaded]
-                try:
-                    protected, layer1_note = self.kit.layer1(images, self.cancel,
-                                                             self.eta.step_fn(None))
-                except Cancelled:
-                    raise
-                except Exception as exc:  # typed or not, it must not cost the other albums
-                    if not isinstance(exc, DladiffError):
-                        log.exception("the fine-tuning shield failed on album %s", album.name)
-                        exc = RuntimeError(f"internal error ({type(exc).__name__}: {exc}); "
-                                           "please report it")
-                    for p in loaded:
-                        self.fail(p, f"{p.path.name}: the fine-tuning shield failed: {exc}")
-                    return
-                layer1_out = list(protected)
-        self.eta.album_finished(index)
-        for photo, l1 in zip(loaded, layer1_out, strict=True):
+        if loaded:
+            images = [torch.from_numpy(np.ascontiguousarray(p.pixels)).permute(2, 0, 1)
+                      for p in loaded]
             try:
-                self.protect(photo, l1, layer1_note)
+                protected, layer1_note = self.kit.layer1(images, self.cancel,
+                                                         self.eta.step_fn(None))
             except Cancelled:
                 raise
-            except DladiffError as exc:
-                self.fail(photo, str(exc) if photo.path.name in str(exc)
-                          else f"{photo.path.name}: {exc}")
-            except Exception as exc:  # a bug must not cost the rest of the batch
-                log.exception("protecting %s failed", photo.path)
-                self.fail(photo, f"{photo.path.name}: internal error ({type(exc).__name__}: "
-                                 f"{exc}); please report it")
+            except Exception as exc:  # typed or not, it must not cost the other albums
+                if not isinstance(exc, DladiffError):
+                    log.exception("the fine-tuning shield failed on album %s", album.name)
+                    exc = RuntimeError(f"internal error ({type(exc).__name__}: {exc}); "
+                                       "please report it")
+                for p in loaded:
+                    self.fail(p, f"{p.path.name}: the fine-tuning shield failed: {exc}")
+                return
+            del images
+            layer1_out = list(protected)
+        self.eta.album_finished(index)
+        for i, photo in enumerate(loaded):
+            self.protect_guarded(photo, layer1_out[i], layer1_note)
+            layer1_out[i] = None  # free each protected copy as soon as it is saved
+
+    def protect_guarded(self, photo: _Photo, layer1_out: torch.Tensor | None,
+                        layer1_note: str) -> None:
+        try:
+            self.protect(photo, layer1_out, layer1_note)
+        except Cancelled:
+            raise
+        except DladiffError as exc:
+            self.fail(photo, str(exc) if photo.path.name in str(exc)
+                      else f"{photo.path.name}: {exc}")
+        except Exception as exc:  # a bug must not cost the rest of the batch
+            log.exception("protecting %s failed", photo.path)
+            self.fail(photo, f"{photo.path.name}: internal error ({type(exc).__name__}: "
+                             f"{exc}); please report it")
+        finally:
             photo.pixels = None  # free memory of finished photos early
+            photo.exif = None
 
     def write_reports(self, album: Album) -> None:
         if not self.job.export.write_report:
@@ -338,6 +510,23 @@ class _Run:
             write_album_reports(self.journal, album, self.out, self.job, self.kit)
         except DladiffError as exc:
             self.sink(Notice(f"The report for album {album.name} could not be written: {exc}"))
+
+
+# Photos with more pixels than this are scored on a downscaled view (long side SCORE_MAX_SIDE):
+# the detector searches a <= 1600 px copy anyway and every encoder's face crop is far smaller,
+# while full-resolution float copies of a 24-48 MP photo in the scorer cost gigabytes.
+SCORE_MAX_SIDE = 4096
+
+
+def _scoring_views(clean: np.ndarray, saved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` and ``saved`` ((H, W, 3) float32 [0, 1], same size) as the scorer sees them:
+    unchanged up to SCORE_MAX_SIDE, else both downscaled alike (Lanczos, 8-bit)."""
+    h, w = clean.shape[:2]
+    if max(h, w) <= SCORE_MAX_SIDE:
+        return clean, saved
+    scale = SCORE_MAX_SIDE / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return _resize_like(clean, size), _resize_like(saved, size)
 
 
 def _resize_like(pixels: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
@@ -361,27 +550,56 @@ def _manifest_photo(result: PhotoResult) -> dict[str, Any]:
 
 def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
             cancel: CancelToken | None = None) -> JobSummary:
-    """Protect every photo of ``job``; per-photo problems become PhotoFailed events, a cancel
-    becomes ``JobSummary(cancelled=True)``. Raises :class:`JobConflictError` when the output
-    folder holds another job and ``job.resume`` is off, :class:`OutputError` when the output
-    folder cannot be used at all (every photo is reported failed first)."""
+    """Protect every photo of ``job``; per-photo problems become PhotoFailed events, photos no
+    shield could change PhotoUnprotected events, a cancel becomes
+    ``JobSummary(cancelled=True)``.
+
+    Raises :class:`JobConflictError` when the output folder holds another job and
+    ``job.resume`` is off, :class:`JobLockedError` (a JobConflictError) when another process is
+    protecting into it right now, :class:`NothingToProtectError` when the inputs hold no photo
+    at all (nothing is created then), :class:`OutputError` when the output folder cannot be used
+    at all (every photo is reported failed first)."""
+    from dladiff_app.core.joblock import JobLock
+
     cancel = cancel or CancelToken()
-    run = _Run(job, kit, sink, cancel)
-    if run.journal.exists and not job.resume:
+    out = Path(job.output_dir).absolute()
+    found = discover_inputs(job.inputs, recursive=job.recursive, exclude=out)
+    if not (found.files or found.missing or found.inside_output or found.unreadable):
+        raise NothingToProtectError(
+            "There is no photo to protect in " + ", ".join(str(p) for p in job.inputs)
+            + (f" (only {len(found.ignored)} file(s) that are not pictures)" if found.ignored
+               else "") + "; nothing was started.")
+    lock = JobLock(out)
+    if Journal(out).exists and not job.resume:
         raise JobConflictError(
-            f"{run.out} already holds a DLADiff job journal. Resume it with --resume, or choose "
+            f"{out} already holds a DLADiff job journal. Resume it with --resume, or choose "
             "an empty output folder (nothing there was changed).")
-    found = discover_inputs(job.inputs, recursive=job.recursive, exclude=run.out)
+    lock.acquire()
+    try:
+        return _run_locked(job, kit, sink, cancel, found)
+    finally:
+        lock.release()
+
+
+def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: CancelToken,
+                found: Discovery) -> JobSummary:
+    from dladiff_app.core.atomic import remove_stale_temps
+
+    run = _Run(job, kit, sink, cancel)  # reads the journal now that no other writer can append
     albums = group_albums(found.files, job.album_mode)
+    # Hidden temporary files of a writer that was killed: nobody else writes here (locked).
+    for folder in [run.out, *(a.output_dir(run.out) for a in albums)]:
+        for path in remove_stale_temps(folder):
+            log.info("removed %s, left by an interrupted run", path)
     photos: list[_Photo] = []
     for album in albums:
         for path in album.photos:
-            photos.append(_Photo(len(photos), path, album, str(path.resolve())))
+            photos.append(_Photo(len(photos), path, album, _path_key(path)))
     unusable = [(m, "the file or folder does not exist") for m in found.missing] + [
         (m, f"this folder is inside the output folder {run.out}, which is never read as input "
             "(its protected copies would be protected again): choose an output folder outside "
-            "your photos") for m in found.inside_output]
-    missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), str(m.absolute()))
+            "your photos") for m in found.inside_output] + list(found.unreadable)
+    missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), _path_key(m))
                for i, (m, _) in enumerate(unusable)]
     sink(JobStarted(len(photos) + len(missing), kit.device_name,
                     f"{len(albums)} album(s)"))
@@ -412,7 +630,16 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
             run.write_reports(current)
         sink(JobCancelled(run.done))
         return JobSummary(run.done, run.failed, run.skipped, True, str(run.out),
-                          time.monotonic() - run.t0)
+                          time.monotonic() - run.t0, run.unprotected)
     seconds = time.monotonic() - run.t0
-    sink(JobFinished(run.done, run.failed, run.skipped, seconds))
-    return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds)
+    sink(JobFinished(run.done, run.failed, run.skipped, seconds, run.unprotected))
+    return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds,
+                      run.unprotected)
+
+
+def _path_key(path: Path) -> str:
+    """Journal key of a photo whose bytes could not be read (it can only fail)."""
+    try:
+        return "path:" + str(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return "path:" + str(path.absolute())

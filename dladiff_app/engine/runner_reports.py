@@ -37,7 +37,8 @@ def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJ
     """Returns (manifest path, report path), or None when the album has nothing to report."""
     done = [e for e in journal.done_in_album(album.name) if e.result]
     failed = journal.failed_in_album(album.name)
-    if not done and not failed:
+    unprotected = journal.unprotected_in_album(album.name)
+    if not done and not failed and not unprotected:
         return None
     s = job.settings
     doc = build_manifest(
@@ -48,8 +49,11 @@ def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJ
                         "keep_metadata": job.export.keep_metadata}},
         device={"kind": kit.device_kind, "name": kit.device_name},
         models=kit.models,
-        photos=[e.result for e in done if e.result is not None],
-        failed=[{"source": e.source, "reason": e.reason or "unknown reason"} for e in failed])
+        photos=[{**e.result, "output": e.output or e.result.get("output", "")}
+                for e in done if e.result is not None],
+        failed=[{"source": e.source, "reason": e.reason or "unknown reason"} for e in failed],
+        unprotected=[{"source": e.source, "reason": e.reason or "no shield could change it",
+                      "output": e.output} for e in unprotected])
     folder = album.output_dir(out)
     known = journal.albums.get(album.name, {})
     manifest_path = Path(known["manifest"]) if "manifest" in known else next_free_path(
@@ -63,6 +67,6 @@ def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJ
     for e in done:
         pair = _thumbs(e.source, e.output or "")
         if pair is not None:
-            thumbs[e.source] = pair
+            thumbs[e.output or e.source] = pair
     atomic_write_text(report_path, render_report(doc, thumbs))
     return manifest_path, report_path

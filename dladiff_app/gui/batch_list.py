@@ -24,6 +24,8 @@ class Status(str, Enum):
     QUEUED = "Not protected yet"  # before a run, and after a run stopped before it
     RUNNING = "Running"
     DONE = "Protected"
+    # Finished, but no shield could change the photo (no face found): it is NOT protected.
+    UNPROTECTED = "Not protected"
     FAILED = "Failed"
     SKIPPED = "Skipped"
     CANCELLED = "Cancelled"
@@ -33,6 +35,7 @@ STATUS_COLOURS = {
     Status.QUEUED: "#6b7280",
     Status.RUNNING: "#2563eb",
     Status.DONE: "#15803d",
+    Status.UNPROTECTED: "#c2410c",
     Status.FAILED: "#b91c1c",
     Status.SKIPPED: "#b45309",
     Status.CANCELLED: "#6b7280",
@@ -241,13 +244,26 @@ class BatchList(QTreeWidget):
         if album is not None:
             self._refresh_album(album)
 
-    def set_result(self, path: Path, result: PhotoResult) -> None:
+    def set_result(self, path: Path, result: PhotoResult, detail: str | None = None) -> None:
         entry = self._entries.get(path)
         if entry is None:
             return
         entry.result = result
-        detail = "; ".join(result.warnings)
-        self.set_status(path, Status.DONE, detail)
+        self.set_status(path, Status.DONE,
+                        "; ".join(result.warnings) if detail is None else detail)
+
+    def protect_again(self, entries: list[PhotoEntry]) -> int:
+        """Make finished photos runnable again (their earlier files are kept: the runner writes
+        a protection at other settings to a new file). Returns how many were reset."""
+        count = 0
+        for e in entries:
+            if e.status in (Status.DONE, Status.UNPROTECTED, Status.SKIPPED) and e.path.exists():
+                e.result = None
+                self.set_status(e.path, Status.QUEUED)
+                count += 1
+        if count:
+            self.changed.emit()
+        return count
 
     def select_path(self, path: Path) -> None:
         item = self._items.get(path)

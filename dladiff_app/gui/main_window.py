@@ -74,7 +74,8 @@ class MainWindow(QMainWindow):
         fmt = OutputFormat(self.settings.output_format) if self.settings.output_format in \
             {f.value for f in OutputFormat} else OutputFormat.PNG
         self.export_options = ExportOptions(format=fmt, quality=self.settings.jpeg_quality,
-                                            keep_metadata=self.settings.keep_metadata)
+                                            keep_metadata=self.settings.keep_metadata,
+                                            export_unprotected=self.settings.export_unprotected)
         self.device: DeviceSummary | None = None
         self.model_rows: list[ModelRow] = []
         self.model_manager: ModelManagerDialog | None = None
@@ -251,12 +252,14 @@ class MainWindow(QMainWindow):
         self.protect_action = action("Protect", self.protect, "Ctrl+Return")
         self.cancel_action = action("Cancel", self.cancel, "Esc")
         self.export_action = action("Export…", self.export_album, "Ctrl+E")
+        self.protect_again_action = action("Protect again at this strength", self.protect_again)
         self.models_action = action("Models…", self.open_model_manager)
         self.settings_action = action("Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
         for act in (self.open_action, self.folder_action, self.remove_action, self.clear_action):
             bar.addAction(act)
         bar.addSeparator()
         bar.addAction(self.export_action)
+        bar.addAction(self.protect_again_action)
         spacer = QWidget()
         spacer.setSizePolicy(spacer.sizePolicy().horizontalPolicy().Expanding,
                              spacer.sizePolicy().verticalPolicy())
@@ -285,9 +288,43 @@ class MainWindow(QMainWindow):
             entry = self.batch.entry(path)
             if entry.status is Status.SKIPPED:
                 self.notes.warning(f"{path.name}: {entry.detail}")
+        self._show_earlier_results(added)
         if paths and not added:
             self.notes.notify("Those photos are already in the list (or the folder has none).")
         return added
+
+    def _show_earlier_results(self, paths: list[Path]) -> None:
+        """Photos the output folder's journal says were protected before are listed as
+        protected, with their result (viewer and export work) instead of waiting to be redone."""
+        from dladiff_app.core.errors import DladiffError
+        from dladiff_app.core.journal import Journal
+        from dladiff_app.core.results import result_from_record
+
+        try:
+            earlier = Journal(self.output_dir).results_by_source()
+        except DladiffError:
+            return
+        for path in paths:
+            entries = earlier.get(str(path))
+            if not entries or self.batch.entry(path).status is not Status.QUEUED:
+                continue
+            latest = entries[-1]
+            try:
+                result = result_from_record({**(latest.result or {}), "output": latest.output})
+            except (KeyError, TypeError, ValueError):
+                continue
+            preset = (latest.settings or {}).get("preset", "?")
+            self.batch.set_result(path, result, f"protected earlier (preset {preset})")
+        self._sync_controls()
+
+    def protect_again(self) -> None:
+        """Protect the selected finished photos (all finished ones when none is selected) again
+        at the strength now chosen; earlier files are kept, the new one gets its own name."""
+        if self.engine.job_running:
+            return
+        chosen = self.batch.selected_entries() or self.batch.entries()
+        if self.batch.protect_again(chosen):
+            self.protect()
 
     def add_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
@@ -353,6 +390,8 @@ class MainWindow(QMainWindow):
         self.strength.setEnabled(not running)
         self.export_action.setEnabled(not running and any(
             e.status is Status.DONE for e in self.batch.entries()))
+        self.protect_again_action.setEnabled(not running and any(
+            e.status in (Status.DONE, Status.UNPROTECTED) for e in self.batch.entries()))
 
     def protect(self) -> None:
         settings = self.strength.settings()
@@ -400,6 +439,13 @@ class MainWindow(QMainWindow):
                 self.batch.set_result(path, event.result)
                 if self.viewer.canvas.after is None:
                     self._show_in_viewer(self.batch.entry(path))
+        elif isinstance(event, ev.PhotoUnprotected):
+            if (path := self._path(event.photo_id)) is not None:
+                self.batch.set_status(path, Status.UNPROTECTED, event.reason)
+            self.notes.warning(f"Not protected: {event.reason}")
+        elif isinstance(event, ev.PhotoSkipped) and event.result is not None:
+            if (path := self._path(event.photo_id)) is not None:
+                self.batch.set_result(path, event.result, "protected in an earlier run")
         elif isinstance(event, (ev.PhotoFailed, ev.PhotoSkipped)):
             failed = isinstance(event, ev.PhotoFailed)
             if (path := self._path(event.photo_id)) is not None:
@@ -413,7 +459,9 @@ class MainWindow(QMainWindow):
         elif isinstance(event, ev.JobFinished):
             self.progress_label.setText(
                 f"Finished in {format_duration(event.seconds)}: {event.done} protected, "
-                f"{event.failed} failed, {event.skipped} skipped.")
+                + (f"{event.unprotected} NOT protected (no face found), "
+                   if event.unprotected else "")
+                + f"{event.failed} failed, {event.skipped} skipped.")
             self.batch_progress.setValue(1000)
         elif isinstance(event, ev.JobCancelled):
             self.progress_label.setText(f"Cancelled. {counted(event.done, 'photo')} {was_were(event.done)} "
@@ -501,6 +549,7 @@ class MainWindow(QMainWindow):
             self.set_output(dialog.folder(), dialog.options())
 
     def set_output(self, folder: Path, options: ExportOptions) -> None:
+        options = replace(options, export_unprotected=self.settings.export_unprotected)
         self.output_dir, self.export_options = folder, options
         self.settings = replace(self.settings, default_output=str(folder),
                                 output_format=options.format.value, jpeg_quality=options.quality,

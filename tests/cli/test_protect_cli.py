@@ -81,14 +81,16 @@ def test_bad_files_are_named_and_exit_1(tmp_path: Path,
     assert set(failed) == {"truncated.jpg", "letter.jpg", "anim.gif"}
     assert all(name in reason for name, reason in failed.items())
     done = [e for e in events if e["event"] == "PhotoDone"]
-    assert len(done) == 3 and all(Path(e["result"]["output"]).is_file() for e in done)
+    assert len(done) == 2 and all(Path(e["result"]["output"]).is_file() for e in done)
+    unprotected = [e for e in events if e["event"] == "PhotoUnprotected"]
+    assert [Path(e["source"]).name for e in unprotected] == ["sky.png"]
     assert events[-1]["event"] == "JobFinished"
     assert any(e["event"] == "Progress" and e["eta_s"] is not None for e in events)
     # Human output names each bad file too.
     out2 = tmp_path / "out2"
     assert main(["protect", str(tmp_path / "in" / "letter.jpg"), "-o", str(out2)]) == 1
     err = capsys.readouterr()
-    assert "letter.jpg" in err.out + err.err and "not protected" in err.err
+    assert "letter.jpg" in err.out + err.err and "failed" in err.err
     # The same folder again without --resume is a usage error, nothing is touched.
     assert main(["protect", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
 
@@ -123,16 +125,16 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     rc = subprocess.run([sys.executable, "-m", "dladiff_app.cli.main", "protect", "--resume",
                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                         env=_CHILD_ENV)
-    assert rc.returncode == 0, rc.stderr[-2000:]
+    assert rc.returncode == 3, rc.stderr[-2000:]  # sky.png has no face: not protected
     journal = Journal(out)
     assert journal.problems() == []
-    assert sorted(e.done_count for e in journal.photos.values()) == [1, 1, 1]
+    assert sorted(e.done_count for e in journal.photos.values()) == [0, 1, 1]
     visible = sorted(p.name for p in (out / "anna").iterdir() if not p.name.startswith("."))
     assert visible == ["IMG_0042-protected.png", "astronaut_flip-protected.png", "manifest.json",
-                       "report.html", "sky-protected.png"]
+                       "report.html"]
     assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals
     doc = json.loads((out / "anna" / "manifest.json").read_text())
-    assert len(doc["photos"]) == 3
+    assert len(doc["photos"]) == 2 and len(doc["unprotected"]) == 1
     # The resumed run used the journaled --pipeline: every photo got the fine-tuning shield.
     assert all("layer1" in p["layers_done"] for p in doc["photos"]), doc["photos"]
 

@@ -14,7 +14,14 @@ from PIL import Image
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import JobConflictError
-from dladiff_app.core.events import Event, JobCancelled, PhotoDone, PhotoFailed, Progress
+from dladiff_app.core.events import (
+    Event,
+    JobCancelled,
+    PhotoDone,
+    PhotoFailed,
+    PhotoUnprotected,
+    Progress,
+)
 from dladiff_app.core.imageio import load_image
 from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.journal import Journal
@@ -96,7 +103,7 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     before = {k: _sha(p) for k, p in paths.items()}
     out = tmp_path / "out"
     (out / "anna").mkdir(parents=True)
-    squatter = out / "anna" / "sky-protected.png"  # a user's file where our name would go
+    squatter = out / "anna" / "IMG_0042-protected.png"  # a user's file where our name would go
     squatter.write_bytes(b"user data")
     events: list[Event] = []
     job = ProtectJob(inputs=(tmp_path / "anna",), output_dir=out, settings=TINY,
@@ -105,11 +112,17 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     failed = {Path(e.source).name: e.reason for e in events if isinstance(e, PhotoFailed)}
     assert set(failed) == {"truncated.jpg", "letter.jpg", "anim.gif"}
     assert all(name in reason for name, reason in failed.items())
-    assert (summary.done, summary.failed, summary.cancelled) == (3, 3, False)
+    assert (summary.done, summary.failed, summary.unprotected, summary.cancelled) == (
+        2, 3, 1, False)
     assert {k: _sha(p) for k, p in paths.items()} == before  # originals only read
     assert squatter.read_bytes() == b"user data"             # never overwritten
     done = {Path(e.result.source).name: e.result for e in events if isinstance(e, PhotoDone)}
-    assert Path(done["sky.png"].output).name == "sky-protected-2.png"
+    assert Path(done["IMG_0042.jpg"].output).name == "IMG_0042-protected-2.png"
+    # No face: not protected, said so, and no "-protected" file that is not protected.
+    unprotected = [e for e in events if isinstance(e, PhotoUnprotected)]
+    assert [Path(e.source).name for e in unprotected] == ["sky.png"]
+    assert "no face found in sky.png" in unprotected[0].reason and unprotected[0].output is None
+    assert not list(out.rglob("sky-*"))
     for name, res in done.items():
         src = load_image(tmp_path / "anna" / name).pixels
         saved = load_image(Path(res.output)).pixels
@@ -130,8 +143,6 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     assert "joint steps" in sideways.extra["layer_notes"]["polish"]
     assert sideways.scores and sideways.scores[0].value is not None
     assert sideways.scores_after_sharing and sideways.psnr is not None
-    assert "layer2" not in done["sky.png"].layers_done
-    assert any("No face found in sky.png" in w for w in done["sky.png"].warnings)
     with Image.open(sideways.output) as img:
         assert not img.getexif()  # no EXIF, so no GPS, unless --keep-metadata
     progress = [e for e in events if isinstance(e, Progress)]
@@ -141,10 +152,12 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     import json
 
     doc = json.loads(manifest)
-    assert validate_manifest(doc) == [] and len(doc["photos"]) == 3 and len(doc["failed"]) == 3
+    assert validate_manifest(doc) == [] and len(doc["photos"]) == 2 and len(doc["failed"]) == 3
+    assert [Path(u["source"]).name for u in doc["unprotected"]] == ["sky.png"]
     assert doc["models"]["sd_pipeline"]["path"] == str(tiny_sd_dir)
     html = (out / "anna" / "report.html").read_text()
-    assert html.count("data:image/jpeg;base64,") == 6
+    assert html.count("data:image/jpeg;base64,") == 4
+    assert "<h2>Not protected</h2>" in html and "no face found in sky.png" in html
     journal = Journal(out)
     assert journal.problems() == []
     # A second run into the same folder must not mix jobs; a resume redoes nothing.
@@ -154,7 +167,7 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     again: list[Event] = []
     resumed = run_job(ProtectJob(**{**job.__dict__, "resume": True}),
                       _kit(tiny_sd_dir, tmp_path, dlib_parts), again.append)
-    assert (resumed.done, resumed.skipped) == (0, 3)
+    assert (resumed.done, resumed.skipped, resumed.unprotected) == (0, 3, 1)
     assert sorted(p.name for p in (out / "anna").iterdir()) == files_before
 
 
@@ -201,10 +214,10 @@ def test_cancel_then_resume_finishes_each_photo_once(tmp_path: Path,
     assert first.cancelled and first.done == 1
     assert isinstance(events[-1], JobCancelled)
     second = run_job(ProtectJob(**{**job.__dict__, "resume": True}), kit, events.append)
-    assert (second.done, second.skipped, second.cancelled) == (2, 1, False)
+    assert (second.done, second.skipped, second.unprotected, second.cancelled) == (
+        1, 1, 1, False)
     outputs = sorted(p.name for p in (tmp_path / "out" / "in").glob("*-protected*"))
-    assert outputs == ["IMG_0042-protected.png", "astronaut_flip-protected.png",
-                       "sky-protected.png"]
+    assert outputs == ["IMG_0042-protected.png", "astronaut_flip-protected.png"]
     assert Journal(tmp_path / "out").problems() == []
 
 
@@ -213,7 +226,7 @@ def test_blocked_album_folder_fails_its_photos_and_the_batch_goes_on(
     paths = make_album(tmp_path / "a")
     (tmp_path / "b").mkdir()
     other = tmp_path / "b" / "sky2.png"
-    other.write_bytes(paths["noface"].read_bytes())
+    other.write_bytes(paths["png"].read_bytes())  # a face: protected
     out = tmp_path / "out"
     out.mkdir()
     (out / "a").write_text("a file where the album folder would go")
