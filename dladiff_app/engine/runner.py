@@ -601,19 +601,20 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
             "your photos") for m in found.inside_output] + list(found.unreadable)
     missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), _path_key(m))
                for i, (m, _) in enumerate(unusable)]
-    sink(JobStarted(len(photos) + len(missing), kit.device_name,
-                    f"{len(albums)} album(s)"))
-    if found.ignored:
-        sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
-                    f"{found.ignored[0].name}."))
-    try:
+    started = JobStarted(len(photos) + len(missing), kit.device_name, f"{len(albums)} album(s)")
+    try:  # journaled before anything is announced: a kill after JobStarted leaves a resumable job
         run.journal.start_job(job)
     except OutputError as exc:
+        sink(started)
         for photo in [*photos, *missing]:
             run.failed += 1
             sink(PhotoFailed(photo.id, str(photo.path), f"{photo.path.name}: {exc}"))
         sink(JobFinished(0, run.failed, 0, time.monotonic() - run.t0))
         raise
+    sink(started)
+    if found.ignored:
+        sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
+                    f"{found.ignored[0].name}."))
     run.eta.plan(job.settings, [len(a.photos) for a in albums], kit.layer1 is not None,
                  kit.layer2 is not None, polish=kit.polish is not None, unusable=len(missing))
     for photo, (_, reason) in zip(missing, unusable, strict=True):

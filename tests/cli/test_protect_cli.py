@@ -125,16 +125,17 @@ def test_sigkill_mid_batch_then_resume_protects_each_photo_once(tiny_sd_dir: Pat
     rc = subprocess.run([sys.executable, "-m", "dladiff_app.cli.main", "protect", "--resume",
                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                         env=_CHILD_ENV)
-    assert rc.returncode == 3, rc.stderr[-2000:]  # sky.png has no face: not protected
+    assert rc.returncode == 0, rc.stderr[-2000:]
     journal = Journal(out)
     assert journal.problems() == []
-    assert sorted(e.done_count for e in journal.photos.values()) == [0, 1, 1]
+    assert sorted(e.done_count for e in journal.photos.values()) == [1, 1, 1]
     visible = sorted(p.name for p in (out / "anna").iterdir() if not p.name.startswith("."))
+    # sky.png has no face, but the fine-tuning shield protected it.
     assert visible == ["IMG_0042-protected.png", "astronaut_flip-protected.png", "manifest.json",
-                       "report.html"]
+                       "report.html", "sky-protected.png"]
     assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals
     doc = json.loads((out / "anna" / "manifest.json").read_text())
-    assert len(doc["photos"]) == 2 and len(doc["unprotected"]) == 1
+    assert len(doc["photos"]) == 3 and doc["unprotected"] == []
     # The resumed run used the journaled --pipeline: every photo got the fine-tuning shield.
     assert all("layer1" in p["layers_done"] for p in doc["photos"]), doc["photos"]
 
@@ -158,3 +159,84 @@ def test_results_table_lists_each_encoder_saved_and_shared() -> None:
     assert "0.980 different person" in table[2] and "40.8" in table[2] and "8/255" in table[2]
     assert "0.710 same person" in table[3] and "group.jpg" not in table[3]
     assert table[4].split()[:3] == ["sky.png", "0", "-"]
+
+
+def test_photos_without_a_face_exit_3_and_are_named(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    paths = make_album(tmp_path / "in")
+    for bad in ("truncated", "text", "gif", "sideways"):
+        paths[bad].unlink()
+    rc = main(["protect", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--layers",
+               "zeroshot", "--layer2-steps", "1", "--eps", "4"])
+    err = capsys.readouterr()
+    assert rc == 3
+    assert "NOT PROTECTED sky.png: no face found in sky.png" in err.out
+    assert "1 photo(s) are NOT protected" in err.err and "1 NOT protected" in err.out
+    names = sorted(p.name for p in (tmp_path / "out" / "in").iterdir())
+    assert "astronaut_flip-protected.png" in names and not any("sky" in n for n in names)
+    assert "3 finished, but some photos are NOT protected" in subprocess.run(
+        [sys.executable, "-m", "dladiff_app.cli.main", "protect", "--help"], cwd=ROOT,
+        capture_output=True, text=True, env=_CHILD_ENV, timeout=120).stdout.replace("\n", " ")
+
+
+def _five_faces(folder: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    astro = Image.fromarray(data.astronaut())
+    for i, (box, flip) in enumerate([((60, 0, 400, 300), False), ((80, 10, 380, 280), True),
+                                     ((40, 0, 360, 320), False), ((100, 20, 420, 300), True),
+                                     ((70, 0, 350, 260), False)]):
+        img = astro.crop(box)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img.save(folder / f"face{i}.png")
+
+
+@pytest.mark.slow
+def test_kill_9_at_five_moments_then_resume_from_elsewhere_finishes_each_photo_once(
+        tmp_path: Path) -> None:
+    """kill -9 at five points of a photo's life (job start, mid-shield, while scoring the
+    encoded file, after the file appeared, after "done"), each followed by ``--resume`` from
+    another working directory: every photo ends protected exactly once, with its layers."""
+    _five_faces(tmp_path / "anna")
+    originals = {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = ["protect", "anna", "-o", "out", "--layers", "zeroshot", "--layer2-steps", "2"]
+    resume = ["protect", "--resume", "../out"]
+    moments = [
+        lambda e: e["event"] == "JobStarted",
+        lambda e: e["event"] == "Progress" and e["stage"] == "layer2",
+        lambda e: e["event"] == "Progress" and e["stage"] == "score" and e["step"] == 0,
+        lambda e: e["event"] == "Progress" and e["stage"] == "save" and e["step"] == 1,
+        lambda e: e["event"] == "PhotoDone",
+    ]
+    for n, moment in enumerate(moments):
+        args, cwd = (first, tmp_path) if n == 0 else (resume, elsewhere)
+        proc = subprocess.Popen([sys.executable, "-m", "dladiff_app.cli.main", "--json", *args],
+                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=_CHILD_ENV)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if moment(json.loads(line)):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, (n, proc.returncode, proc.stderr.read())
+        proc.stderr.close()
+        proc.stdout.close()
+    done = subprocess.run([sys.executable, "-m", "dladiff_app.cli.main", *resume], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300, env=_CHILD_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    journal = Journal(tmp_path / "out")
+    assert journal.problems() == []
+    assert sorted(e.done_count for e in journal.photos.values()) == [1] * 5
+    names = sorted(p.name for p in (tmp_path / "out" / "anna").iterdir())
+    assert names == [f"face{i}-protected.png" for i in range(5)] + ["manifest.json",
+                                                                    "report.html"]
+    doc = json.loads((tmp_path / "out" / "anna" / "manifest.json").read_text())
+    assert len(doc["photos"]) == 5
+    assert all(p["layers_done"] == ["layer2"] and p["scores"] for p in doc["photos"])
+    assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals

@@ -106,3 +106,19 @@ def test_not_a_zip(tmp_path: Path) -> None:
     bad.write_bytes(b"<html>rate limited</html>")
     with pytest.raises(ModelIntegrityError, match="not a readable zip"):
         safe_extract_zip(bad, tmp_path / "out", **LIMITS)
+
+
+def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
+    """A zip may hold two members with one name (zipfile warns and writes both): extracting
+    used to end in an unhandled FileExistsError."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name" warning
+        archive = _zip(tmp_path / "pack.zip", [("pack/w600k_r50.onnx", b"one"),
+                                               ("pack/W600K_R50.onnx", b"two"),
+                                               ("pack/w600k_r50.onnx", b"three")])
+    dest = tmp_path / "models" / "pack"
+    with pytest.raises(ModelIntegrityError, match="two files named"):
+        safe_extract_zip(archive, dest, **LIMITS)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -34,10 +34,20 @@ def test_sd_folder_through_store(tmp_path: Path, tiny_sd_dir: Path) -> None:
     assert out.shape == latents.shape
 
 
-def test_single_file_offline_without_config_is_actionable(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ckpt = tmp_path / "model.safetensors"
+def test_single_file_without_config_is_actionable_and_never_online(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single ``--pipeline x.safetensors`` used to make diffusers look its configuration up
+    on the hub during protect (online mode): now it is a local-only load or a clear error."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("DLADIFF_CACHE_DIR", str(tmp_path / "cache"))  # no downloaded sd15
+    import diffusers
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("from_single_file was called without a local configuration")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file", no_network)
+    (tmp_path / "models").mkdir()
+    ckpt = tmp_path / "models" / "model.safetensors"
     ckpt.write_bytes(b"0")
     with pytest.raises(ModelMissingError, match="dladiff models download sd15"):
         load_sd_pipeline(ckpt)
@@ -98,3 +108,28 @@ def test_clip_vision_from_local_folder(tmp_path: Path) -> None:
     assert embeds.shape == (1, 16)
     with pytest.raises(ModelIntegrityError):
         load_clip_vision(tmp_path / "nothing")
+
+
+def test_single_file_uses_a_local_configuration_only(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import diffusers
+
+    calls: list[dict[str, object]] = []
+
+    class Loaded:
+        def to(self, device: str) -> Loaded:
+            return self
+
+    def record(path: str, **kwargs: object) -> Loaded:
+        calls.append({"path": path, **kwargs})
+        return Loaded()
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file", record)
+    folder = tmp_path / "my-sd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    ckpt = folder / "model.safetensors"  # a checkpoint inside a diffusers folder
+    ckpt.write_bytes(b"0")
+    load_sd_pipeline(ckpt)
+    assert calls and calls[0]["config"] == str(folder) and calls[0]["local_files_only"] is True

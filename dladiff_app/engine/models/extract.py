@@ -58,6 +58,21 @@ def _strip_common_folder(members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]]
     return [(info, parts[1:]) for info, parts in members if len(parts) > 1]
 
 
+def _refuse_duplicates(zip_path: Path,
+                       members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]]) -> None:
+    """Two members with one name (case-insensitively, as macOS and Windows see it): which one
+    is the model is ambiguous, and the second would silently replace the first."""
+    seen: dict[str, str] = {}
+    for info, parts in members:
+        if info.is_dir():
+            continue
+        key = "/".join(parts).lower()
+        if key in seen:
+            raise _refuse(zip_path, info.filename,
+                          f"the archive holds two files named {seen[key]!r}; it was not used")
+        seen[key] = "/".join(parts)
+
+
 def safe_extract_zip(
     zip_path: Path,
     dest_dir: Path,
@@ -95,6 +110,7 @@ def safe_extract_zip(
             )
         if strip_single_folder:
             members = _strip_common_folder(members)
+        _refuse_duplicates(zip_path, members)
 
         dest_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))

@@ -8,7 +8,6 @@ which refuses anything but tensors and plain containers. Every loader works from
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,21 +83,42 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
 
 def _from_single_file(path: Path, config_dir: Path | None,
                       common: dict[str, Any]) -> StableDiffusionPipeline:
+    """A single-file checkpoint needs the diffusers configuration of its components; without
+    one, diffusers looks it up on the Hugging Face hub (a network call in the middle of a
+    protection). So a configuration folder is always given, from ``config_dir``, from a diffusers
+    folder next to the checkpoint, or from the downloaded ``sd15``; with none of them this is a
+    ModelMissingError that says what to do, never a network lookup."""
     from diffusers import StableDiffusionPipeline
 
-    if config_dir is not None:
-        return StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config_dir), local_files_only=True, **common
-        )
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    if offline:
+    config_dir = config_dir or _local_config_for(path)
+    if config_dir is None:
         raise ModelMissingError(
-            f"{path.name} is a single-file checkpoint; its model configuration comes from the "
-            "Hugging Face hub, and offline mode is on. Download the configuration once with "
-            "`dladiff models download sd15`, or point to a diffusers folder with "
+            f"{path.name} is a single-file checkpoint; it needs the model configuration of a "
+            "Stable Diffusion 1.x folder, and none is on this computer (it is never fetched "
+            "from the internet during a protection). Download it once with "
+            "`dladiff models download sd15`, or point to a diffusers folder instead with "
             "`dladiff models path sd15 PATH`."
         )
-    return StableDiffusionPipeline.from_single_file(str(path), **common)
+    return StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config_dir), local_files_only=True, **common
+    )
+
+
+def _local_config_for(checkpoint: Path) -> Path | None:
+    """A diffusers folder holding the configuration for ``checkpoint``: the folder it lies in,
+    a folder named like it beside it, or the downloaded ``sd15`` of the model store."""
+    candidates = [checkpoint.parent, checkpoint.with_suffix("")]
+    try:
+        from dladiff_app.core.paths import models_dir
+        from dladiff_app.core.settings import load_settings
+
+        candidates.append(models_dir(load_settings()) / "sd15")
+    except Exception:  # noqa: BLE001 - unreadable settings: only the nearby folders count
+        pass
+    for folder in candidates:
+        if (folder / "model_index.json").is_file():
+            return folder
+    return None
 
 
 def load_sd_from_store(store: ModelStore, *, device: str = "cpu",
