@@ -53,7 +53,9 @@ def light_kit(eps: float = 4.0, steps: int = 3, seen: list[Any] | None = None) -
         return [IdentityScore("pixel_change", "euclidean", diff, 0.5, diff < 0.5)]
 
     return EngineKit(device_kind="cpu", device_name="CPU (test)", detector=MarkerDetector(),
-                     score=score, layer2=layer2, model_revisions={"encoders": ["pixel_change"]},
+                     score=score, layer2=layer2,
+                     layer1_missing="The fine-tuning shield is not part of this test kit.",
+                     model_revisions={"encoders": ["pixel_change"]},
                      models={"sd_pipeline": None, "detector": "marker",
                              "encoders": [{"name": "pixel_change"}]})
 
