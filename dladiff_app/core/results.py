@@ -35,6 +35,25 @@ class IdentityScore:
 
 
 @dataclass(frozen=True)
+class FaceResult:
+    """One face of the clean photo and how each encoder judges that same face in the protected
+    copy (matched by position), on the file as written and after the sharing transform.
+
+    ``box``: (x0, y0, x1, y1) in pixels of the clean photo as read (orientation applied), so a
+    viewer can outline the face and compare the same face on both sides of a split.
+    """
+
+    box: tuple[float, float, float, float]
+    scores: tuple[IdentityScore, ...] = ()
+    scores_after_sharing: tuple[IdentityScore, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [round(float(v), 1) for v in self.box],
+                "scores": [s.to_dict() for s in self.scores],
+                "scores_after_sharing": [s.to_dict() for s in self.scores_after_sharing]}
+
+
+@dataclass(frozen=True)
 class PhotoResult:
     """What protecting one photo produced (the file as written is what was measured)."""
 
@@ -49,6 +68,8 @@ class PhotoResult:
     ssim: float | None = None
     linf: float | None = None  # max |protected - clean| in 1/255 units, on the saved file
     faces: int = 0
+    # Every face of a group photo, largest first (``scores`` above is the first one's).
+    per_face: tuple[FaceResult, ...] = ()
     layers_done: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +78,7 @@ class PhotoResult:
         d = asdict(self)
         d["scores"] = [s.to_dict() for s in self.scores]
         d["scores_after_sharing"] = [s.to_dict() for s in self.scores_after_sharing]
+        d["per_face"] = [f.to_dict() for f in self.per_face]
         return d
 
 
@@ -67,8 +89,16 @@ def _score_from_dict(d: dict[str, Any]) -> IdentityScore:
 
 
 _RESULT_FIELDS = ("source", "output", "width", "height", "seconds", "scores",
-                  "scores_after_sharing", "psnr", "ssim", "linf", "faces", "layers_done",
-                  "warnings")
+                  "scores_after_sharing", "psnr", "ssim", "linf", "faces", "per_face",
+                  "layers_done", "warnings")
+
+
+def _face_from_dict(d: dict[str, Any]) -> FaceResult:
+    x0, y0, x1, y1 = (float(v) for v in d["box"])
+    return FaceResult(box=(x0, y0, x1, y1),
+                      scores=tuple(_score_from_dict(s) for s in d.get("scores", [])),
+                      scores_after_sharing=tuple(_score_from_dict(s)
+                                                 for s in d.get("scores_after_sharing", [])))
 
 
 def result_from_record(record: dict[str, Any]) -> PhotoResult:
@@ -83,6 +113,8 @@ def result_from_record(record: dict[str, Any]) -> PhotoResult:
         scores_after_sharing=tuple(_score_from_dict(s)
                                    for s in record.get("scores_after_sharing", [])),
         psnr=record.get("psnr"), ssim=record.get("ssim"), linf=record.get("linf"),
-        faces=int(record.get("faces", 0)), layers_done=tuple(record.get("layers_done", ())),
+        faces=int(record.get("faces", 0)),
+        per_face=tuple(_face_from_dict(f) for f in record.get("per_face", [])),
+        layers_done=tuple(record.get("layers_done", ())),
         warnings=tuple(record.get("warnings", ())),
         extra={k: v for k, v in record.items() if k not in _RESULT_FIELDS})

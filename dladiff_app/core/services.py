@@ -7,14 +7,16 @@ slow and are called from the engine worker thread, never from the UI thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.events import EventSink
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.core.results import PhotoResult
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class DeviceSummary:
     name: str            # e.g. "NVIDIA GeForce RTX 4070" or "CPU (8 threads)"
     memory_bytes: int | None
     reason: str          # e.g. "CUDA not available: using CPU; the fine-tuning shield will be slow"
+    available: tuple[str, ...] = ("cpu",)  # device kinds this machine has, e.g. ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,17 @@ class ProtectService(Protocol):
         ...
 
     def estimate_seconds(self, n_photos: int, settings: ProtectionSettings,
-                         megapixels: float = 12.0) -> float:
-        """Rough wall-clock estimate on the current device, for the UI's live estimate."""
+                         megapixels: float = 12.0, faces: Sequence[int] | None = None) -> float:
+        """Wall-clock estimate on the current device, for the UI's live estimate. ``faces``:
+        faces per photo (from :meth:`count_faces`); None assumes one face per photo."""
+        ...
+
+    def count_faces(self, paths: Sequence[Path]) -> list[int | None]:
+        """Faces found in each photo (None: unreadable), for per-face estimates."""
+        ...
+
+    def measure(self, source: Path, output: Path) -> PhotoResult:
+        """Figures of a protected file (e.g. an exported copy) against its clean photo."""
         ...
 
 

@@ -39,6 +39,7 @@ class Settings:
     first_run_done: bool = False
     # Also write photos no shield could change (no face found) as "<name>-unprotected.<ext>".
     export_unprotected: bool = False
+    offline_zeroshot: bool = False       # chose "Start offline": start with the zero-shot shield
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +58,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "jpeg_quality": (int,),
     "first_run_done": (bool,),
     "export_unprotected": (bool,),
+    "offline_zeroshot": (bool,),
 }
 
 

@@ -139,6 +139,16 @@ def _auto() -> DeviceInfo:
     return _cpu_info("CUDA not available: using CPU; the fine-tuning shield will be slow")
 
 
+def available_kinds() -> tuple[str, ...]:
+    """The device kinds this machine can use, best first; ``"cpu"`` always."""
+    kinds = []
+    if torch.cuda.is_available():
+        kinds.append("cuda")
+    if _mps_available():
+        kinds.append("mps")
+    return (*kinds, "cpu")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for device out-of-memory errors (CUDA, MPS or a failed CPU allocation)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):

@@ -132,11 +132,19 @@ def layer1_steps(settings: ProtectionSettings) -> tuple[int, int]:
 
 def estimate_job(n_photos: int, settings: ProtectionSettings, megapixels: float,
                  calibration: Calibration, *, layer1_available: bool,
-                 pgd_step_s: float | None, device_kind: str) -> JobEstimate:
-    """Wall-clock estimate of protecting ``n_photos`` photos of ``megapixels`` each in one album
-    (one face per photo assumed). ``pgd_step_s``: a measured layer-1 PGD step for one photo on
-    this device, or None (then the CPU table, or NaN on a GPU)."""
+                 pgd_step_s: float | None, device_kind: str,
+                 faces: Sequence[int] | None = None) -> JobEstimate:
+    """Wall-clock estimate of protecting ``n_photos`` photos of ``megapixels`` each in one album.
+
+    ``faces``: the faces detected in each photo (``len(faces) == n_photos``). The zero-shot
+    shield and the polish work on every face, so their cost is per face; a photo without a face
+    costs its detections and scoring only. None: one face per photo is assumed (no detection
+    has run yet). ``pgd_step_s``: a measured layer-1 PGD step for one photo on this device, or
+    None (then the CPU table, or NaN on a GPU)."""
     n = max(0, int(n_photos))
+    counts = [max(0, int(f)) for f in faces] if faces is not None else [1] * n
+    if len(counts) != n:
+        raise ValueError(f"faces has {len(counts)} entries for {n} photos")
     s = settings
     run_l1 = s.layers.finetune and layer1_available
     run_l2 = s.layers.zeroshot and bool(calibration.encoders)
@@ -154,14 +162,21 @@ def estimate_job(n_photos: int, settings: ProtectionSettings, megapixels: float,
         pgd_steps, lora_steps = layer1_steps(s)
         layer1 = (pgd_steps + lora_steps * LORA_PER_PGD) * step_l1 * n \
             if step_l1 is not None else math.nan
+    # Every photo: its detections (the runner's and the scorer's) whether or not a face is found.
     per_photo = calibration.detect_s_per_mp * (
-        _FULL_DETECTIONS * megapixels + _SHARED_DETECTIONS * min(megapixels, _SHARED_MP)) \
-        + _EMBEDS_PER_PHOTO * calibration.embed_s
+        _FULL_DETECTIONS * megapixels + _SHARED_DETECTIONS * min(megapixels, _SHARED_MP))
+    # Every face: scoring embeds, the zero-shot steps and the polish.
+    per_face = _EMBEDS_PER_PHOTO * calibration.embed_s
     if run_l2:
-        per_photo += s.layer2_steps * calibration.layer2_step_s
+        per_face += s.layer2_steps * calibration.layer2_step_s
         note.append(f"layer 2 measured with {', '.join(calibration.encoders)}")
         if run_l1 and s.polish_steps:
-            per_photo += s.polish_steps * (calibration.layer2_step_s + (
-                step_l1 if step_l1 is not None else math.nan))
-    total = layer1 + per_photo * n
-    return JobEstimate(layer1, per_photo, total, "; ".join(note))
+            per_face += s.polish_steps * calibration.layer2_step_s
+            # The polish's Stable Diffusion half is per photo, not per face.
+            per_photo += s.polish_steps * (step_l1 if step_l1 is not None else math.nan)
+    if faces is not None:
+        note.append(f"{sum(counts)} faces detected in {n} photos")
+    total_faces = sum(counts)
+    total = layer1 + per_photo * n + per_face * total_faces
+    mean = (per_photo * n + per_face * total_faces) / n if n else per_photo + per_face
+    return JobEstimate(layer1, mean, total, "; ".join(note))

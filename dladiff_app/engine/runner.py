@@ -66,6 +66,7 @@ from dladiff_app.core.journal import (
 )
 from dladiff_app.core.results import IdentityScore, PhotoResult, result_from_record
 from dladiff_app.core.services import JobSummary
+from dladiff_app.engine.face_results import FaceScoreFn, measure_saved, resize_like
 from dladiff_app.engine.faces.types import Face, FaceDetector
 from dladiff_app.engine.runner_progress import EtaTracker
 from dladiff_app.engine.runner_reports import write_album_reports
@@ -117,6 +118,9 @@ class EngineKit:
     # Seconds of one layer-1 PGD step for one photo, measured on this kit's device (None until
     # layer 1 has run): what time estimates use instead of a table.
     layer1_step_seconds: Callable[[], float | None] | None = None
+    # Every face's scores (group photos); when set, ``score`` is not called: the subject's
+    # scores are the first face's of these.
+    score_faces: FaceScoreFn | None = None
 
 
 @dataclass
@@ -270,6 +274,7 @@ class _Run:
                 out.warnings.append(self.kit.layer2_missing)
             else:
                 faces = self.kit.detector.detect(photo.pixels)
+                self.eta.faces_found(photo.id, len(faces))
                 if not faces:
                     out.warnings.append(f"No face found in {photo.path.name}: the zero-shot "
                                         "shield was skipped for this photo.")
@@ -360,12 +365,9 @@ class _Run:
     def measure(self, photo: _Photo, saved: np.ndarray, planned: Path, digest: str,
                 outcome: _Outcome) -> dict[str, Any]:
         """The manifest record of the photo, measured on ``saved`` (the encoded file decoded)."""
-        from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
-
         assert photo.pixels is not None
-        clean_view, saved_view = _scoring_views(photo.pixels, saved)
-        shared = simulate_sharing(saved)
-        reference = _resize_like(photo.pixels, shared.shape[:2])
+        m = measure_saved(photo.pixels, saved, self.kit.score, self.kit.score_faces,
+                          views=_scoring_views(photo.pixels, saved))
         s = self.job.settings
         done = outcome.layers_done
         warnings = list(outcome.warnings)
@@ -379,10 +381,8 @@ class _Run:
         result = PhotoResult(
             source=str(photo.path), output=str(planned), width=saved.shape[1],
             height=saved.shape[0], seconds=round(outcome.seconds, 3),
-            scores=tuple(self.kit.score(clean_view, saved_view)),
-            scores_after_sharing=tuple(self.kit.score(reference, shared)),
-            psnr=psnr(photo.pixels, saved), ssim=ssim(photo.pixels, saved),
-            linf=linf_255(photo.pixels, saved), faces=outcome.faces, layers_done=tuple(done),
+            scores=m.scores, scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
+            psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=outcome.faces, layers_done=tuple(done),
             warnings=tuple(warnings),
             extra={
                 "sha256": digest, "source_sha256": photo.source_sha256, "preset": s.preset,
@@ -526,18 +526,7 @@ def _scoring_views(clean: np.ndarray, saved: np.ndarray) -> tuple[np.ndarray, np
         return clean, saved
     scale = SCORE_MAX_SIDE / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return _resize_like(clean, size), _resize_like(saved, size)
-
-
-def _resize_like(pixels: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
-    """The clean photo at the size a shared copy has (so faces line up for scoring)."""
-    if pixels.shape[:2] == tuple(hw):
-        return pixels
-    from PIL import Image
-
-    img = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
-    img = img.resize((hw[1], hw[0]), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return resize_like(clean, size), resize_like(saved, size)
 
 
 def _manifest_photo(result: PhotoResult) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Two kinds of work dominate and cost very different amounts: layer-1 steps over a whole album
 (a Stable Diffusion forward/backward each) and per-photo steps (layer 2, polish, save, score).
 Each kind gets its own measured seconds-per-step; the ETA is what is left of each times its rate.
+
+The zero-shot shield and the polish work on every face of a photo, so their steps count once per
+face: the plan assumes one face per photo until the runner has detected a photo's faces
+(:meth:`EtaTracker.faces_found`), then that photo's plan is corrected (six faces: six times the
+steps; no face: its detections and scoring only).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dladiff_app.core.events import EventSink, Progress
 from dladiff_app.core.presets import ProtectionSettings
 
+_PER_FACE_STAGES = ("layer2", "polish")
 _STAGE = {"prior": "prior", "layer1_pgd": "layer1", "layer1_lora": "layer1", "layer1": "layer1",
           "layer2": "layer2", "polish": "polish", "save": "save", "score": "score"}
 
@@ -25,6 +31,10 @@ class EtaTracker:
         self.rate: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
         self.per_photo = 0.0
+        self.per_face = 0.0
+        self.photo_plan: dict[int, float] = {}
+        self.faces: dict[int, int] = {}
+        self._shown = 0.0
         self.per_album: list[float] = []
         self.photo_used: dict[int, float] = {}
         self.album_used = 0.0
@@ -39,8 +49,9 @@ class EtaTracker:
               if run_l1 else 0)
         self.per_album = [float(l1) if n else 0.0 for n in album_sizes]
         run_l2 = s.layers.zeroshot and layer2
-        self.per_photo = 2.0 + (s.layer2_steps if run_l2 else 0.0) + (
+        self.per_face = (s.layer2_steps if run_l2 else 0.0) + (
             s.polish_steps if run_l1 and run_l2 and polish else 0.0)
+        self.per_photo = 2.0 + self.per_face  # save + score, and one face until detected
         self.left = {"album": float(sum(self.per_album)),
                      "photo": self.per_photo * (sum(album_sizes) + unusable)}
         self.total = sum(self.left.values()) or 1.0
@@ -66,11 +77,26 @@ class EtaTracker:
         fallback = max(known)
         return sum(left * self.rate.get(kind, fallback) for kind, left in self.left.items())
 
+    def faces_found(self, photo_id: int, faces: int) -> None:
+        """The runner detected ``faces`` faces in the photo: its per-face work is re-planned."""
+        faces = max(0, int(faces))
+        planned = self.photo_plan.get(photo_id, self.per_photo)
+        new = 2.0 + self.per_face * faces
+        used = self.photo_used.get(photo_id, 0.0)
+        delta = max(new, used) - planned
+        self.photo_plan[photo_id] = planned + delta
+        self.faces[photo_id] = faces
+        self.left["photo"] = max(0.0, self.left["photo"] + delta)
+        self.total = max(self.total + delta, 1.0)
+
     @property
     def overall(self) -> float:
         if self.total <= 0:  # nothing planned yet
             return 0.0
-        return max(0.0, min(1.0, 1.0 - sum(self.left.values()) / self.total))
+        # A plan that grows (a photo with more faces than assumed) never moves the bar back.
+        self._shown = max(self._shown, max(0.0, min(1.0, 1.0 - sum(self.left.values())
+                                                     / self.total)))
+        return self._shown
 
     def step_fn(self, photo_id: int | None) -> Callable[[str, int, int], None]:
         """A progress callback for one photo's work (``photo_id``) or an album's layer 1
@@ -80,6 +106,8 @@ class EtaTracker:
             key = (photo_id, stage)
             units = max(0, done - self.last_step.get(key, 0))
             self.last_step[key] = done
+            if photo_id is not None and stage in _PER_FACE_STAGES:
+                units *= max(1, self.faces.get(photo_id, 1))  # one step works on every face
             if done == 0:  # a stage (re)starts: the time before it is not a step
                 self.last_tick[kind] = self.clock()
             self._tick(kind, float(units), photo_id)
@@ -98,8 +126,9 @@ class EtaTracker:
 
     def photo_finished(self, photo_id: int) -> None:
         """The photo is done, failed or skipped: drop what is left of its plan."""
-        extra = max(0.0, self.per_photo - self.photo_used.get(photo_id, 0.0))
+        planned = self.photo_plan.get(photo_id, self.per_photo)
+        extra = max(0.0, planned - self.photo_used.get(photo_id, 0.0))
         self.left["photo"] = max(0.0, self.left["photo"] - extra)
-        self.photo_used[photo_id] = self.per_photo
+        self.photo_used[photo_id] = planned
         # The photo's last word: "score" is its final stage (also for a failed/skipped photo).
         self.sink(Progress("score", 1, 1, self.overall, self.eta(), photo_id))

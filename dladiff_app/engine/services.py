@@ -27,7 +27,7 @@ from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.events import EventSink
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
-from dladiff_app.core.results import IdentityScore
+from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
 from dladiff_app.engine.estimate import (
     CPU_SECONDS_PER_LORA_STEP_512,
@@ -198,6 +198,7 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
     local copies saved in the settings). The polish runs when both layers can run and
     ``settings.polish_steps > 0``."""
     from dladiff_app.engine.device import resolve_device
+    from dladiff_app.engine.face_results import make_face_scorer
     from dladiff_app.engine.runner import EngineKit
 
     info = resolve_device(device)
@@ -235,6 +236,7 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
     return EngineKit(
         device_kind=info.kind, device_name=info.name, detector=detector,
         score=make_scorer(detector, encoders),
+        score_faces=make_face_scorer(detector, encoders),
         layer1=(_layer1_fn(pipeline_dir, settings, info, working_size, cache_dir, state, polish)
                 if pipeline_dir is not None else None),
         layer1_missing=layer1_missing,
@@ -288,6 +290,7 @@ class EngineProtectService:
         self._calibrations: dict[tuple[str, tuple[str, ...]], Calibration] = {}
         self._face_models: tuple[FaceDetector | None, list[IdentityEncoder]] | None = None
         self._face_models_key: tuple[Any, ...] | None = None
+        self._face_counts: dict[tuple[str, int, int], int | None] = {}
         self._lock = threading.Lock()
 
     @property
@@ -371,8 +374,9 @@ class EngineProtectService:
         return self._calibrations[key]
 
     def estimate(self, n_photos: int, settings: ProtectionSettings,
-                 megapixels: float = 12.0) -> JobEstimate:
-        """The estimate with its parts and where they come from (see ``engine.estimate``)."""
+                 megapixels: float = 12.0, faces: Sequence[int] | None = None) -> JobEstimate:
+        """The estimate with its parts and where they come from (see ``engine.estimate``);
+        ``faces``: faces per photo from :meth:`count_faces` (None: one each)."""
         from dladiff_app.engine.device import resolve_device
 
         kind = resolve_device(os.environ.get("DLADIFF_DEVICE") or self.default_device).kind
@@ -382,14 +386,62 @@ class EngineProtectService:
                 pgd_step = kit.layer1_step_seconds()
         return estimate_job(n_photos, settings, megapixels, self.calibration(kind),
                             layer1_available=self._sd_path() is not None,
-                            pgd_step_s=pgd_step, device_kind=kind)
+                            pgd_step_s=pgd_step, device_kind=kind, faces=faces)
 
     def estimate_seconds(self, n_photos: int, settings: ProtectionSettings,
-                         megapixels: float = 12.0) -> float:
+                         megapixels: float = 12.0, faces: Sequence[int] | None = None) -> float:
         """Seconds for the whole job; NaN while the layer-1 cost is unknown (a GPU before its
         first step), which the GUI shows as "not known yet"."""
-        total = self.estimate(n_photos, settings, megapixels).total_s
+        total = self.estimate(n_photos, settings, megapixels, faces).total_s
         return total if math.isfinite(total) else float("nan")
+
+    def count_faces(self, paths: Sequence[Path]) -> list[int | None]:
+        """Faces the protection's own detector finds in each photo (None: unreadable), so an
+        estimate is per face. Remembered per file (path, size, modification time)."""
+        from dladiff_app.core.errors import DladiffError
+        from dladiff_app.core.imageio import load_image
+
+        detector, _ = self._faces()
+        out: list[int | None] = []
+        for path in paths:
+            try:
+                st = Path(path).stat()
+            except OSError:
+                out.append(None)
+                continue
+            key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+            if key not in self._face_counts:
+                if detector is None:
+                    return [None] * len(paths)
+                try:
+                    self._face_counts[key] = len(detector.detect(load_image(Path(path)).pixels))
+                except DladiffError:
+                    self._face_counts[key] = None
+            out.append(self._face_counts[key])
+        return out
+
+
+    def measure(self, source: Path, output: Path) -> PhotoResult:
+        """The figures of a protected file as written (``output``, for example an exported
+        JPEG) against its clean photo ``source``, measured like the runner measures its own
+        files: identity scores of every face, also after sharing, PSNR, SSIM, largest change."""
+        from dladiff_app.core.imageio import load_image
+        from dladiff_app.engine.face_results import make_face_scorer, measure_saved
+
+        detector, encoders = self._faces()
+        clean, saved = load_image(Path(source)).pixels, load_image(Path(output)).pixels
+        if clean.shape != saved.shape:
+            from dladiff_app.core.errors import ImageError
+
+            raise ImageError(output, f"it is {saved.shape[1]}x{saved.shape[0]} but "
+                                     f"{Path(source).name} is {clean.shape[1]}x"
+                                     f"{clean.shape[0]}: they cannot be compared")
+        m = measure_saved(clean, saved, make_scorer(detector, encoders),
+                          make_face_scorer(detector, encoders))
+        return PhotoResult(source=str(source), output=str(output), width=saved.shape[1],
+                           height=saved.shape[0], seconds=0.0, scores=m.scores,
+                           scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
+                           psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=len(m.per_face))
 
 
 class EngineDeviceService:
@@ -397,10 +449,11 @@ class EngineDeviceService:
         self.default = default
 
     def describe(self, requested: str = "auto") -> DeviceSummary:
-        from dladiff_app.engine.device import resolve_device
+        from dladiff_app.engine.device import available_kinds, resolve_device
 
         info = resolve_device(self.default if requested == "auto" else requested)
-        return DeviceSummary(info.kind, info.name, info.memory_bytes, info.reason)
+        return DeviceSummary(info.kind, info.name, info.memory_bytes, info.reason,
+                             available=available_kinds())
 
 
 class EngineModelService:

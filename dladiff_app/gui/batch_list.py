@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal
-from PySide6.QtGui import QBrush, QColor, QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtGui import QBrush, QColor, QIcon, QImage, QImageReader, QPixmap, QResizeEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTreeWidgetItem
 
 from dladiff_app.core.albums import PICTURE_SUFFIXES
@@ -80,6 +80,11 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def photo_column_width(viewport: int) -> int:
+    """Width of the photo column: 55% of the list, at least thumbnail + a readable name."""
+    return max(THUMB + 140, int(viewport * 0.55))
+
+
 class _ThumbSignals(QObject):
     loaded = Signal(str, QImage, int)
     failed = Signal(str, str)
@@ -118,9 +123,13 @@ class BatchList(QTreeWidget):
         self.setAccessibleName("Photos to protect")
         self.setColumnCount(2)
         self.setHeaderLabels(["Photo", "Status"])
-        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        self.header().setStretchLastSection(False)
+        # The photo column keeps a fair share; a long status is elided (whole text in its
+        # tooltip) instead of pushing the photo names down to "Pho".
+        self.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.header().setStretchLastSection(True)
+        self.header().setMinimumSectionSize(60)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.setIconSize(QSize(THUMB, THUMB))
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setStyleSheet("QTreeView::item { padding: 2px; }")
@@ -134,6 +143,10 @@ class BatchList(QTreeWidget):
         self._signals = _ThumbSignals(self)
         self._signals.loaded.connect(self._on_thumb)
         self._signals.failed.connect(self._on_thumb_failed)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.setColumnWidth(0, photo_column_width(self.viewport().width()))
 
     # ------------------------------------------------------------------ content
     def add_paths(self, paths: Iterable[Path]) -> list[Path]:

@@ -22,11 +22,12 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
 
 DIFF_GAIN = 10.0
 _GRAB_PX = 8
@@ -84,14 +85,66 @@ class SplitImageView(QWidget):
         self._drag: str | None = None
         self.after_label = "After"
         self._last = QPointF()
+        # (box in image pixels, label, colour) of each face, drawn on both halves.
+        self.faces: list[tuple[tuple[float, float, float, float], str, str]] = []
+        self.selected_face: int | None = None
 
     def set_images(self, before: QImage | None, after: QImage | None) -> None:
         self.before, self.after = before, after
         self.update()
 
-    def reset_view(self) -> None:
-        self.zoom, self.pan = 1.0, QPointF(0, 0)
+    def set_faces(self, faces: list[tuple[tuple[float, float, float, float], str, str]]) -> None:
+        self.faces, self.selected_face = list(faces), None
         self.update()
+
+    def reset_view(self) -> None:
+        """The whole photo, fitted, divider in the middle (how every photo opens)."""
+        self.zoom, self.pan = 1.0, QPointF(0, 0)
+        self.selected_face = None
+        self.set_divider(0.5)
+
+    def _fit(self) -> float:
+        ref = self.before or self.after
+        if ref is None or ref.isNull():
+            return 1.0
+        return min(self.width() / ref.width(), self.height() / ref.height())
+
+    def scale(self) -> float:
+        """Screen pixels per photo pixel (1.0: the photo at 100%)."""
+        return self._fit() * self.zoom
+
+    def centre_on(self, x: float, y: float, scale: float) -> None:
+        """Show photo point (x, y) in the middle at ``scale`` screen pixels per photo pixel,
+        with the divider through it: both halves then show the same place."""
+        ref = self.before or self.after
+        if ref is None or ref.isNull():
+            return
+        self.zoom = min(32.0, max(0.05, scale / self._fit()))
+        s = self.scale()
+        self.pan = QPointF(s * (ref.width() / 2 - x), s * (ref.height() / 2 - y))
+        self.set_divider(0.5)
+
+    def actual_pixels(self) -> None:
+        """100%: one photo pixel per screen pixel, around the selected face or the middle."""
+        ref = self.before or self.after
+        if ref is None or ref.isNull():
+            return
+        if self.selected_face is not None and self.selected_face < len(self.faces):
+            x0, y0, x1, y1 = self.faces[self.selected_face][0]
+            self.centre_on((x0 + x1) / 2, (y0 + y1) / 2, 1.0)
+        else:
+            self.centre_on(ref.width() / 2, ref.height() / 2, 1.0)
+
+    def focus_face(self, index: int) -> None:
+        """Zoom onto face ``index``: the face at 100% when it fits, else as large as fits, in
+        the middle with the divider through it (before and after of the same face)."""
+        if not 0 <= index < len(self.faces):
+            return
+        self.selected_face = index
+        x0, y0, x1, y1 = self.faces[index][0]
+        # Room for the face and some of its surroundings: 1.6x the box.
+        fit_face = min(self.width() / (1.6 * (x1 - x0)), self.height() / (1.6 * (y1 - y0)))
+        self.centre_on((x0 + x1) / 2, (y0 + y1) / 2, min(1.0, fit_face))
 
     def image_rect(self) -> QRectF:
         """Where the photo lands in widget coordinates (fit, then zoom and pan)."""
@@ -133,6 +186,7 @@ class SplitImageView(QWidget):
             p.setClipRect(QRectF(x, 0, self.width() - x, self.height()))
             p.drawImage(target, self.after)
             p.restore()
+        self._paint_faces(p, target)
         p.setPen(QPen(QColor("white"), 2))
         p.drawLine(QPointF(x, 0), QPointF(x, self.height()))
         p.setBrush(QColor("white"))
@@ -141,6 +195,22 @@ class SplitImageView(QWidget):
         p.drawText(QRectF(8, 6, 120, 20), Qt.AlignmentFlag.AlignLeft, "Before")
         p.drawText(QRectF(self.width() - 208, 6, 200, 20), Qt.AlignmentFlag.AlignRight,
                    self.after_label)
+
+    def _paint_faces(self, p: QPainter, target: QRectF) -> None:
+        ref = self.before or self.after
+        if not self.faces or ref is None:
+            return
+        s = target.width() / ref.width()
+        for i, ((x0, y0, x1, y1), label, colour) in enumerate(self.faces):
+            rect = QRectF(target.x() + x0 * s, target.y() + y0 * s, (x1 - x0) * s, (y1 - y0) * s)
+            pen = QPen(QColor(colour), 3 if i == self.selected_face else 2)
+            p.setPen(pen)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRect(rect)
+            tag = QRectF(rect.x(), rect.y() - 18, max(22.0, 9.0 * len(label) + 8), 18)
+            p.fillRect(tag, QColor(colour))
+            p.setPen(QColor("white"))
+            p.drawText(tag, Qt.AlignmentFlag.AlignCenter, label)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
@@ -195,6 +265,8 @@ def encoder_label(name: str) -> str:
             return f"ArcFace ({pack})"
     if "clip" in key:
         return f"CLIP ({name})"
+    if key.startswith("sface"):
+        return "SFace"
     return name
 
 
@@ -217,8 +289,68 @@ def badge_colour(score: IdentityScore) -> str:
     return "#b91c1c" if score.same_person else "#15803d"
 
 
+def face_colour(face: FaceResult) -> str:
+    """Red when any encoder still sees the same person (on the file or after sharing), green
+    when every measured one sees a different person, grey when nothing could be measured."""
+    scores = [s for s in (*face.scores, *face.scores_after_sharing) if s.same_person is not None]
+    if not scores:
+        return "#6b7280"
+    return "#b91c1c" if any(s.same_person for s in scores) else "#15803d"
+
+
+def _short(score: IdentityScore) -> str:
+    if score.value is None:
+        return f"no face ({score.note})" if score.note else "no face"
+    return f"{score.verdict} ({score.value:.2f})"
+
+
+def face_badge_text(number: int, face: FaceResult) -> str:
+    """One line per face of a group photo: every encoder's verdict, also after sharing."""
+    parts = []
+    shared = {s.encoder: s for s in face.scores_after_sharing}
+    for score in face.scores:
+        text = f"{encoder_label(score.encoder)}: {_short(score)}"
+        if score.encoder in shared:
+            text += f", after JPEG/resize {_short(shared[score.encoder])}"
+        parts.append(text)
+    if not parts:
+        parts.append("not measured")
+    return f"Face {number} · " + " · ".join(parts)
+
+
+def change_words(result: PhotoResult) -> str:
+    """The visible cost in words; the engineering figures go to the details line."""
+    parts = []
+    if result.linf is not None:
+        pct = 100 * result.linf / 255
+        parts.append(f"each pixel changed by at most {pct:.1f}%")
+    parts.append(f"{result.faces} face{'s' if result.faces != 1 else ''} found")
+    if result.layers_done:
+        parts.append("done: " + ", ".join(SHIELD_NAMES.get(name, name)
+                                          for name in result.layers_done))
+    return " · ".join(parts)
+
+
+def quality_figures(result: PhotoResult) -> str:
+    parts = []
+    if result.psnr is not None:
+        parts.append(f"PSNR {result.psnr:.2f} dB")
+    if result.ssim is not None:
+        parts.append(f"SSIM {result.ssim:.4f}")
+    if result.linf is not None:
+        # Measured on the 8-bit file, so a whole number of levels (float noise aside).
+        parts.append(f"max change {result.linf:.0f}/255")
+    return " · ".join(parts) or "no figures measured"
+
+
 class CompareView(QWidget):
-    """The viewer page: split canvas, difference toggle, score badges and quality figures."""
+    """The viewer page: split canvas, difference toggle, score badges and quality figures.
+
+    A group photo gets one outlined, numbered box per face on both halves and one badge per
+    face; clicking a badge zooms onto that face with the divider through it, so the split
+    compares the same face before and after."""
+
+    face_selected = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -229,13 +361,30 @@ class CompareView(QWidget):
         self.fit_button = QPushButton("Fit")
         self.fit_button.setAccessibleName("Fit to window")
         self.fit_button.clicked.connect(self.canvas.reset_view)
+        self.actual_button = QPushButton("100%")
+        self.actual_button.setAccessibleName("Actual pixels")
+        self.actual_button.setToolTip("One photo pixel per screen pixel, around the chosen face")
+        self.actual_button.clicked.connect(self.canvas.actual_pixels)
         self.title = QLabel("No photo selected")
         self.title.setStyleSheet("font-weight: 600;")
         self.scores = QVBoxLayout()
         self.scores.setSpacing(2)
         self.quality = QLabel()
         self.quality.setAccessibleName("Image quality")
-        self.badges: list[QLabel] = []
+        self.quality.setWordWrap(True)
+        self.figures_button = QToolButton()
+        self.figures_button.setText("Figures")
+        self.figures_button.setAccessibleName("Show quality figures")
+        self.figures_button.setCheckable(True)
+        self.figures_button.setAutoRaise(True)
+        self.figures = QLabel()
+        self.figures.setAccessibleName("Quality figures")
+        self.figures.setStyleSheet("color: palette(mid);")
+        self.figures.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.figures.hide()
+        self.figures_button.toggled.connect(self.figures.setVisible)
+        self.badges: list[QWidget] = []
+        self.result: PhotoResult | None = None
         self._before: QImage | None = None
         self._after: QImage | None = None
         self._diff: QImage | None = None
@@ -244,27 +393,43 @@ class CompareView(QWidget):
         bar.addWidget(self.title, 1)
         bar.addWidget(self.diff_toggle)
         bar.addWidget(self.fit_button)
+        bar.addWidget(self.actual_button)
+        quality_row = QHBoxLayout()
+        quality_row.addWidget(self.quality, 1)
+        quality_row.addWidget(self.figures)
+        quality_row.addWidget(self.figures_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
         layout.addWidget(self.canvas, 1)
         layout.addLayout(self.scores)
-        layout.addWidget(self.quality)
+        layout.addLayout(quality_row)
 
     def show_result(self, source: Path, result: PhotoResult) -> None:
-        """Load the clean photo and the written output and show the figures of ``result``."""
+        """Load the clean photo and the written output and show the figures of ``result``.
+        Every photo opens fitted: the previous photo's zoom means nothing for this one."""
         self._before = load_qimage(source)
         self._after = load_qimage(result.output)
         self._diff = None
+        self.result = result
         self.title.setText(f"{Path(source).name} → {Path(result.output).name}")
+        self.canvas.set_faces([(f.box, str(i + 1), face_colour(f))
+                               for i, f in enumerate(result.per_face)])
         self._update_after()
+        self.canvas.reset_view()
         self._show_scores(result)
 
     def clear(self) -> None:
         self._before = self._after = self._diff = None
+        self.result = None
         self.title.setText("No photo selected")
         self.canvas.set_images(None, None)
+        self.canvas.set_faces([])
         self._show_scores(None)
+
+    def focus_face(self, index: int) -> None:
+        self.canvas.focus_face(index)
+        self.face_selected.emit(index)
 
     def _update_after(self) -> None:
         after = self._after
@@ -280,38 +445,49 @@ class CompareView(QWidget):
                                    and after is not None else "After")
         self.canvas.set_images(self._before, after)
 
+    def _add_badge(self, widget: QWidget) -> None:
+        self.scores.addWidget(widget)
+        self.badges.append(widget)
+
     def _show_scores(self, result: PhotoResult | None) -> None:
-        for label in self.badges:
-            self.scores.removeWidget(label)
-            label.hide()  # deleteLater waits for the event loop; never show a stale badge
-            label.deleteLater()
+        for widget in self.badges:
+            self.scores.removeWidget(widget)
+            widget.hide()  # deleteLater waits for the event loop; never show a stale badge
+            widget.deleteLater()
         self.badges = []
         if result is None:
             self.quality.setText("")
+            self.figures.setText("")
             return
-        rows = [("", s) for s in result.scores]
-        rows += [("After JPEG/resize: ", s) for s in result.scores_after_sharing]
-        for prefix, score in rows:
-            label = QLabel(prefix + badge_text(score), self)
-            label.setAccessibleName(f"{prefix}identity score {score.encoder}")
-            label.setStyleSheet(f"color: white; background: {badge_colour(score)}; "
-                                "border-radius: 6px; padding: 3px 8px;")
-            self.scores.addWidget(label)
-            self.badges.append(label)
-        if not rows:
-            label = QLabel("No identity scores were measured for this photo.", self)
-            self.scores.addWidget(label)
-            self.badges.append(label)
-        parts = []
-        if result.psnr is not None:
-            parts.append(f"PSNR {result.psnr:.2f} dB")
-        if result.ssim is not None:
-            parts.append(f"SSIM {result.ssim:.4f}")
-        if result.linf is not None:
-            # Measured on the 8-bit file, so a whole number of levels (float noise aside).
-            parts.append(f"max change {result.linf:.0f}/255")
-        parts.append(f"{result.faces} face{'s' if result.faces != 1 else ''}")
-        if result.layers_done:
-            parts.append("done: " + ", ".join(SHIELD_NAMES.get(name, name)
-                                               for name in result.layers_done))
-        self.quality.setText(" · ".join(parts))
+        if len(result.per_face) > 1:
+            self._face_badges(result)
+        else:
+            rows = [("", s) for s in result.scores]
+            rows += [("After JPEG/resize: ", s) for s in result.scores_after_sharing]
+            for prefix, score in rows:
+                label = QLabel(prefix + badge_text(score), self)
+                label.setAccessibleName(f"{prefix}identity score {score.encoder}")
+                label.setStyleSheet(f"color: white; background: {badge_colour(score)}; "
+                                    "border-radius: 6px; padding: 3px 8px;")
+                self._add_badge(label)
+            if not rows:
+                self._add_badge(QLabel("No identity scores were measured for this photo.", self))
+        self.quality.setText(change_words(result))
+        self.figures.setText(quality_figures(result))
+
+    def _face_badges(self, result: PhotoResult) -> None:
+        hidden = sum(face_colour(f) == "#15803d" for f in result.per_face)
+        intro = QLabel(f"{len(result.per_face)} faces: {hidden} read as a different person by "
+                       "every identity model. Click a face to compare it before and after.",
+                       self)
+        intro.setWordWrap(True)
+        self._add_badge(intro)
+        for i, face in enumerate(result.per_face):
+            button = QPushButton(face_badge_text(i + 1, face), self)
+            button.setAccessibleName(f"Face {i + 1} identity scores")
+            button.setFlat(True)
+            button.setCursor(Qt.CursorShape.PointingHandCursor)
+            button.setStyleSheet(f"QPushButton {{ color: white; background: {face_colour(face)}; "
+                                 "border-radius: 6px; padding: 3px 8px; text-align: left; }")
+            button.clicked.connect(lambda _=False, i=i: self.focus_face(i))
+            self._add_badge(button)

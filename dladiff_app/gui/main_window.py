@@ -6,10 +6,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
+    QDesktopServices,
     QDragEnterEvent,
     QDropEvent,
     QKeySequence,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QTabWidget,
@@ -44,6 +46,7 @@ from dladiff_app.gui.notifications import NotificationArea
 from dladiff_app.gui.services import Services
 from dladiff_app.gui.settings_dialog import SettingsDialog
 from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
+from dladiff_app.gui.verdict import AlbumVerdict, report_for, verdicts
 from dladiff_app.gui.wording import counted, was_were
 
 STAGES = {"load": "Loading", "prior": "Learning the face", "layer1": "Fine-tuning shield",
@@ -79,10 +82,14 @@ class MainWindow(QMainWindow):
         self.device: DeviceSummary | None = None
         self.model_rows: list[ModelRow] = []
         self.model_manager: ModelManagerDialog | None = None
+        self.help_dialog: QWidget | None = None
         self.last_summary: JobSummary | None = None
         self.last_export: list[Path] = []
         self._job_paths: list[Path] = []
         self._job_started = 0.0
+        self._faces: dict[Path, int | None] = {}  # faces the engine's detector found per photo
+        self._sd_missing: bool | None = None       # None until the model list arrived
+        self.album_verdicts: list[AlbumVerdict] = []
         self._estimate_serial = 0
         self._estimate_timer = QTimer(self)
         self._estimate_timer.setSingleShot(True)
@@ -94,6 +101,11 @@ class MainWindow(QMainWindow):
         self._restore_geometry()
         self.strength.set_preset(self.settings.default_preset
                                  if self.settings.default_preset in PRESETS else "medium")
+        if self.settings.offline_zeroshot:
+            self.strength.set_layers(Layers.ZEROSHOT)  # the offline choice, remembered
+        if not self.settings.first_run_done:
+            # Shown at once (no layout jump when the model list arrives seconds later).
+            self.first_run_banner.show()
         self._sync_controls()
         self.engine.submit(lambda: services.device.describe(self.settings.device),
                            self._on_device, self.notes.error)
@@ -167,6 +179,16 @@ class MainWindow(QMainWindow):
         self.progress_label = QLabel("Ready.")
         self.progress_label.setAccessibleName("Progress")
         self.progress_label.setWordWrap(True)
+        self.finished_panel = QFrame()
+        self.finished_panel.setObjectName("finished")
+        self.finished_panel.setAccessibleName("Results")
+        self.finished_panel.setStyleSheet("#finished { background: palette(base); border: 1px "
+                                          "solid palette(mid); border-radius: 8px; }")
+        self.finished_rows = QVBoxLayout(self.finished_panel)
+        self.finished_panel.hide()
+        self.verdict_labels: list[QLabel] = []
+        self.open_folder_buttons: list[QPushButton] = []
+        self.open_report_buttons: list[QPushButton] = []
 
         run = QHBoxLayout()
         run.addWidget(self.protect_button, 2)
@@ -184,13 +206,21 @@ class MainWindow(QMainWindow):
         side.addWidget(QLabel("All photos"))
         side.addWidget(self.batch_progress)
         side.addWidget(self.progress_label)
+        side.addWidget(self.finished_panel)
         side_widget = QWidget()
         side_widget.setLayout(side)
         side_widget.setMinimumWidth(360)
+        # On a small screen the panel scrolls instead of forcing the window taller.
+        side_scroll = QScrollArea()
+        side_scroll.setWidget(side_widget)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setMinimumWidth(380)
 
         splitter = QSplitter()
         splitter.addWidget(self.list_stack)
-        splitter.addWidget(side_widget)
+        splitter.addWidget(side_scroll)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
         self.viewer = CompareView()
@@ -208,6 +238,13 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.tabs, 1)
         layout.addWidget(self.notes)
         self.setCentralWidget(central)
+        # The run's progress also shows on the Before/after page (the status bar is on both).
+        self.status_progress = QProgressBar()
+        self.status_progress.setAccessibleName("Protection progress")
+        self.status_progress.setRange(0, 1000)
+        self.status_progress.setMaximumWidth(260)
+        self.status_progress.hide()
+        self.statusBar().addPermanentWidget(self.status_progress)
         self._update_output_label()
 
     def _build_first_run_banner(self) -> QFrame:
@@ -215,13 +252,18 @@ class MainWindow(QMainWindow):
         banner.setObjectName("firstRun")
         banner.setStyleSheet("#firstRun { background: #eff6ff; border: 1px solid #bfdbfe;"
                              " border-radius: 8px; }")
-        self.first_run_text = QLabel()
+        self.first_run_text = QLabel(
+            "Welcome! You can protect photos right away, offline, against tools that copy a "
+            "face from one photo. To also protect against fine-tuning (DreamBooth/LoRA), get "
+            "Stable Diffusion under Models (a large download).")
         self.first_run_text.setWordWrap(True)
         self.first_run_download = QPushButton("Get the models…")
         self.first_run_download.setAccessibleName("Open the model manager")
         self.first_run_download.clicked.connect(lambda: self._finish_first_run(download=True))
-        self.first_run_offline = QPushButton("Use offline zero-shot mode")
+        self.first_run_offline = QPushButton("Start offline")
         self.first_run_offline.setAccessibleName("Use offline zero-shot mode")
+        self.first_run_offline.setToolTip("Protect with the zero-shot shield only; it works "
+                                          "without any download. Remembered for next time.")
         self.first_run_offline.clicked.connect(lambda: self._finish_first_run(download=False))
         row = QHBoxLayout(banner)
         row.addWidget(self.first_run_text, 1)
@@ -255,6 +297,7 @@ class MainWindow(QMainWindow):
         self.protect_again_action = action("Protect again at this strength", self.protect_again)
         self.models_action = action("Models…", self.open_model_manager)
         self.settings_action = action("Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
+        self.help_action = action("Help", self.open_help, QKeySequence.StandardKey.HelpContents)
         for act in (self.open_action, self.folder_action, self.remove_action, self.clear_action):
             bar.addAction(act)
         bar.addSeparator()
@@ -266,6 +309,7 @@ class MainWindow(QMainWindow):
         bar.addWidget(spacer)
         bar.addAction(self.models_action)
         bar.addAction(self.settings_action)
+        bar.addAction(self.help_action)
         for act in bar.actions():
             button = bar.widgetForAction(act)
             if button is not None and act.text():
@@ -364,17 +408,38 @@ class MainWindow(QMainWindow):
         if not entries or settings is None:
             self.strength.set_estimate(None, device, 0, listed=not self.batch.is_empty())
             return
-        self.strength.set_estimate(None, device, len(entries))
         serial, n, mp = self._estimate_serial, len(entries), self.batch.megapixels(entries)
         protect = self.services.protect
+        paths = [e.path for e in entries]
+        count = getattr(protect, "count_faces", None)
+        uncounted = [p for p in paths if p not in self._faces]
+        if count is not None and uncounted:
+            # Faces first: the zero-shot shield's time is per face, not per photo.
+            self.strength.set_estimate(None, device, n)
+
+            def counted_faces(found: object) -> None:
+                for path, faces in zip(uncounted, list(found), strict=False):  # type: ignore[call-overload]
+                    self._faces[path] = faces
+                if serial == self._estimate_serial:
+                    self._request_estimate()
+
+            self.engine.submit(lambda: count(uncounted), counted_faces, self.notes.error)
+            return
+        faces = [self._faces.get(p) or 0 for p in paths] if count is not None else None
+        total_faces = sum(faces) if faces is not None else None
+        self.strength.set_estimate(None, device, n, faces=total_faces)
 
         def done(seconds: object) -> None:
             if serial == self._estimate_serial and isinstance(seconds, (int, float)):
                 name = self.device.name if self.device else "this computer"
-                self.strength.set_estimate(float(seconds), name, n)
+                self.strength.set_estimate(float(seconds), name, n, faces=total_faces)
 
-        self.engine.submit(lambda: protect.estimate_seconds(n, settings, mp), done,
-                           self.notes.error)
+        def estimate() -> float:
+            if faces is None:
+                return protect.estimate_seconds(n, settings, mp)
+            return protect.estimate_seconds(n, settings, mp, faces=faces)
+
+        self.engine.submit(estimate, done, self.notes.error)
 
     # ------------------------------------------------------------------ run control
     def _sync_controls(self) -> None:
@@ -410,6 +475,9 @@ class MainWindow(QMainWindow):
         self._job_started = time.monotonic()
         self.photo_progress.setValue(0)
         self.batch_progress.setValue(0)
+        self.status_progress.setValue(0)
+        self.status_progress.show()
+        self.finished_panel.hide()
         self.progress_label.setText(f"Starting: {counted(len(entries), 'photo')}…")
         self.engine.start_job(job)
         self._sync_controls()
@@ -466,6 +534,11 @@ class MainWindow(QMainWindow):
         elif isinstance(event, ev.JobCancelled):
             self.progress_label.setText(f"Cancelled. {counted(event.done, 'photo')} {was_were(event.done)} "
                                         "protected and kept.")
+            # The bar showed the work in progress; now it shows what is finished.
+            finished = sum(1 for p in self._job_paths if self.batch.entry(p).status in
+                           (Status.DONE, Status.FAILED, Status.SKIPPED)) \
+                if self._job_paths else 0
+            self.batch_progress.setValue(int(1000 * finished / max(1, len(self._job_paths))))
 
     def _on_progress(self, event: ev.Progress) -> None:
         stage = STAGES.get(event.stage, event.stage)
@@ -473,6 +546,8 @@ class MainWindow(QMainWindow):
         self.photo_progress.setValue(pct)
         self.photo_progress.setFormat(f"{stage}: %p%")
         self.batch_progress.setValue(int(1000 * min(max(event.overall, 0.0), 1.0)))
+        self.status_progress.setValue(self.batch_progress.value())
+        self.status_progress.setFormat(f"{stage}: %p%")
         if (path := self._path(event.photo_id)) is not None:
             self.batch.set_status(path, Status.RUNNING, stage.lower(), pct)
         eta = f" About {format_duration(event.eta_s)} left." if event.eta_s is not None else ""
@@ -487,8 +562,69 @@ class MainWindow(QMainWindow):
         self._mark_unfinished(Status.QUEUED, "")
         self._release_waiting()
         self._reset_photo_progress()
+        self.status_progress.hide()
+        self.show_results()
         self._sync_controls()
         self._schedule_estimate()
+
+    # ------------------------------------------------------------------ finished state
+    def show_results(self) -> None:
+        """One verdict per album of the protected photos, with "Open folder" and "Open
+        report"; hidden while nothing is protected."""
+        while self.finished_rows.count():
+            item = self.finished_rows.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.hide()
+                widget.deleteLater()
+        results = [e.result for e in self.batch.entries() if e.result is not None]
+        self.album_verdicts = verdicts(results)
+        self.verdict_labels, self.open_folder_buttons, self.open_report_buttons = [], [], []
+        for verdict in self.album_verdicts:
+            row = QWidget()
+            line = QHBoxLayout(row)
+            line.setContentsMargins(0, 0, 0, 0)
+            label = QLabel(verdict.text)
+            label.setWordWrap(True)
+            label.setAccessibleName(f"Verdict for {verdict.album}")
+            label.setStyleSheet("color: #15803d;" if verdict.zero_shot and verdict.fine_tuning
+                                else "color: #b45309;")
+            folder = QPushButton("Open folder")
+            folder.setAccessibleName(f"Open folder of {verdict.album}")
+            folder.clicked.connect(lambda _=False, v=verdict: self.open_folder(v.folder))
+            report = QPushButton("Open report")
+            report.setAccessibleName(f"Open report of {verdict.album}")
+            report.setEnabled(report_for(verdict.folder) is not None)
+            report.clicked.connect(lambda _=False, v=verdict: self.open_report(v.folder))
+            line.addWidget(label, 1)
+            buttons = QVBoxLayout()
+            buttons.addWidget(folder)
+            buttons.addWidget(report)
+            line.addLayout(buttons)
+            self.finished_rows.addWidget(row)
+            self.verdict_labels.append(label)
+            self.open_folder_buttons.append(folder)
+            self.open_report_buttons.append(report)
+        self.finished_panel.setVisible(bool(self.album_verdicts))
+
+    def open_folder(self, folder: Path) -> bool:
+        """Show ``folder`` in the system's file manager."""
+        ok = QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+        if not ok:
+            self.notes.error(f"Could not open {folder}: no file manager answered.")
+        return bool(ok)
+
+    def open_report(self, folder: Path) -> bool:
+        """Open the album's report.html in the default browser."""
+        report = report_for(folder)
+        if report is None:
+            self.notes.error(f"There is no report in {folder} (it is written at the end of "
+                             "each album).")
+            return False
+        ok = QDesktopServices.openUrl(QUrl.fromLocalFile(str(report)))
+        if not ok:
+            self.notes.error(f"Could not open {report}: no browser answered.")
+        return bool(ok)
 
     def _release_waiting(self) -> None:
         # Photos the run never reached are no longer waiting for anything.
@@ -504,6 +640,7 @@ class MainWindow(QMainWindow):
         self.photo_progress.setFormat("%p%")
 
     def _on_job_crashed(self, message: str) -> None:
+        self.status_progress.hide()
         self._mark_unfinished(Status.FAILED, message)
         self.notes.error(f"Protection stopped: {message}")
         self.progress_label.setText("Protection stopped by an error.")
@@ -574,19 +711,31 @@ class MainWindow(QMainWindow):
         self.model_rows = list(rows)  # type: ignore[call-overload]
         missing = [r for r in self.model_rows if not r.present]
         sd = next((r for r in self.model_rows if r.id == "sd15"), None)
-        self.strength.set_finetune_available(sd is None or sd.present)
-        if missing and not self.settings.first_run_done:
-            names = ", ".join(r.title for r in missing[:3]) + ("…" if len(missing) > 3 else "")
-            self.first_run_text.setText(
-                f"Welcome! {counted(len(missing), 'model')} {'is' if len(missing) == 1 else 'are'} "
-                f"not on this computer yet ({names}). "
-                "Download them for full protection, or start right away with the offline "
-                "zero-shot shield.")
-            self.first_run_banner.show()
+        sd_missing = sd is not None and not sd.present
+        self.strength.set_finetune_available(not sd_missing)
+        if sd_missing and self._sd_missing is not True:
+            # It cannot run: start without it rather than promise it and skip it.
+            self.strength.finetune.setChecked(False)
+        elif not sd_missing and self._sd_missing is True and not self.settings.offline_zeroshot:
+            self.strength.finetune.setChecked(True)  # just downloaded or pointed to
+        self._sd_missing = sd_missing
+        if self.settings.first_run_done:
+            return
+        if not missing:
+            self.first_run_banner.hide()
+            return
+        names = ", ".join(r.title for r in missing[:3]) + ("…" if len(missing) > 3 else "")
+        self.first_run_text.setText(
+            "Welcome! You can protect photos right away, offline, against tools that copy a "
+            f"face from one photo. {counted(len(missing), 'model')} "
+            f"{'is' if len(missing) == 1 else 'are'} not on this computer yet ({names}): get "
+            f"{'it' if len(missing) == 1 else 'them'} under Models for more protection.")
+        self.first_run_banner.show()
 
     def _finish_first_run(self, download: bool) -> None:
         self.first_run_banner.hide()
-        self.settings = replace(self.settings, first_run_done=True)
+        self.settings = replace(self.settings, first_run_done=True,
+                                offline_zeroshot=not download)
         self._save_settings()
         if download:
             self.open_model_manager()
@@ -600,6 +749,14 @@ class MainWindow(QMainWindow):
         self.model_manager.show()
         self.model_manager.raise_()
         return self.model_manager
+
+    def open_help(self) -> None:
+        from dladiff_app.gui.help_dialog import HelpDialog
+
+        dialog = HelpDialog(self.model_rows, self.settings, self.output_dir, self)
+        dialog.setModal(False)
+        dialog.show()
+        self.help_dialog = dialog
 
     def open_settings(self) -> None:
         dialog = SettingsDialog(self.settings, self.device, self)

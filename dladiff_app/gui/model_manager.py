@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -78,7 +79,9 @@ class ModelManagerDialog(QDialog):
         self.license = QPlainTextEdit()
         self.license.setAccessibleName("License text")
         self.license.setReadOnly(True)
-        self.license.setMaximumHeight(110)
+        self.license.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        # Tall enough for a whole licence summary; the splitter gives it more on request.
+        self.license.setMinimumHeight(150)
         self.accept_license = QCheckBox("I accept this model's license")
         self.accept_license.setAccessibleName("Accept license")
         self.accept_license.toggled.connect(self._sync)
@@ -104,10 +107,18 @@ class ModelManagerDialog(QDialog):
         buttons.addWidget(self.local_button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
+        license_box = QWidget()
+        license_layout = QVBoxLayout(license_box)
+        license_layout.setContentsMargins(0, 0, 0, 0)
+        license_layout.addWidget(QLabel("License"))
+        license_layout.addWidget(self.license, 1)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.table)
+        split.addWidget(license_box)
+        split.setChildrenCollapsible(False)
+        split.setSizes([300, 220])
         layout.addWidget(self.summary)
-        layout.addWidget(self.table, 1)
-        layout.addWidget(QLabel("License"))
-        layout.addWidget(self.license)
+        layout.addWidget(split, 1)
         layout.addWidget(self.accept_license)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -130,6 +141,7 @@ class ModelManagerDialog(QDialog):
                 item.setToolTip(row.path or text)
                 self.table.setItem(r, c, item)
         self.table.resizeColumnToContents(0)
+        self.table.resizeColumnToContents(len(self.COLUMNS) - 1)  # licence names not clipped
         missing = sum(not r.present for r in self.rows)
         self.summary.setText(f"{counted(missing, 'model')} missing." if missing else
                              "All models are ready.")

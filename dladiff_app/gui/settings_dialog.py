@@ -26,6 +26,19 @@ DEVICES = (("auto", "Automatic (best available)"), ("cuda", "NVIDIA GPU (CUDA)")
 PRESET_NAMES = (("low", "Low"), ("medium", "Medium"), ("high", "High"))
 
 
+def offered_devices(device: DeviceSummary | None, current: str) -> list[tuple[str, str]]:
+    """Automatic and CPU always; a GPU only where this machine has one (the engine's list), or
+    when the saved setting names it (so it is shown, marked, instead of silently dropped)."""
+    present = set(device.available) if device is not None else {"cpu"}
+    out = []
+    for key, label in DEVICES:
+        if key in ("auto", "cpu") or key in present:
+            out.append((key, label))
+        elif key == current:
+            out.append((key, f"{label}: not found on this computer"))
+    return out
+
+
 def _folder_row(edit: QLineEdit, parent: QWidget, caption: str) -> QHBoxLayout:
     button = QPushButton("Choose…")
     button.setAccessibleName(f"Choose {caption.lower()}")
@@ -51,9 +64,10 @@ class SettingsDialog(QDialog):
         self._settings = settings
         self.device = QComboBox()
         self.device.setAccessibleName("Device")
-        for key, label in DEVICES:
+        current = settings.device.split(":")[0]
+        for key, label in offered_devices(device, current):
             self.device.addItem(label, key)
-        idx = self.device.findData(settings.device.split(":")[0])
+        idx = self.device.findData(current)
         self.device.setCurrentIndex(max(0, idx))
         self.device_note = QLabel(device.reason or device.name if device else "")
         self.device_note.setWordWrap(True)

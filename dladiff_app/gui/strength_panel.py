@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QSlider,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -21,8 +22,11 @@ from PySide6.QtWidgets import (
 from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings
 
 EPS_MIN, EPS_MAX = 2, 16
-# Thoroughness multiplies every step count of the chosen preset; 1x is the preset itself.
+# Thoroughness is measured against Medium's step counts, so a preset's own steps land on a mark
+# of the slider (Low is half of Medium, High twice): the slider moves with the preset.
 THOROUGHNESS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+THOROUGHNESS_WORDS = ("Quick look", "Quick", "Standard", "Careful", "Thorough", "Very thorough",
+                      "Exhaustive")
 _NAMES = {"low": "Low", "medium": "Medium", "high": "High"}
 
 
@@ -34,6 +38,41 @@ def scale_steps(base: ProtectionSettings, factor: float) -> ProtectionSettings:
 
     return replace(base, layer1_rounds=s(base.layer1_rounds), prior_steps=s(base.prior_steps),
                    layer2_steps=s(base.layer2_steps), polish_steps=s(base.polish_steps))
+
+
+def thoroughness_of(settings: ProtectionSettings) -> float:
+    """How many times Medium's zero-shot steps ``settings`` takes (High: 2.0)."""
+    medium = PRESETS["medium"].layer2_steps
+    return settings.layer2_steps / medium if medium else 1.0
+
+
+def nearest_mark(factor: float) -> int:
+    return min(range(len(THOROUGHNESS)), key=lambda i: abs(math.log(THOROUGHNESS[i])
+                                                            - math.log(max(factor, 1e-3))))
+
+
+def strength_words(eps: float) -> str:
+    """The budget as people say it: "Medium: changes each pixel by at most 3%"."""
+    level = ("Low" if eps <= 5 else "Medium" if eps <= 9 else "High" if eps <= 13
+             else "Very high")
+    pct = 100 * eps / 255
+    figure = f"{pct:.0f}%" if pct >= 1.5 else f"{pct:.1f}%"
+    return f"{level}: changes each pixel by at most {figure}"
+
+
+def technical_details(settings: ProtectionSettings) -> str:
+    """The figures behind the words, for people who want them (one click away)."""
+    s = settings
+    lines = [f"Budget: {s.eps:g}/255 per pixel (L∞), step {s.step2:.2g}/255 (zero-shot)"]
+    if s.layers.finetune:
+        lines.append(f"Fine-tuning shield: {s.layer1_total_pgd} PGD steps ({s.layer1_rounds} "
+                     f"rounds × {s.layer1_pgd_steps}), {s.prior_steps} prior LoRA steps")
+    if s.layers.zeroshot:
+        lines.append(f"Zero-shot shield: {s.layer2_steps} steps per face"
+                     + (" with JPEG/resize robustness (EOT)" if s.eot else ""))
+    if s.layers.finetune and s.layers.zeroshot and s.polish_steps:
+        lines.append(f"Joint polish: {s.polish_steps} steps")
+    return "\n".join(lines)
 
 
 def format_duration(seconds: float) -> str:
@@ -53,6 +92,7 @@ class StrengthPanel(QGroupBox):
         super().__init__("Protection", parent)
         self._finetune_available = True
         self._base = PRESETS["medium"]
+        self._base_index = THOROUGHNESS.index(1.0)
         self._updating = False
 
         self.preset = QComboBox()
@@ -67,15 +107,35 @@ class StrengthPanel(QGroupBox):
         self.eps.setRange(EPS_MIN, EPS_MAX)
         self.eps.setPageStep(2)
         self.eps_label = QLabel()
-        self.eps.setToolTip("Largest change to any pixel, in 1/255 steps. "
-                            "Stronger protects better but is more visible.")
+        self.eps_label.setAccessibleName("Strength in words")
+        self.eps_label.setWordWrap(True)
+        self.eps.setToolTip("How much any pixel may change. Stronger protects better but is "
+                            "more visible.")
 
         self.steps = QSlider(Qt.Orientation.Horizontal)
         self.steps.setAccessibleName("Thoroughness")
         self.steps.setRange(0, len(THOROUGHNESS) - 1)
         self.steps.setPageStep(1)
         self.steps_label = QLabel()
-        self.steps.setToolTip("More optimisation steps: stronger protection, longer run.")
+        self.steps_label.setAccessibleName("Thoroughness in words")
+        self.steps_label.setMinimumWidth(90)
+        self.steps.setToolTip("How long the protection keeps improving: more thorough protects "
+                              "better and takes longer.")
+
+        self.details_button = QToolButton()
+        self.details_button.setText("Technical details")
+        self.details_button.setAccessibleName("Technical details")
+        self.details_button.setCheckable(True)
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setAutoRaise(True)
+        self.details = QLabel()
+        self.details.setAccessibleName("Technical figures")
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setStyleSheet("color: palette(mid); margin-left: 14px;")
+        self.details.hide()
+        self.details_button.toggled.connect(self._on_details)
 
         self.finetune = QCheckBox("Fine-tuning shield")
         self.finetune.setAccessibleName("Fine-tuning shield")
@@ -83,7 +143,7 @@ class StrengthPanel(QGroupBox):
         finetune_help = QLabel("Spoils DreamBooth/LoRA training on your photos. Needs a GPU to "
                                "be quick.")
         self.finetune_missing = QLabel("Stable Diffusion is not on this computer yet, so this "
-                                       "shield will be skipped. Get it under Models…")
+                                       "shield cannot run. Get it under Models…")
         self.finetune_missing.setAccessibleName("Fine-tuning shield unavailable")
         self.finetune_missing.setWordWrap(True)
         self.finetune_missing.setStyleSheet("color: #b45309; margin-left: 22px;")
@@ -106,10 +166,8 @@ class StrengthPanel(QGroupBox):
 
         form = QFormLayout()
         form.addRow("Preset", self.preset)
-        eps_row = QHBoxLayout()
-        eps_row.addWidget(self.eps, 1)
-        eps_row.addWidget(self.eps_label)
-        form.addRow("Strength", eps_row)
+        form.addRow("Strength", self.eps)
+        form.addRow("", self.eps_label)
         steps_row = QHBoxLayout()
         steps_row.addWidget(self.steps, 1)
         steps_row.addWidget(self.steps_label)
@@ -117,6 +175,8 @@ class StrengthPanel(QGroupBox):
 
         box = QVBoxLayout(self)
         box.addLayout(form)
+        box.addWidget(self.details_button)
+        box.addWidget(self.details)
         box.addSpacing(6)
         box.addWidget(self.finetune)
         box.addWidget(finetune_help)
@@ -133,14 +193,15 @@ class StrengthPanel(QGroupBox):
         self.finetune.toggled.connect(self._on_slider)
         self.finetune.toggled.connect(self._sync_finetune_note)
         self.zeroshot.toggled.connect(self._on_slider)
-        self._apply(self._base, THOROUGHNESS.index(1.0))
+        self._apply(self._base)
 
     # ------------------------------------------------------------------ state
-    def _apply(self, base: ProtectionSettings, steps_index: int) -> None:
+    def _apply(self, base: ProtectionSettings) -> None:
         self._updating = True
         self._base = base
+        self._base_index = nearest_mark(thoroughness_of(base))
         self.eps.setValue(int(round(min(max(base.eps, EPS_MIN), EPS_MAX))))
-        self.steps.setValue(steps_index)
+        self.steps.setValue(self._base_index)  # High's doubled steps move the slider too
         self.finetune.setChecked(base.layers.finetune)
         self.zeroshot.setChecked(base.layers.zeroshot)
         idx = self.preset.findData(base.preset)
@@ -149,11 +210,11 @@ class StrengthPanel(QGroupBox):
         self._refresh()
 
     def set_preset(self, name: str) -> None:
-        self._apply(PRESETS[name.lower()], THOROUGHNESS.index(1.0))
+        self._apply(replace(PRESETS[name.lower()], layers=self.layers() or Layers.BOTH))
 
     def set_settings(self, settings: ProtectionSettings) -> None:
-        """Show explicit settings (for example a saved default); thoroughness is 1x of them."""
-        self._apply(settings, THOROUGHNESS.index(1.0))
+        """Show explicit settings (for example a saved default) exactly as given."""
+        self._apply(settings)
 
     def set_finetune_available(self, available: bool) -> None:
         """Say up front when the fine-tuning shield cannot run (no Stable Diffusion model)."""
@@ -183,9 +244,11 @@ class StrengthPanel(QGroupBox):
         layers = self.layers()
         if layers is None:
             return None
-        factor = THOROUGHNESS[self.steps.value()]
-        out = replace(scale_steps(self._base, factor), eps=float(self.eps.value()), layers=layers)
-        if factor != 1.0 or out.eps != self._base.eps:
+        index = self.steps.value()
+        out = replace(self._base, eps=float(self.eps.value()), layers=layers)
+        if index != self._base_index:
+            out = scale_steps(out, THOROUGHNESS[index] / THOROUGHNESS[self._base_index])
+        if index != self._base_index or out.eps != self._base.eps:
             out = replace(out, preset="custom")
         return out
 
@@ -194,8 +257,7 @@ class StrengthPanel(QGroupBox):
             return
         key = self.preset.currentData()
         if key in PRESETS:
-            layers = self.layers() or Layers.BOTH
-            self._apply(replace(PRESETS[key], layers=layers), THOROUGHNESS.index(1.0))
+            self.set_preset(key)
             self.changed.emit()
 
     def _on_slider(self, *_args: object) -> None:
@@ -204,34 +266,41 @@ class StrengthPanel(QGroupBox):
         self._refresh()
         self.changed.emit()
 
+    def _on_details(self, shown: bool) -> None:
+        self.details.setVisible(shown)
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if shown
+                                         else Qt.ArrowType.RightArrow)
+
     def _refresh(self) -> None:
-        self.eps_label.setText(f"{self.eps.value()}/255")
-        factor = THOROUGHNESS[self.steps.value()]
+        self.eps_label.setText(strength_words(self.eps.value()))
+        self.steps_label.setText(THOROUGHNESS_WORDS[self.steps.value()])
         current = self.settings()
-        steps = current.layer2_steps if current else scale_steps(self._base, factor).layer2_steps
-        self.steps_label.setText(f"{factor:g}x ({steps} steps)")
+        self.details.setText(technical_details(current) if current is not None
+                             else "No shield is on.")
         self.warning.setVisible(current is None)
-        if current is not None and current.preset == "custom":
+        if current is not None:
+            key = "custom" if current.preset == "custom" else self._base.preset
             self._updating, was = True, self._updating
-            self.preset.setCurrentIndex(self.preset.findData("custom"))
-            self._updating = was
-        elif current is not None:
-            self._updating, was = True, self._updating
-            self.preset.setCurrentIndex(self.preset.findData(self._base.preset))
+            self.preset.setCurrentIndex(max(0, self.preset.findData(key)))
             self._updating = was
 
     def set_estimate(self, seconds: float | None, device: str, n_photos: int,
-                     listed: bool = False) -> None:
-        """``listed``: photos are listed but none is left to protect."""
+                     listed: bool = False, faces: int | None = None) -> None:
+        """``listed``: photos are listed but none is left to protect. ``faces``: the faces
+        detected in them (None while they are being counted)."""
+        plural = "photo" if n_photos == 1 else "photos"
+        what = f"{n_photos} {plural}"
+        if faces is not None:
+            what += f" ({faces} face{'' if faces == 1 else 's'})"
         if n_photos == 0:
             self.estimate.setText("Estimated time: nothing left to protect" if listed else
                                   "Estimated time: add photos to see an estimate")
         elif seconds is None:
-            self.estimate.setText("Estimated time: calculating…")
+            self.estimate.setText("Estimated time: counting faces…" if faces is None
+                                  else "Estimated time: calculating…")
         elif not math.isfinite(seconds):
             self.estimate.setText(f"Estimated time: not known yet on {device} "
                                   "(no speed measurement for this device)")
         else:
-            plural = "photo" if n_photos == 1 else "photos"
             self.estimate.setText(f"Estimated time: about {format_duration(seconds)} "
-                                  f"for {n_photos} {plural} on {device}")
+                                  f"for {what} on {device}")

@@ -42,3 +42,24 @@ def test_a_finished_photo_drops_what_is_left_of_its_plan() -> None:
     assert eta.left["photo"] == 2.0 and eta.overall == 0.5
     last = events[-1]
     assert isinstance(last, Progress) and (last.stage, last.photo_id) == ("score", 0)
+
+
+def test_zero_shot_steps_count_per_face_once_the_faces_are_found() -> None:
+    zs = ProtectionSettings(preset="custom", layers=Layers.ZEROSHOT, layer2_steps=10,
+                            polish_steps=0)
+    now = [0.0]
+    eta = EtaTracker(lambda e: None, clock=lambda: now[0])
+    eta.plan(zs, [3], layer1=False, layer2=True)
+    assert eta.left["photo"] == 3 * 12.0  # one face per photo assumed before detection
+    eta.faces_found(0, 6)  # a group photo: six faces
+    eta.faces_found(1, 0)  # no face: its detections and scoring only
+    assert eta.left["photo"] == (2 + 60) + 2 + 12
+    step = eta.step_fn(0)
+    step("layer2", 0, 10)
+    now[0] += 6.0
+    step("layer2", 1, 10)  # one step on six faces: six units, one second each
+    assert eta.rate["photo"] == pytest.approx(1.0)
+    assert eta.eta() == pytest.approx((2 + 60 - 6) + 2 + 12)
+    before = eta.overall
+    eta.faces_found(2, 3)  # the plan grows: the bar does not move back
+    assert eta.overall >= before

@@ -109,7 +109,7 @@ def test_zero_shot_estimate_is_measured_finite_and_grows(tmp_path: Path) -> None
     more_steps = ZERO.with_overrides(layer2_steps=200)
     assert services.protect.estimate_seconds(1, more_steps, megapixels=2.0) > 2 * one
     cal = services.protect.calibration("cpu")
-    assert cal.encoders == ("dlib",) and cal.layer2_step_s > 0 and cal.detect_s_per_mp > 0
+    assert "dlib" in cal.encoders and cal.layer2_step_s > 0 and cal.detect_s_per_mp > 0
     # No SD anywhere: layer 1 cannot run, so a "both" job costs what its zero-shot part costs.
     both = ZERO.with_overrides(layers=Layers.BOTH)
     assert services.protect.estimate_seconds(1, both, megapixels=2.0) == pytest.approx(one)
@@ -129,6 +129,39 @@ def test_gpu_without_a_measured_step_leaves_only_layer1_unknown() -> None:
     measured = estimate_job(3, both, 12.0, cal, layer1_available=True, pgd_step_s=0.5,
                             device_kind="cuda")
     assert 0 < measured.layer1_s < cpu.layer1_s and math.isfinite(measured.total_s)
+
+
+def test_estimate_is_per_detected_face_and_a_photo_without_one_costs_detection_only() -> None:
+    cal = Calibration(layer2_step_s=0.1, embed_s=0.02, detect_s_per_mp=0.05, encoders=("dlib",))
+    zs = ProtectionSettings(layers=Layers.ZEROSHOT, layer2_steps=100)
+
+    def total(faces: list[int] | None, n: int = 2) -> float:
+        return estimate_job(n, zs, 1.0, cal, layer1_available=False, pgd_step_s=None,
+                            device_kind="cpu", faces=faces).total_s
+
+    one_each = total(None)
+    assert total([1, 1]) == pytest.approx(one_each)  # the old assumption, stated
+    group = total([6, 1])
+    per_face = 100 * 0.1 + 4 * 0.02
+    assert group - one_each == pytest.approx(5 * per_face)
+    no_face = total([0, 0])
+    assert no_face == pytest.approx(2 * 0.05 * (3 * 1.0 + 2 * min(1.0, 1080 * 810 / 1e6)))
+    assert no_face < 0.05 * one_each
+    with pytest.raises(ValueError, match="3 entries for 2 photos"):
+        total([1, 1, 1])
+
+
+def test_count_faces_uses_the_protection_detector_and_remembers_files(tmp_path: Path) -> None:
+    from tests.engine.real_photos import t1_path
+
+    sky = tmp_path / "sky.png"
+    Image.fromarray(np.full((64, 96, 3), 200, np.uint8)).save(sky)
+    services = build_services(Settings(device="cpu"))
+    paths = [t1_path(), sky, tmp_path / "gone.jpg"]
+    assert services.protect.count_faces(paths) == [6, 0, None]
+    started = time.perf_counter()
+    assert services.protect.count_faces(paths[:1]) == [6]
+    assert time.perf_counter() - started < 0.05  # remembered, not detected again
 
 
 def test_manifest_names_a_single_file_checkpoint_with_its_size(tmp_path: Path) -> None:

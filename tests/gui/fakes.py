@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from dladiff_app.core.events import (
 )
 from dladiff_app.core.jobs import OutputFormat, ProtectJob
 from dladiff_app.core.presets import ProtectionSettings
-from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
 
 DEFAULT_SCORES = (
@@ -55,6 +55,10 @@ class FakeProtectService:
     jobs: list[ProtectJob] = field(default_factory=list)
     threads: list[str] = field(default_factory=list)
     cancel_seen_at: float | None = None
+    # Faces per photo by file name (others: one); group photos get one box per face.
+    face_counts: dict[str, int] = field(default_factory=dict)
+    counted: list[str] = field(default_factory=list)
+    write_reports: bool = True
 
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
         self.jobs.append(job)
@@ -69,6 +73,7 @@ class FakeProtectService:
         n = len(job.inputs)
         sink(JobStarted(total_photos=n, device="Fake CPU"))
         done = failed = 0
+        results: dict[Path, list[PhotoResult]] = {}
         try:
             for i, src in enumerate(job.inputs):
                 sink(PhotoStarted(i, str(src)))
@@ -92,15 +97,24 @@ class FakeProtectService:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 out = out_dir / f"{src.stem}-protected.{_EXT[job.export.format]}"
                 rgb.save(out, quality=job.export.quality)
-                sink(PhotoDone(i, PhotoResult(
+                n_faces = self.face_counts.get(src.name, 1)
+                result = PhotoResult(
                     source=str(src), output=str(out), width=rgb.width, height=rgb.height,
                     seconds=time.monotonic() - t0, scores=self.scores,
-                    scores_after_sharing=self.after_sharing, psnr=self.psnr, linf=0.0, faces=1,
-                    layers_done=("zeroshot",))))
+                    scores_after_sharing=self.after_sharing, psnr=self.psnr, linf=0.0,
+                    faces=n_faces, per_face=fake_faces(rgb.width, rgb.height, n_faces,
+                                                       self.scores, self.after_sharing),
+                    layers_done=(("layer2",) if job.settings.layers.zeroshot else ())
+                    + (("layer1",) if job.settings.layers.finetune else ()))
+                results.setdefault(out_dir, []).append(result)
+                sink(PhotoDone(i, result))
                 done += 1
         except Cancelled:
             sink(JobCancelled(done))
             return JobSummary(done, failed, 0, True, str(job.output_dir), time.monotonic() - t0)
+        if self.write_reports:
+            for folder, album in results.items():
+                write_fake_report(folder, job, album)
         seconds = time.monotonic() - t0
         sink(JobFinished(done, failed, 0, seconds))
         return JobSummary(done, failed, 0, False, str(job.output_dir), seconds)
@@ -111,8 +125,64 @@ class FakeProtectService:
         cancel.check()
 
     def estimate_seconds(self, n_photos: int, settings: ProtectionSettings,
-                         megapixels: float = 12.0) -> float:
-        return n_photos * settings.layer2_steps * self.seconds_per_step_mp * megapixels
+                         megapixels: float = 12.0, faces: Sequence[int] | None = None) -> float:
+        n_faces = sum(faces) if faces is not None else n_photos
+        return n_faces * settings.layer2_steps * self.seconds_per_step_mp * megapixels
+
+    def count_faces(self, paths: Sequence[Path]) -> list[int | None]:
+        self.counted.extend(Path(p).name for p in paths)
+        return [self.face_counts.get(Path(p).name, 1) if Path(p).is_file() else None
+                for p in paths]
+
+    def measure(self, source: Path, output: Path) -> PhotoResult:
+        """Real image figures of ``output`` vs ``source`` (core.quality); the identity score is
+        derived from the measured PSNR, so a lossy copy reads differently from the PNG."""
+        from dladiff_app.core.imageio import load_image
+        from dladiff_app.core.quality import linf_255, psnr, ssim
+
+        clean, saved = load_image(source).pixels, load_image(output).pixels
+        value = round(min(1.0, psnr(clean, saved) / 100), 4) if clean.shape == saved.shape else 0.0
+        score = IdentityScore("dlib", "euclidean", value, 0.6, value < 0.6)
+        return PhotoResult(source=str(source), output=str(output), width=saved.shape[1],
+                           height=saved.shape[0], seconds=0.0, scores=(score,),
+                           psnr=psnr(clean, saved), ssim=ssim(clean, saved),
+                           linf=linf_255(clean, saved), faces=1)
+
+
+def fake_faces(width: int, height: int, n: int, scores: tuple[IdentityScore, ...],
+               after: tuple[IdentityScore, ...]) -> tuple[FaceResult, ...]:
+    """``n`` face boxes side by side across the middle of the photo."""
+    w = width / max(1, n)
+    return tuple(FaceResult(box=(i * w + w * 0.2, height * 0.3, i * w + w * 0.8, height * 0.7),
+                            scores=scores, scores_after_sharing=after) for i in range(n))
+
+
+def write_fake_report(folder: Path, job: ProtectJob, results: list[PhotoResult]) -> None:
+    """manifest.json + report.html the way the runner writes them (core.manifest, core.report)."""
+    from dladiff_app.core.atomic import atomic_write_text
+    from dladiff_app.core.manifest import build_manifest, manifest_text
+    from dladiff_app.core.report_html import render_report
+
+    s = job.settings
+    photos = []
+    for r in results:
+        record = r.to_dict()
+        record.pop("extra")
+        record.update(sha256="0" * 64, preset=s.preset, eps=s.eps, layers=s.layers.value,
+                      steps={"layer1_pgd": 0, "prior": 0, "layer1_lora": 0,
+                             "layer2": s.layer2_steps, "polish": 0}, device="cpu", model_revisions={},
+                      app_version="fake")
+        photos.append(record)
+    doc = build_manifest(
+        album=folder.name,
+        job={"preset": s.preset, "eps": s.eps, "layers": s.layers.value, "settings": s.to_dict(),
+             "export": {"format": job.export.format.value, "quality": job.export.quality,
+                        "keep_metadata": job.export.keep_metadata}},
+        device={"kind": "cpu", "name": "Fake CPU"},
+        models={"sd_pipeline": None, "detector": "fake", "encoders": [{"name": "dlib"}]},
+        photos=photos, failed=[])
+    atomic_write_text(folder / "manifest.json", manifest_text(doc))
+    atomic_write_text(folder / "report.html", render_report(doc))
 
 
 def default_rows() -> list[ModelRow]:

@@ -38,7 +38,8 @@ def wait_idle(qtbot, window, timeout: int = 10_000) -> None:  # type: ignore[no-
     qtbot.waitUntil(lambda: not window.engine.busy, timeout=timeout)
 
 
-def test_drop_fills_the_list_by_album(qtbot, make_window, photos) -> None:  # type: ignore[no-untyped-def]
+def test_drop_fills_the_list_by_album(qtbot, make_window, photos, fake_protect) -> None:  # type: ignore[no-untyped-def]
+    fake_protect.face_counts = {"a1.png": 4, "b1.png": 0}  # a group photo, a photo without a face
     window = make_window()
     assert window.list_stack.currentIndex() == 0
     assert window.empty_hint.text() == "Drop photos or folders here"
@@ -53,9 +54,12 @@ def test_drop_fills_the_list_by_album(qtbot, make_window, photos) -> None:  # ty
     assert window.protect_button.isEnabled()
     window.batch.wait_for_thumbnails()
     qtbot.waitUntil(lambda: all(e.pixels == 72 * 96 for e in window.batch.entries()))
-    # The estimate comes from the service, on the engine thread, with the measured size.
-    expected = 3 * window.strength.settings().layer2_steps * 0.5 * (72 * 96 / 1e6)
-    qtbot.waitUntil(lambda: "for 3 photos on Fake CPU" in window.strength.estimate.text())
+    # The estimate comes from the service, on the engine thread, with the measured size and
+    # the faces the engine's detector counted (per face, not per photo: 4 + 1 + 0).
+    expected = 5 * window.strength.settings().layer2_steps * 0.5 * (72 * 96 / 1e6)
+    qtbot.waitUntil(lambda: "for 3 photos (5 faces) on Fake CPU"
+                    in window.strength.estimate.text())
+    assert sorted(fake_protect.counted) == ["a1.png", "a2.png", "b1.png"]  # counted once each
     assert window.strength.estimate.text().startswith("Estimated time: about ")
     assert f"{max(1, round(expected))} s" in window.strength.estimate.text()
 
@@ -141,7 +145,13 @@ def test_viewer_shows_the_reported_scores(qtbot, make_window, photos) -> None:  
     assert any("dlib face recognition: distance 0.732" in t and "below 0.60" in t for t in texts)
     assert any(t.startswith("After JPEG/resize: ArcFace (buffalo_l): similarity 0.247")
                for t in texts)
-    assert "PSNR 41.25 dB" in window.viewer.quality.text()
+    # Plain words up front; the engineering figures one click away.
+    assert "1 face found" in window.viewer.quality.text()
+    assert "PSNR" not in window.viewer.quality.text()
+    assert not window.viewer.figures.isVisibleTo(window)
+    window.viewer.figures_button.click()
+    assert window.viewer.figures.isVisibleTo(window)
+    assert "PSNR 41.25 dB" in window.viewer.figures.text()
     canvas = window.viewer.canvas
     assert canvas.before is not None and canvas.after is not None
     assert (canvas.after.width(), canvas.after.height()) == (96, 72)
@@ -170,9 +180,12 @@ def test_export_writes_the_files(qtbot, make_window, photos, tmp_path) -> None: 
     run_export(window, items, tmp_path / "exported", ExportOptions(format=OutputFormat.PNG))
     wait_idle(qtbot, window)
     written = sorted(p.relative_to(tmp_path / "exported").as_posix() for p in window.last_export)
-    assert written == ["alice/a1-protected.png", "alice/a2-protected.png",
-                       "bob/b1-protected.png"]
+    assert written == ["alice/a1-protected.png", "alice/a2-protected.png", "alice/manifest.json",
+                       "alice/report.html", "bob/b1-protected.png", "bob/manifest.json",
+                       "bob/report.html"]
     for p in window.last_export:
+        if p.suffix != ".png":
+            continue
         with Image.open(p) as img:
             assert img.format == "PNG" and img.size == (96, 72)
     assert any("Exported 3 photos" in t for t in window.notes.visible_texts())
@@ -188,10 +201,23 @@ def test_strength_panel_drives_the_job(qtbot, make_window, photos) -> None:  # t
     panel = window.strength
     panel.preset.setCurrentIndex(panel.preset.findData("high"))
     assert panel.settings().eps == 12 and panel.settings().preset == "high"
+    # High takes twice Medium's steps: the thoroughness slider moves with the preset.
+    assert panel.steps_label.text() == "Thorough" and panel.steps.value() == 4
+    assert panel.eps_label.text() == "High: changes each pixel by at most 5%"
+    panel.preset.setCurrentIndex(panel.preset.findData("low"))
+    assert panel.steps_label.text() == "Quick" and panel.settings().layer2_steps == 50
+    assert panel.eps_label.text() == "Low: changes each pixel by at most 2%"
+    panel.preset.setCurrentIndex(panel.preset.findData("high"))
+    # The figures behind the words are one click away.
+    assert not panel.details.isVisibleTo(panel)
+    panel.details_button.click()
+    assert panel.details.isVisibleTo(panel)
+    assert "12/255" in panel.details.text() and "200 steps per face" in panel.details.text()
     panel.eps.setValue(6)
-    panel.steps.setValue(0)  # 0.25x
+    panel.steps.setValue(0)  # a quarter of Medium's steps
     s = panel.settings()
-    assert s.preset == "custom" and s.eps == 6 and s.layer2_steps == 50
+    assert s.preset == "custom" and s.eps == 6 and s.layer2_steps == 25
+    assert panel.steps_label.text() == "Quick look"
     assert panel.preset.currentData() == "custom"
     window.add_paths(photos[:1])
     panel.finetune.setChecked(False)
@@ -209,12 +235,18 @@ def test_first_run_offers_download_or_offline_mode(qtbot, make_window, tmp_path)
     from dladiff_app.core.settings import Settings, load_settings
 
     window = make_window(Settings(default_output=str(tmp_path / "out")))
-    qtbot.waitUntil(lambda: window.first_run_banner.isVisibleTo(window))
-    assert "insightface buffalo_l" in window.first_run_text.text()
+    assert window.first_run_banner.isVisibleTo(window)  # at once, not when models arrive
+    qtbot.waitUntil(lambda: "insightface buffalo_l" in window.first_run_text.text())
     qtbot.mouseClick(window.first_run_offline, Qt.MouseButton.LeftButton)
     assert not window.first_run_banner.isVisibleTo(window)
     assert window.strength.layers() is Layers.ZEROSHOT
-    assert load_settings(tmp_path / "config" / "settings.json").first_run_done
+    saved = load_settings(tmp_path / "config" / "settings.json")
+    assert saved.first_run_done and saved.offline_zeroshot
+    # The offline choice is remembered: the next start begins with the zero-shot shield only.
+    window.close()
+    again = make_window(saved)
+    assert again.strength.layers() is Layers.ZEROSHOT
+    assert not again.first_run_banner.isVisibleTo(again)
 
 
 def test_model_manager_downloads_with_progress_and_cancel(qtbot, make_window, services) -> None:  # type: ignore[no-untyped-def]

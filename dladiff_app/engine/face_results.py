@@ -1,0 +1,143 @@
+"""Identity scores for every face of a photo, so a group photo explains itself.
+
+The runner measures each protected file twice: as written, and after the sharing transform
+(JPEG + downscale, at another pixel size). Each measurement pairs every face of the clean photo
+with the face at the same position in the other image (``faces.score.score_images`` with
+``match="all"`` and ``same_framing``: another person's face is never scored as this one's). This
+module joins the two measurements face by face (by box overlap in relative coordinates) into
+:class:`FaceResult` records, and keeps the subject (the largest face) as the photo's headline
+scores, exactly what the single-subject scorer reported before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dladiff_app.core.results import FaceResult, IdentityScore
+from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
+
+Box = tuple[float, float, float, float]
+# One entry per face of the clean image, largest first: (box in the clean image's pixels, or
+# None when the clean image has no face; the scores of that face in the other image).
+FaceScores = list[tuple[Box | None, tuple[IdentityScore, ...]]]
+# clean (H, W, 3) float32 [0, 1], other (H', W', 3) float32 [0, 1] -> FaceScores
+FaceScoreFn = Callable[[np.ndarray, np.ndarray], FaceScores]
+
+MIN_IOU = 0.3  # same face position in two sizes of one scene
+
+
+def make_face_scorer(detector: FaceDetector | None, encoders: Sequence[IdentityEncoder]
+                     ) -> FaceScoreFn:
+    """Scores of every clean face vs the face at its position in ``other`` (same scene)."""
+    from dladiff_app.engine.faces.score import score_images
+
+    def score(clean: np.ndarray, other: np.ndarray) -> FaceScores:
+        if detector is None or not encoders:
+            return []
+        matches = score_images(clean, other, detector, encoders, match="all",
+                               labels=("the original", "the protected image"), same_framing=True)
+        out: FaceScores = []
+        for m in matches:
+            box = None if m.clean_face is None else tuple(
+                float(v) for v in np.asarray(m.clean_face.box, dtype=np.float64)[:4])
+            out.append((box, m.scores))  # type: ignore[arg-type]
+        return out
+    return score
+
+
+def _relative(box: Box, shape: Sequence[int]) -> np.ndarray:
+    h, w = shape[0], shape[1]
+    return np.asarray(box, dtype=np.float64) / np.array([w, h, w, h], dtype=np.float64)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def join_faces(on_file: FaceScores, clean_shape: Sequence[int], on_shared: FaceScores,
+               shared_shape: Sequence[int]) -> tuple[FaceResult, ...]:
+    """One :class:`FaceResult` per clean face of ``on_file`` (largest first); its after-sharing
+    scores are those of the face of ``on_shared`` at the same relative position (none when the
+    shared copy's detector did not find it)."""
+    free = [(i, _relative(b, shared_shape)) for i, (b, _) in enumerate(on_shared) if b is not None]
+    out = []
+    for box, scores in on_file:
+        if box is None:
+            continue
+        rel = _relative(box, clean_shape)
+        best, best_iou = None, MIN_IOU
+        for i, other in free:
+            iou = _iou(rel, other)
+            if iou >= best_iou:
+                best, best_iou = i, iou
+        shared: tuple[IdentityScore, ...] = ()
+        if best is not None:
+            shared = on_shared[best][1]
+            free = [(i, r) for i, r in free if i != best]
+        out.append(FaceResult(box=box, scores=scores, scores_after_sharing=shared))
+    return tuple(out)
+
+
+def subject_scores(found: FaceScores) -> tuple[IdentityScore, ...]:
+    """The photo's headline scores: the largest face's (or the "no face" notes)."""
+    return found[0][1] if found else ()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What is measured on a protected file against its clean photo."""
+
+    scores: tuple[IdentityScore, ...]
+    scores_after_sharing: tuple[IdentityScore, ...]
+    per_face: tuple[FaceResult, ...]
+    psnr: float
+    ssim: float
+    linf: float
+
+
+def resize_like(pixels: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
+    """The clean photo at the size a shared copy has (so faces line up for scoring)."""
+    if pixels.shape[:2] == tuple(hw):
+        return pixels
+    from PIL import Image
+
+    img = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+    img = img.resize((hw[1], hw[0]), Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def measure_saved(clean: np.ndarray, saved: np.ndarray,
+                  score: Callable[[np.ndarray, np.ndarray], list[IdentityScore]],
+                  score_faces: FaceScoreFn | None,
+                  views: tuple[np.ndarray, np.ndarray] | None = None) -> Measured:
+    """Identity and image figures of ``saved`` (the file as written, decoded) against
+    ``clean``, both (H, W, 3) float32 RGB in [0, 1] of one size: on the file and after the
+    sharing transform (JPEG q75 + 1080 px). ``views``: (clean, saved) as the scorer should see
+    them (a big photo downscaled alike; default: the photos themselves); face boxes are given
+    in ``clean``'s pixels either way. ``score_faces`` (when given) scores every face;
+    otherwise ``score`` gives the subject's scores only."""
+    from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
+
+    clean_view, saved_view = views if views is not None else (clean, saved)
+    shared = simulate_sharing(saved)
+    reference = resize_like(clean, shared.shape[:2])
+    if score_faces is not None:
+        on_file = score_faces(clean_view, saved_view)
+        on_shared = score_faces(reference, shared)
+        scores, scores_shared = subject_scores(on_file), subject_scores(on_shared)
+        k = clean.shape[1] / clean_view.shape[1]
+        on_file = [(None if b is None else (b[0] * k, b[1] * k, b[2] * k, b[3] * k), sc)
+                   for b, sc in on_file]
+        per_face = join_faces(on_file, clean.shape, on_shared, shared.shape)
+    else:
+        scores = tuple(score(clean_view, saved_view))
+        scores_shared, per_face = tuple(score(reference, shared)), ()
+    return Measured(scores, scores_shared, per_face, psnr(clean, saved), ssim(clean, saved),
+                    linf_255(clean, saved))
