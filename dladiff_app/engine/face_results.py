@@ -103,14 +103,37 @@ class Measured:
 
 
 def resize_like(pixels: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
-    """The clean photo at the size a shared copy has (so faces line up for scoring)."""
+    """A photo ((H, W, 3) float [0, 1] or uint8) at another size, as float32 [0, 1] (Lanczos on
+    8 bits): the clean photo at the size a shared copy has, so faces line up for scoring."""
     if pixels.shape[:2] == tuple(hw):
-        return pixels
+        return pixels if pixels.dtype != np.uint8 else pixels.astype(np.float32) / 255.0
     from PIL import Image
 
-    img = Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8))
-    img = img.resize((hw[1], hw[0]), Image.Resampling.LANCZOS)
+    from dladiff_app.core.imageio import to_uint8
+
+    img = Image.fromarray(to_uint8(pixels)).resize((hw[1], hw[0]), Image.Resampling.LANCZOS)
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+# What ``core.quality.simulate_sharing`` shrinks a photo to (its default long side).
+SHARE_LONG_SIDE = 1080
+
+
+def shared_copy(saved: np.ndarray) -> np.ndarray:
+    """``simulate_sharing(saved)``, the same pixels, without its full-size float64 copies when
+    ``saved`` is 8-bit (the file as written): the photo is first shrunk exactly as that function
+    would (same size rule, Lanczos on 8 bits), and the small copy, which it then leaves at its
+    size, goes through it for the JPEG step. Float input goes through it unchanged."""
+    from dladiff_app.core.quality import simulate_sharing
+
+    h, w = saved.shape[:2]
+    scale = SHARE_LONG_SIDE / max(h, w)
+    if saved.dtype == np.uint8 and scale < 1.0:
+        from PIL import Image
+
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        saved = np.asarray(Image.fromarray(saved).resize(size, Image.Resampling.LANCZOS))
+    return simulate_sharing(saved, long_side=SHARE_LONG_SIDE)
 
 
 def measure_saved(clean: np.ndarray, saved: np.ndarray,
@@ -118,15 +141,18 @@ def measure_saved(clean: np.ndarray, saved: np.ndarray,
                   score_faces: FaceScoreFn | None,
                   views: tuple[np.ndarray, np.ndarray] | None = None) -> Measured:
     """Identity and image figures of ``saved`` (the file as written, decoded) against
-    ``clean``, both (H, W, 3) float32 RGB in [0, 1] of one size: on the file and after the
-    sharing transform (JPEG q75 + 1080 px). ``views``: (clean, saved) as the scorer should see
+    ``clean``, both (H, W, 3) RGB of one size, float32 in [0, 1] or ``saved`` as uint8 (the
+    file's exact values at a quarter of the memory): on the file and after the sharing
+    transform (JPEG q75 + 1080 px). ``views``: (clean, saved) float32 as the scorer should see
     them (a big photo downscaled alike; default: the photos themselves); face boxes are given
     in ``clean``'s pixels either way. ``score_faces`` (when given) scores every face;
-    otherwise ``score`` gives the subject's scores only."""
-    from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
+    otherwise ``score`` gives the subject's scores only. PSNR/SSIM/L-inf are computed band by
+    band (same values, bounded memory)."""
+    from dladiff_app.core.quality_bands import banded_quality
 
-    clean_view, saved_view = views if views is not None else (clean, saved)
-    shared = simulate_sharing(saved)
+    clean_view, saved_view = views if views is not None else (
+        clean, resize_like(saved, saved.shape[:2]))
+    shared = shared_copy(saved)
     reference = resize_like(clean, shared.shape[:2])
     if score_faces is not None:
         on_file = score_faces(clean_view, saved_view)
@@ -139,5 +165,4 @@ def measure_saved(clean: np.ndarray, saved: np.ndarray,
     else:
         scores = tuple(score(clean_view, saved_view))
         scores_shared, per_face = tuple(score(reference, shared)), ()
-    return Measured(scores, scores_shared, per_face, psnr(clean, saved), ssim(clean, saved),
-                    linf_255(clean, saved))
+    return Measured(scores, scores_shared, per_face, *banded_quality(clean, saved))

@@ -345,7 +345,7 @@ class _Run:
         """Encode, measure the encoded bytes, journal the full result, then publish the file:
         a crash after publishing leaves a journal that already holds the layers and scores."""
         from dladiff_app.core.atomic import create_exclusive, next_free_path
-        from dladiff_app.core.imageio import decode_bytes, protected_name
+        from dladiff_app.core.imageio import protected_name
 
         step = self.eta.step_fn(photo.id)
         step("save", 0, 1)
@@ -355,7 +355,7 @@ class _Run:
                                                 fmt))
         digest = sha256_bytes(data)
         step("score", 0, 1)
-        record = self.measure(photo, decode_bytes(data), planned, digest, outcome)
+        record = self.measure(photo, _decode_8bit(data), planned, digest, outcome)
         step("score", 1, 1)
         self.journal_state(photo, "writing", planned=str(planned), sha256=digest, result=record)
         written = create_exclusive(planned, data)
@@ -364,7 +364,8 @@ class _Run:
 
     def measure(self, photo: _Photo, saved: np.ndarray, planned: Path, digest: str,
                 outcome: _Outcome) -> dict[str, Any]:
-        """The manifest record of the photo, measured on ``saved`` (the encoded file decoded)."""
+        """The manifest record of the photo, measured on ``saved``: the encoded file decoded,
+        (H, W, 3) uint8 (8-bit holds the file exactly at a quarter of float32's memory)."""
         assert photo.pixels is not None
         m = measure_saved(photo.pixels, saved, self.kit.score, self.kit.score_faces,
                           views=_scoring_views(photo.pixels, saved))
@@ -417,13 +418,11 @@ class _Run:
         if not record:
             if not self.load(photo):
                 return True
-            from dladiff_app.core.imageio import load_image
-
             outcome = _Outcome(torch.empty(0), [], {}, [
                 "Recovered after an interruption: layers were recorded before the crash and "
                 "are not listed here."], 0)
-            record = self.measure(photo, load_image(written).pixels, written, entry.sha256,
-                                  outcome)
+            record = self.measure(photo, _decode_8bit(written.read_bytes()), written,
+                                  entry.sha256, outcome)
             photo.pixels = None
         self.finish(photo, written, entry.sha256, record)
         return True
@@ -518,15 +517,27 @@ class _Run:
 SCORE_MAX_SIDE = 4096
 
 
-def _scoring_views(clean: np.ndarray, saved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``clean`` and ``saved`` ((H, W, 3) float32 [0, 1], same size) as the scorer sees them:
-    unchanged up to SCORE_MAX_SIDE, else both downscaled alike (Lanczos, 8-bit)."""
+def _scoring_views(clean: np.ndarray, saved8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``clean`` ((H, W, 3) float32 [0, 1]) and ``saved8`` (the same size, uint8) as the scorer
+    sees them, both float32 [0, 1]: full size up to SCORE_MAX_SIDE, else both downscaled alike
+    (Lanczos, 8-bit)."""
     h, w = clean.shape[:2]
     if max(h, w) <= SCORE_MAX_SIDE:
-        return clean, saved
+        return clean, saved8.astype(np.float32) / np.float32(255.0)
     scale = SCORE_MAX_SIDE / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return resize_like(clean, size), resize_like(saved, size)
+    return resize_like(clean, size), resize_like(saved8, size)
+
+
+def _decode_8bit(data: bytes) -> np.ndarray:
+    """Our own encoded PNG/JPEG/WebP (RGB, untagged sRGB, upright) as (H, W, 3) uint8: the
+    values ``load_image`` would return, times 255."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def _manifest_photo(result: PhotoResult) -> dict[str, Any]:

@@ -327,3 +327,26 @@ def test_albums_stream_one_photo_at_a_time_without_the_fine_tuning_shield(
                       light_kit(seen=Counting()), lambda e: None)
     assert summary.done == 5
     assert alive == [1, 1, 1, 1, 1]  # each photo decoded only when its turn came
+
+
+def test_measuring_big_photos_cheaply_gives_the_same_numbers(tmp_path: Path) -> None:
+    """The runner measures the saved file in 8 bits, shrinks it before the sharing transform
+    and computes PSNR/SSIM by bands (memory); every number must equal the plain computation."""
+    from dladiff_app.core.imageio import encode_image, load_image
+    from dladiff_app.core.quality import linf_255, psnr, simulate_sharing, ssim
+    from dladiff_app.core.quality_bands import banded_quality
+    from dladiff_app.engine.face_results import shared_copy
+    from dladiff_app.engine.runner import _decode_8bit
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:1100, 0:1500]
+    clean = np.stack([xx / 1500, yy / 1100, (xx + yy) / 2600], -1).astype(np.float32)
+    noisy = np.clip(clean + rng.normal(0, 0.02, clean.shape), 0, 1).astype(np.float32)
+    data = encode_image(noisy, "png")
+    (tmp_path / "p.png").write_bytes(data)
+    saved8 = _decode_8bit(data)
+    saved = load_image(tmp_path / "p.png").pixels
+    assert np.array_equal(saved8.astype(np.float32) / np.float32(255), saved)
+    assert np.array_equal(shared_copy(saved8), simulate_sharing(saved))
+    assert banded_quality(clean, saved8) == pytest.approx(
+        (psnr(clean, saved), ssim(clean, saved), linf_255(clean, saved)), rel=1e-12)
