@@ -201,8 +201,10 @@ class _Run:
         """The journal entry if this photo was finished at these settings by an earlier run and
         its file (if any) is still there, intact."""
         entry = self.journal.entry(photo.key)
-        if entry is None:
-            return None
+        if entry is None:  # a journal of version 1 keyed photos by their resolved path
+            entry = self.journal.entry(str(photo.path.resolve()))
+            if entry is None or entry.source_sha256 is not None:
+                return None
         if entry.state == "unprotected":
             wanted = self.job.export.export_unprotected
             return entry if not wanted or (entry.output and Path(entry.output).is_file()) \

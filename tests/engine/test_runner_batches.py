@@ -350,3 +350,23 @@ def test_measuring_big_photos_cheaply_gives_the_same_numbers(tmp_path: Path) -> 
     assert np.array_equal(shared_copy(saved8), simulate_sharing(saved))
     assert banded_quality(clean, saved8) == pytest.approx(
         (psnr(clean, saved), ssim(clean, saved), linf_255(clean, saved)), rel=1e-12)
+
+
+def test_a_version_1_journal_is_resumed_without_redoing_its_photos(tmp_path: Path) -> None:
+    """Journals written before photos were keyed by content were keyed by resolved path."""
+    from dladiff_app.core.journal import job_to_dict, sha256_bytes
+
+    (photo,) = make_photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    job = _job((tmp_path / "in",), out)
+    (out / "in").mkdir(parents=True)
+    written = out / "in" / "a-protected.png"
+    written.write_bytes(b"an earlier protection")
+    records = [{"kind": "job", "v": 1, "job": job_to_dict(job)},
+               {"kind": "photo", "key": str(photo.resolve()), "album": "in",
+                "source": str(photo), "state": "done", "output": str(written),
+                "sha256": sha256_bytes(written.read_bytes())}]
+    (out / JOURNAL_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    again, _ = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (again.done, again.skipped) == (0, 1)
+    assert _visible(out / "in") == ["a-protected.png"]  # no report: nothing with a result
