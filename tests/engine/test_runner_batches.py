@@ -370,3 +370,26 @@ def test_a_version_1_journal_is_resumed_without_redoing_its_photos(tmp_path: Pat
     again, _ = _run(_job((tmp_path / "in",), out, resume=True))
     assert (again.done, again.skipped) == (0, 1)
     assert _visible(out / "in") == ["a-protected.png"]  # no report: nothing with a result
+
+
+def test_score_refuses_a_fifo_instead_of_hanging(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from dladiff_app.cli.main import main
+    from dladiff_app.cli.score_cmd import EXIT_BAD_INPUT
+
+    (photo,) = make_photos(tmp_path / "in", ["a.png"])
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(["score", str(fifo),
+                                                                str(photo)])), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    if worker.is_alive():  # unblock the reader so the test process can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("dladiff score blocked on a FIFO")
+    assert codes == [EXIT_BAD_INPUT]
+    assert "not a regular file" in capsys.readouterr().err
