@@ -23,7 +23,7 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
-def _as_unit_float(x: np.ndarray, name: str) -> np.ndarray:
+def as_unit_float(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"{name} must be (H, W, 3), got shape {arr.shape}")
@@ -37,7 +37,7 @@ def _as_unit_float(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fa, fb = _as_unit_float(a, "a"), _as_unit_float(b, "b")
+    fa, fb = as_unit_float(a, "a"), as_unit_float(b, "b")
     if fa.shape != fb.shape:
         raise ValueError(f"images differ in size: {fa.shape} vs {fb.shape}")
     return fa, fb
@@ -119,7 +119,7 @@ def simulate_sharing(pixels: np.ndarray, *, jpeg_quality: int = 75,
         raise ValueError(f"jpeg_quality must be 1-100, got {jpeg_quality}")
     if long_side < 1:
         raise ValueError(f"long_side must be >= 1, got {long_side}")
-    arr = _as_unit_float(pixels, "pixels")
+    arr = as_unit_float(pixels, "pixels")
     img = Image.fromarray(np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
     w, h = img.size
     scale = long_side / max(w, h)

@@ -41,7 +41,7 @@ class BoxEncoder(torch.nn.Module):
         self.w2 = torch.randn(32, 16, 3, 3, generator=g) * 0.2
         self.fc = torch.randn(32 * 16 * 16, 32, generator=g) * 0.02
 
-    def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
+    def embed(self, image: torch.Tensor, face: Face, flip: bool = False) -> torch.Tensor:
         h, w = image.shape[-2:]
         x0, y0, x1, y1 = (float(v) for v in face.box)
         cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 0.6
@@ -51,6 +51,7 @@ class BoxEncoder(torch.nn.Module):
         theta = torch.tensor([[[sx, 0.0, tx], [0.0, sy, ty]]], dtype=image.dtype)
         grid = F.affine_grid(theta, [1, 3, 40, 40], align_corners=False)
         chip = F.grid_sample(image, grid, mode="bilinear", align_corners=False)
+        chip = chip.flip(-1) if flip else chip
         # Contrast-normalised input and centred features: like a real face encoder, the
         # embedding depends on the face's structure, not its mean colour.
         chip = (chip - chip.mean()) / (chip.std() + 1e-3)

@@ -85,10 +85,11 @@ class ClipImageEncoder(nn.Module):
         matrix = face_crop_matrix(np.asarray(face.landmarks5), self.image_size)
         return warp_affine(image, matrix, self.image_size)
 
-    def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
+    def embed(self, image: torch.Tensor, face: Face, flip: bool = False) -> torch.Tensor:
         mean = self.mean.to(image.dtype)
         std = self.std.to(image.dtype)
-        pixels = (self.crop(image, face) - mean) / std
+        crop = self.crop(image, face)
+        pixels = ((crop.flip(-1) if flip else crop) - mean) / std
         dtype = next(self.model.parameters()).dtype
         out = self.model(pixel_values=pixels.to(dtype))
         return out.image_embeds[0].to(image.dtype)

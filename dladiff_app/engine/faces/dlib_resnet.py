@@ -78,13 +78,15 @@ class DlibResNet(nn.Module):
     ``forward(chips)``: ``chips`` (N, 3, 150, 150) float32 RGB with values 0-255 (dlib's aligned
     face chips, see :mod:`dlib_chip`); returns (N, 128) float32 descriptors. Two faces are the
     same person for dlib when the Euclidean distance of their descriptors is below 0.6.
-    Built with random weights; :meth:`from_dat` loads dlib's trained file.
+    Built with random weights; :meth:`from_dat` loads dlib's trained file. ``feature_dropout``:
+    see :class:`onnx_to_torch.OnnxModule` (applied after every residual block).
     """
 
     mean: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
+        self.feature_dropout = 0.0
         self.register_buffer("mean", torch.tensor(_DEFAULT_MEAN, dtype=torch.float32))
         self.stem = nn.Conv2d(3, 32, 7, stride=2, padding=0)
         blocks = []
@@ -144,6 +146,8 @@ class DlibResNet(nn.Module):
         x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
         for block in self.blocks:
             x = block(x)
+            if self.feature_dropout > 0:
+                x = F.dropout(x, self.feature_dropout, training=True)
         return self.fc(x.mean(dim=(2, 3)))
 
 
@@ -185,8 +189,9 @@ class DlibEncoder(nn.Module):
             )
         return extract_face_chip(image, face.dlib_shape, size=CHIP_SIZE, padding=CHIP_PADDING)
 
-    def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
+    def embed(self, image: torch.Tensor, face: Face, flip: bool = False) -> torch.Tensor:
         """``image``: (1, 3, H, W) float32 RGB in [0, 1], may require grad; ``face`` must carry
         dlib's 68 landmarks. Returns the (128,) descriptor (not normalised), differentiable
-        with respect to ``image``."""
-        return self.net(self.chip(image, face))[0]
+        with respect to ``image``; ``flip`` mirrors the chip first."""
+        chip = self.chip(image, face)
+        return self.net(chip.flip(-1) if flip else chip)[0]

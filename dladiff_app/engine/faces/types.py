@@ -59,8 +59,9 @@ class IdentityEncoder(Protocol):
     metric: str
     threshold: float
 
-    def embed(self, image: torch.Tensor, face: Face) -> torch.Tensor:
+    def embed(self, image: torch.Tensor, face: Face, flip: bool = False) -> torch.Tensor:
         """``image``: (1, 3, H, W) float32 RGB in [0, 1], full resolution, may require grad.
         Aligns ``face`` with a differentiable warp and returns its embedding, shape (D,),
-        differentiable with respect to ``image``."""
+        differentiable with respect to ``image``. ``flip``: embed the mirror image of the
+        aligned face (what recognizers that average a face with its mirror see)."""
         ...

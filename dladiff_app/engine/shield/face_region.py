@@ -186,3 +186,27 @@ def feathered_mask(region_size: tuple[int, int], faces: Sequence[Face], *,
         t = ((r - 1.0) / max(2 * feather / enlarge, 1e-3)).clamp(0.0, 1.0)
         mask = torch.maximum(mask, 0.5 * (1.0 + torch.cos(math.pi * t)))
     return mask.view(1, 1, h, w)
+
+
+def jitter_face(face: Face, gen: torch.Generator, amount: float) -> Face:
+    """The same face with its landmarks moved by a random similarity transform about the box
+    centre: shift up to ``amount`` box sides, scale by 1 +- ``amount``, rotation up to
+    ``amount`` * 90 degrees. Stands for another detector's landmarks (attack tools align with
+    their own, a few pixels off ours); draws four numbers from ``gen`` whatever ``amount``."""
+    u = torch.rand(4, generator=gen).numpy().astype(np.float64) * 2 - 1
+    if amount <= 0:
+        return face
+    box = np.asarray(face.box, dtype=np.float64)
+    side = max(1.0, float(box[2] - box[0]), float(box[3] - box[1]))
+    centre = (box[:2] + box[2:]) / 2
+    theta = np.radians(u[0] * amount * 90.0)
+    k = 1.0 + u[1] * amount
+    rot = k * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    shift = u[2:] * amount * side
+
+    def move(p: np.ndarray) -> np.ndarray:
+        pts = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        return ((pts - centre) @ rot.T + centre + shift).reshape(np.shape(p))
+
+    return replace(face, landmarks5=move(face.landmarks5),
+                   dlib_shape=None if face.dlib_shape is None else move(face.dlib_shape))

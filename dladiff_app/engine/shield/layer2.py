@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.faces.align import gaussian_blur
 from dladiff_app.engine.faces.score import similarity
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
 from dladiff_app.engine.shield.eot import EotConfig
@@ -34,6 +36,7 @@ from dladiff_app.engine.shield.face_region import (
     FaceRegion,
     face_regions,
     feathered_mask,
+    jitter_face,
     merge_boxes,
     region_for,
     shift_face,
@@ -41,12 +44,14 @@ from dladiff_app.engine.shield.face_region import (
 from dladiff_app.engine.shield.face_views import (
     SHARE_LONG_SIDE,
     FaceCrop,
+    ViewDraw,
     draw_view,
     make_view,
     share_scale,
     view_scale,
     work_scale,
 )
+from dladiff_app.engine.shield.perceptual import texture_budget
 from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,36 @@ ALPHA_PEAK, ALPHA_FLOOR, MOMENTUM = 5.0, 0.5, 0.75
 # An encoder's embedding of a crop must match its embedding of the full photo this closely
 # (cosine), or the crop is widened: the optimiser must see exactly what the encoder sees.
 CROP_EXACT_COS = 0.9999
+
+
+@dataclass(frozen=True)
+class ShieldOptions:
+    """Levers that make the perturbation transfer to face models the shield never saw (each
+    kept because it moved the held-out figures of ``benchmarks/transfer.py``; see the README).
+
+    ``flip``: share of steps on which every encoder looks at the mirror image of the aligned
+    face. ``jitter``: landmarks moved by a random similarity transform of this size (box sides;
+    see :func:`face_region.jitter_face`) on every step, standing for an attack tool's own face
+    alignment. Zero switches a lever off.
+    """
+
+    flip: float = 0.0
+    jitter: float = 0.0
+    # Visibility (see :mod:`perceptual`): ``texture_floor`` < 1 turns on the texture-masking
+    # budget, the smallest share of ``eps`` a flat pixel keeps; ``soft_budget`` > 0 uses that map
+    # as a penalty of this weight instead of a hard per-pixel bound; ``chroma`` scales the
+    # colour part of every step (0: steps change luma only).
+    texture_floor: float = 1.0
+    soft_budget: float = 0.0
+    chroma: float = 1.0
+    # ``dropout``: share of every encoder's activations dropped at each step (a thinned copy of
+    # each network per step, so the perturbation does not overfit the networks it sees).
+    # ``grad_blur``: Gaussian sigma (pixels) smoothing each step's gradient (translation
+    # invariance). ``one_encoder_per_step``: cycle through the encoders, one per step (the same
+    # number of steps at about the cost of one encoder).
+    dropout: float = 0.0
+    grad_blur: float = 0.0
+    one_encoder_per_step: bool = False
 
 
 class _Cancel(Protocol):
@@ -231,6 +266,25 @@ def _face_crops(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[I
     return regions, crops
 
 
+def _perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, clean: torch.Tensor,
+                         share: torch.Tensor, mask: torch.Tensor, eps: float,
+                         opts: ShieldOptions) -> torch.Tensor:
+    """The identity gradient reshaped for visibility: its colour part scaled by
+    ``opts.chroma``, and with a soft budget the gradient of ``sum(((x - clean) / (eps *
+    share))^2)`` added at ``opts.soft_budget`` times the identity gradient's L1 size (both
+    L1-normalised, so the weight is a ratio whatever the loss scale)."""
+    if opts.chroma != 1.0:
+        grey = grad.mean(dim=1, keepdim=True)
+        grad = grey + opts.chroma * (grad - grey)
+    if opts.soft_budget > 0:
+        pen = 2.0 * (x - clean) / (eps * share) ** 2 * (mask > 0)
+        g1 = float(torch.linalg.vector_norm(grad, ord=1))
+        p1 = float(torch.linalg.vector_norm(pen, ord=1))
+        if p1 > 0:
+            grad = grad + opts.soft_budget * (g1 / p1) * pen
+    return grad
+
+
 def _alpha(step: int, total: int, alpha: float) -> float:
     """Cosine decay from ``ALPHA_PEAK * alpha`` to ``ALPHA_FLOOR * alpha``: big steps find the
     direction, small ones settle on the 8-bit grid."""
@@ -239,13 +293,98 @@ def _alpha(step: int, total: int, alpha: float) -> float:
     return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t))
 
 
+@contextmanager
+def _thinned(encoders: Sequence[IdentityEncoder], dropout: float, seed: int) -> Iterator[None]:
+    """Feature dropout on every encoder network that supports it, for the optimisation only.
+    Dropout draws from torch's global generator: seeded here and restored after, so a run is
+    reproducible and the caller's random state is untouched."""
+    nets = [n for n in (getattr(e, "net", None) for e in encoders)
+            if n is not None and hasattr(n, "feature_dropout")]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for net in nets:
+            net.feature_dropout = dropout
+        try:
+            yield
+        finally:
+            for net in nets:
+                net.feature_dropout = 0.0
+
+
+def _pgd_loop(total: int, regions: Sequence[FaceRegion], crops: Sequence[Sequence[FaceCrop]],
+              states: list, encoders: Sequence[IdentityEncoder],
+              targets: Sequence[Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None,
+              opts: ShieldOptions, gen: torch.Generator, eot_cfg: EotConfig | None,
+              alpha: float, eps: float, seed: int, cancel: _Cancel | None,
+              progress: Callable[[int, int], None] | None) -> int:
+    """The PGD steps of :func:`protect_faces` on ``states`` (updated in place); returns the
+    number of steps done."""
+    done = 0
+    with _thinned(encoders, opts.dropout, seed):
+        for step in range(total):
+            if cancel is not None:
+                cancel.check()
+            draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
+            flip = bool(float(torch.rand((), generator=gen)) < opts.flip)
+            a_t = _alpha(step, total, alpha)
+            active = ([encoders[step % len(encoders)]] if opts.one_encoder_per_step
+                      else list(encoders))
+            for region, rcrops, state in zip(regions, crops, states, strict=True):
+                _step_region(region, rcrops, state, active, targets, weights, opts, gen, draw,
+                             flip, a_t, eps)
+            done = step + 1
+            if progress is not None:
+                progress(done, total)
+    return done
+
+
+def _step_region(region: FaceRegion, rcrops: Sequence[FaceCrop], state: tuple,
+                 encoders: Sequence[IdentityEncoder],
+                 targets: Sequence[Mapping[str, torch.Tensor]],
+                 weights: Mapping[str, float] | None, opts: ShieldOptions,
+                 gen: torch.Generator, draw: ViewDraw, flip: bool, a_t: float,
+                 eps: float) -> None:
+    """One signed-gradient step with momentum on one region's crop (``state``, in place)."""
+    _, mask, _, _, x_lo, x_hi, x, momentum, clean_c, share = state
+    leaf = x.requires_grad_(True)
+    loss = leaf.new_zeros(())
+    for i, fc in zip(region.faces, rcrops, strict=True):
+        x0, y0, x1, y1 = fc.box
+        whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
+        sub = leaf if whole else leaf[..., y0:y1, x0:x1]
+        # Seen through the 8-bit file; a downscaled view averages the rounding away.
+        if view_scale(fc, draw) >= 0.999:
+            sub = quantise_ste(sub)
+        view, vface = make_view(sub, fc, draw)
+        vface = jitter_face(vface, gen, opts.jitter)
+        for enc in encoders:
+            wk = 1.0 if weights is None else float(weights.get(enc.name, 1.0))
+            if wk != 0.0:
+                emb = enc.embed(view, vface, flip=True) if flip else enc.embed(view, vface)
+                loss = loss + wk * identity_term(enc, emb, targets[i][enc.name])
+    grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
+    x.requires_grad_(False)
+    if grad is None:
+        return
+    with torch.no_grad():
+        if opts.grad_blur > 0:
+            grad = gaussian_blur(grad, opts.grad_blur, mode="reflect")
+        grad = _perceptual_gradient(grad, x, clean_c, share, mask, eps, opts)
+        # MI-FGSM: L1-normalised gradients accumulate, the sign of the sum steps.
+        l1 = float(torch.linalg.vector_norm(grad, ord=1)) / grad.numel()
+        momentum.mul_(MOMENTUM).add_(grad, alpha=1.0 / max(l1, 1e-20))
+        x.addcmul_(momentum.sign(), mask, value=-a_t)
+        torch.clamp(x, x_lo, x_hi, out=x)
+
+
 def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[Face],
                   encoders: list[IdentityEncoder], settings: ProtectionSettings, *,
                   weights: dict[str, float] | None = None, steps: int | None = None,
                   cancel: _Cancel | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   generator_seed: int | None = None,
-                  eot: EotConfig | None = None) -> Layer2Result:
+                  eot: EotConfig | None = None,
+                  options: ShieldOptions | None = None) -> Layer2Result:
     """Run the zero-shot shield on one photo.
 
     ``image``: the clean photo, (1, 3, H, W) float32 RGB [0, 1]. ``start``: layer 1's result in
@@ -282,6 +421,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     gen = torch.Generator().manual_seed(settings.seed if generator_seed is None
                                         else int(generator_seed))
     eot_cfg = (eot or EotConfig()) if settings.eot else None
+    opts = options or ShieldOptions()
 
     targets = clean_embeddings(image, faces, encoders)
     regions, crops = _face_crops(image, faces, encoders, targets)
@@ -293,7 +433,9 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         start_c = region.crop(start).clone()
         mask = feathered_mask((region.height, region.width),
                               region.local_faces).to(image)
-        lo, hi = grid_bounds(clean_c, eps)
+        share = texture_budget(clean_c, opts.texture_floor)
+        # Hard map: each pixel's own bound; soft map: the full ball, the map weighs a penalty.
+        lo, hi = grid_bounds(clean_c, eps if opts.soft_budget > 0 else eps * share)
         # The photo is x = start + mask * (y - start) with y in the ball [lo, hi]: x itself is
         # optimised, in the box that y's ball maps to (a step of y by a is one of x by
         # mask * a), so that no step spends full-resolution passes on the blend.
@@ -303,49 +445,16 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
         x = start_c + mask * (y - start_c)
-        states.append((start_c, mask, lo, hi, x_lo, x_hi, x, torch.zeros_like(x)))
+        states.append((start_c, mask, lo, hi, x_lo, x_hi, x, torch.zeros_like(x), clean_c,
+                       share))
 
-    done = 0
-    for step in range(total):
-        if cancel is not None:
-            cancel.check()
-        draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
-        a_t = _alpha(step, total, alpha)
-        for region, rcrops, state in zip(regions, crops, states, strict=True):
-            _, mask, _, _, x_lo, x_hi, x, momentum = state
-            leaf = x.requires_grad_(True)
-            loss = leaf.new_zeros(())
-            for i, fc in zip(region.faces, rcrops, strict=True):
-                x0, y0, x1, y1 = fc.box
-                whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
-                sub = leaf if whole else leaf[..., y0:y1, x0:x1]
-                # Seen through the 8-bit file; a downscaled view averages the rounding away.
-                if view_scale(fc, draw) >= 0.999:
-                    sub = quantise_ste(sub)
-                view, vface = make_view(sub, fc, draw)
-                for enc in encoders:
-                    wk = 1.0 if weights is None else float(weights.get(enc.name, 1.0))
-                    if wk != 0.0:
-                        loss = loss + wk * identity_term(enc, enc.embed(view, vface),
-                                                         targets[i][enc.name])
-            if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss, leaf)
-            x.requires_grad_(False)
-            if not loss.requires_grad:
-                continue
-            with torch.no_grad():
-                # MI-FGSM: L1-normalised gradients accumulate, the sign of the sum steps.
-                l1 = float(torch.linalg.vector_norm(grad, ord=1)) / grad.numel()
-                momentum.mul_(MOMENTUM).add_(grad, alpha=1.0 / max(l1, 1e-20))
-                x.addcmul_(momentum.sign(), mask, value=-a_t)
-                torch.clamp(x, x_lo, x_hi, out=x)
-        done = step + 1
-        if progress is not None:
-            progress(done, total)
+    done = _pgd_loop(total, regions, crops, states, encoders, targets, weights, opts, gen,
+                     eot_cfg, alpha, eps, settings.seed if generator_seed is None
+                     else int(generator_seed), cancel, progress)
 
     protected = start.clone()
     with torch.no_grad():
-        for region, (start_c, mask, lo, hi, _, _, x, _) in zip(regions, states, strict=True):
+        for region, (start_c, mask, lo, hi, _, _, x, *_) in zip(regions, states, strict=True):
             q = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
             # Where the mask is 0 the photo is layer 1's, bit for bit.
             x0, y0, x1, y1 = region.box

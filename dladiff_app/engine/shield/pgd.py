@@ -57,7 +57,8 @@ def signed_step(
     return project(x_adv.detach() + alpha * direction, clean, eps).detach()
 
 
-def grid_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_bounds(clean: torch.Tensor, eps: float | torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The eps-ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where
     ``clean`` is on the grid, so that rounding a point of it to the grid (the file as written)
     keeps it inside the budget. Returns (low, high), each shaped like ``clean``."""
