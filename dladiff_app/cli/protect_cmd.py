@@ -121,8 +121,10 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
                 f"cannot resume {out}: its job journal is damaged or was written by another "
                 f"version ({type(exc).__name__}: {exc}); protect the photos into a new folder"
             ) from exc
-        return dataclasses.replace(job, device=args.device if args.device != "auto"
-                                   else job.device, pipeline=args.pipeline or job.pipeline)
+        # The folder named now is the job folder, even if it was moved since the job began.
+        return dataclasses.replace(job, output_dir=out,
+                                   device=args.device if args.device != "auto" else job.device,
+                                   pipeline=args.pipeline or job.pipeline)
     if not args.inputs:
         raise UsageError("give at least one photo or folder to protect")
     try:

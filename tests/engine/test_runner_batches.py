@@ -393,3 +393,19 @@ def test_score_refuses_a_fifo_instead_of_hanging(tmp_path: Path,
         pytest.fail("dladiff score blocked on a FIFO")
     assert codes == [EXIT_BAD_INPUT]
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_moved_job_folder_resumes_where_it_is_now(tmp_path: Path) -> None:
+    import argparse
+
+    from dladiff_app.cli.protect_cmd import build_job
+
+    make_photos(tmp_path / "in", ["a.png", "b.png"])
+    _run(_job((tmp_path / "in",), tmp_path / "out"))
+    moved = (tmp_path / "out").rename(tmp_path / "moved")
+    args = argparse.Namespace(resume=str(moved), output=None, inputs=[], device="auto",
+                              pipeline=None)
+    job = build_job(args)
+    assert job.output_dir == moved and job.resume
+    again, _ = _run(job)
+    assert (again.done, again.skipped) == (0, 2) and not (tmp_path / "out").exists()
