@@ -113,6 +113,8 @@ class EngineKit:
     layer2: Layer2Fn | None = None
     layer2_missing: str = ""
     polish: PolishFn | None = None
+    # Said once per job, before the photos (e.g. "SFace is not installed: ...").
+    notices: tuple[str, ...] = ()
     models: dict[str, Any] = field(default_factory=dict)          # manifest "models" section
     model_revisions: dict[str, Any] = field(default_factory=dict)
     # Seconds of one layer-1 PGD step for one photo, measured on this kit's device (None until
@@ -614,6 +616,8 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
         sink(JobFinished(0, run.failed, 0, time.monotonic() - run.t0))
         raise
     sink(started)
+    for message in kit.notices:
+        sink(Notice(message))
     if found.ignored:
         sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
                     f"{found.ignored[0].name}."))

@@ -221,6 +221,7 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         from dladiff_app.core.paths import cache_dir as default_cache
 
         cache_dir = default_cache() / "prior_lora"
+    notices = _encoder_notices(store, encoders) if settings.layers.zeroshot else ()
     layer2_missing = "" if encoders else (
         "The zero-shot shield was skipped: no identity encoder is available (install "
         "face_recognition_models for the offline one, or download buffalo_l).")
@@ -242,6 +243,7 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         layer1_missing=layer1_missing,
         layer2=_layer2_fn(encoders, settings) if encoders else None,
         layer2_missing=layer2_missing,
+        notices=notices,
         polish=_polish_fn(encoders, settings, state) if polish else None,
         models=models,
         model_revisions={"sd_pipeline": models["sd_pipeline"]["revision"]
@@ -249,6 +251,26 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
                          "encoders": [e.name for e in encoders]},
         layer1_step_seconds=lambda: _measured_pgd_step(state),
     )
+
+
+def _encoder_notices(store: ModelStore | None,
+                     encoders: Sequence[IdentityEncoder]) -> tuple[str, ...]:
+    """What the user should know about the offline ensemble: without SFace (the offline
+    ArcFace-family model), the zero-shot shield fools dlib but much less the ArcFace models
+    that attack tools use."""
+    if any(e.name == "sface" for e in encoders):
+        return ()
+    from dladiff_app.engine.faces import registry
+
+    try:
+        status = next(s for s in registry.encoder_statuses(store or _default_store())
+                      if s.name == "sface")
+    except StopIteration:
+        return ()
+    detail = status.reason if not status.available else "it was not selected"
+    return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
+            "zero-shot shield runs with the other models, but protects less against the "
+            "ArcFace models that attack tools use.",)
 
 
 def _measured_pgd_step(state: _Layer1State) -> float | None:
