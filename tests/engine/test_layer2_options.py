@@ -102,3 +102,16 @@ def test_texture_budget_follows_local_contrast() -> None:
     busy = (torch.rand((1, 3, 32, 32), generator=g) > 0.5).float()
     assert float(texture_budget(busy, 0.3)[..., 4:-4, 4:-4].min()) == 1.0
     assert np.isfinite(texture_budget(busy, 0.3).numpy()).all()
+
+
+def test_feature_term_uses_the_mid_level_map_and_turns_the_tap_off(astronaut) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+    from dladiff_app.engine.faces.dlib_detect import DlibDetector
+
+    img, _ = astronaut
+    faces = DlibDetector().detect(img[0].permute(1, 2, 0).numpy())[:1]
+    enc = DlibEncoder.load().eval()
+    res = protect_faces(img, None, faces, [enc], PLAIN, steps=3,
+                        options=ShieldOptions(feature_weight=1.0))
+    assert enc.net.tap is False and enc.net.tapped is None
+    assert res.final_similarity[0]["dlib"] > res.initial_similarity[0]["dlib"]

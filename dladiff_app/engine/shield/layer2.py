@@ -99,6 +99,10 @@ class ShieldOptions:
     dropout: float = 0.0
     grad_blur: float = 0.0
     one_encoder_per_step: bool = False
+    # ``feature_weight`` > 0 also pushes each encoder's mid-level feature map (pooled to 4x4)
+    # away from the clean face's, at this weight: mid-level features are shared more across
+    # networks than final embeddings.
+    feature_weight: float = 0.0
 
 
 class _Cancel(Protocol):
@@ -293,6 +297,31 @@ def _alpha(step: int, total: int, alpha: float) -> float:
     return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t))
 
 
+FEATURE_KEY = "@features"
+
+
+def _pooled_features(enc: IdentityEncoder) -> torch.Tensor:
+    tapped = getattr(getattr(enc, "net", None), "tapped", None)
+    assert tapped is not None, "the encoder's network kept no feature map"
+    return F.adaptive_avg_pool2d(tapped, 4)
+
+
+def _with_clean_features(image: torch.Tensor, faces: Sequence[Face],
+                         encoders: Sequence[IdentityEncoder],
+                         targets: list[dict[str, torch.Tensor]]) -> None:
+    """Add each tap-capable encoder's pooled mid-level features of the clean faces to
+    ``targets`` (key ``name + FEATURE_KEY``), and leave the taps on."""
+    for enc in encoders:
+        net = getattr(enc, "net", None)
+        if net is None or not hasattr(net, "tap"):
+            continue
+        net.tap = True
+        with torch.no_grad():
+            for face, target in zip(faces, targets, strict=True):
+                enc.embed(image, face)
+                target[enc.name + FEATURE_KEY] = _pooled_features(enc).detach()
+
+
 @contextmanager
 def _thinned(encoders: Sequence[IdentityEncoder], dropout: float, seed: int) -> Iterator[None]:
     """Feature dropout on every encoder network that supports it, for the optimisation only.
@@ -309,6 +338,8 @@ def _thinned(encoders: Sequence[IdentityEncoder], dropout: float, seed: int) -> 
         finally:
             for net in nets:
                 net.feature_dropout = 0.0
+                if hasattr(net, "tap"):
+                    net.tap, net.tapped = False, None
 
 
 def _pgd_loop(total: int, regions: Sequence[FaceRegion], crops: Sequence[Sequence[FaceCrop]],
@@ -362,6 +393,12 @@ def _step_region(region: FaceRegion, rcrops: Sequence[FaceCrop], state: tuple,
             if wk != 0.0:
                 emb = enc.embed(view, vface, flip=True) if flip else enc.embed(view, vface)
                 loss = loss + wk * identity_term(enc, emb, targets[i][enc.name])
+                feat = targets[i].get(enc.name + FEATURE_KEY)
+                if opts.feature_weight > 0 and feat is not None:
+                    now = _pooled_features(enc)
+                    feat = feat.flip(-1) if flip else feat
+                    loss = loss + wk * opts.feature_weight * F.cosine_similarity(
+                        now.flatten(), feat.flatten(), dim=0)
     grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
     x.requires_grad_(False)
     if grad is None:
@@ -425,6 +462,8 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
 
     targets = clean_embeddings(image, faces, encoders)
     regions, crops = _face_crops(image, faces, encoders, targets)
+    if opts.feature_weight > 0:
+        _with_clean_features(image, faces, encoders, targets)
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
     states = []
