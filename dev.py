@@ -53,8 +53,29 @@ def _must(cmd: list[str]) -> None:
         sys.exit(f"dev.py: command failed with exit code {rc}: {' '.join(cmd)}")
 
 
-def ensure_env(extras: str) -> Path:
-    """Create the venv if needed and install the app (+ extras) when anything changed."""
+def _digest(extras: str) -> str:
+    torch_req = os.environ.get("DLADIFF_TORCH", DEFAULT_TORCH)
+    torch_index = os.environ.get("DLADIFF_TORCH_INDEX", "")
+    digest = hashlib.sha256()
+    digest.update((ROOT / "pyproject.toml").read_bytes())
+    digest.update(f"{torch_req}|{torch_index}|{extras}|{sys.version_info[:2]}".encode())
+    return digest.hexdigest()
+
+
+def _stamp(extras: str) -> Path:
+    return VENV / f".dladiff-installed-{extras or 'app'}"
+
+
+def _current(extras: str) -> bool:
+    stamp = _stamp(extras)
+    return stamp.exists() and stamp.read_text() == _digest(extras)
+
+
+def ensure_env(extras: str, also_enough: tuple[str, ...] = ()) -> Path:
+    """Create the venv if needed and install the app (+ extras) when anything changed.
+
+    ``also_enough``: installs that contain this one (the test install holds the whole app), so
+    ``dev.py run`` right after ``dev.py test`` starts at once instead of reinstalling."""
     if sys.version_info < (3, 10):  # noqa: UP036 - dev.py runs under any python3
         sys.exit("DLADiff needs Python 3.10 or newer.")
     torch_req = os.environ.get("DLADIFF_TORCH", DEFAULT_TORCH)
@@ -63,27 +84,23 @@ def ensure_env(extras: str) -> Path:
     if not py.exists():
         print(f"Creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    digest = hashlib.sha256()
-    digest.update((ROOT / "pyproject.toml").read_bytes())
-    digest.update(f"{torch_req}|{torch_index}|{extras}|{sys.version_info[:2]}".encode())
-    stamp = VENV / f".dladiff-installed-{extras or 'app'}"
-    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+    if any(_current(e) for e in (extras, *also_enough)):
         return py
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
     # torch first and on its own, so the chosen build wins over whatever a dependency would pull.
     _must(pip + ([torch_req] if not torch_index else ["--index-url", torch_index, torch_req]))
     _must(pip + ["-e", str(ROOT) + (f"[{extras}]" if extras else "")])
-    stamp.write_text(digest.hexdigest())
+    _stamp(extras).write_text(_digest(extras))
     return py
 
 
 def cmd_run(args: list[str]) -> int:
-    ensure_env("")
+    ensure_env("", also_enough=("test",))
     return _run([_bin("dladiff-app"), *args])
 
 
 def cmd_cli(args: list[str]) -> int:
-    ensure_env("")
+    ensure_env("", also_enough=("test",))
     return _run([_bin("dladiff"), *args])
 
 

@@ -33,6 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.self_test:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from dladiff_app.gui.qt_env import display_problem
+
+    problem = display_problem()
+    if problem is not None:
+        # Said before anything loads, instead of Qt's abort and its advice to reinstall.
+        print(problem, file=sys.stderr)
+        return 2
 
     from dladiff_app.core.paths import configure_ml_environment
     from dladiff_app.core.settings import load_settings

@@ -195,6 +195,11 @@ def results_table(results: list[PhotoResult]) -> str:
     return "\n".join(lines)
 
 
+# The progress line names stages in the words the app uses (the JSON keeps the engine's ids).
+STAGE_WORDS = {"load": "loading", "prior": "learning", "layer1": "fine-tune",
+               "layer2": "zero-shot", "polish": "polish", "score": "measure", "save": "saving"}
+
+
 class Printer:
     """Human output: bars on a terminal (redrawn in place), plain lines otherwise."""
 
@@ -223,7 +228,8 @@ class Printer:
                 name = self.names.get(event.photo_id, "album") if event.photo_id is not None \
                     else "album"
                 photo = event.step / event.total if event.total else 0.0
-                line = (f"\r{name[:24]:24} {event.stage:7} {_bar(photo, 12)} "
+                stage = STAGE_WORDS.get(event.stage, event.stage)
+                line = (f"\r{name[:24]:24} {stage:9} {_bar(photo, 12)} "
                         f"overall {_bar(event.overall)} {event.overall * 100:5.1f}% "
                         f"ETA {_clock(event.eta_s)}")
                 self.err.write(line[:160].ljust(110))

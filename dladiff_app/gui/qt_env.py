@@ -9,7 +9,8 @@ to load Qt5 platform plugins and the window never appears. Any such variable tha
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+import sys
+from collections.abc import Mapping, MutableMapping
 from pathlib import PurePath
 
 QT_VARIABLES_CV2_SETS = ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR")
@@ -37,3 +38,32 @@ def sanitize_qt_environment(environ: MutableMapping[str, str] | None = None) -> 
             del env[name]
             removed.append(name)
     return removed
+
+
+# Qt platforms that draw without a windowing system.
+_HEADLESS_PLATFORMS = ("offscreen", "minimal", "vnc", "eglfs", "linuxfb", "vkkhrdisplay")
+
+
+def display_problem(environ: Mapping[str, str] | None = None,
+                    platform: str | None = None) -> str | None:
+    """Why no window can open here, in words a person can act on; None when one can.
+
+    On Linux (and the BSDs) Qt needs an X11 or Wayland display; without one it aborts the
+    process with "could not connect to display ... reinstalling the application may fix this
+    problem", which is wrong advice. Checked before the QApplication exists. Windows and macOS
+    always have a display.
+    """
+    env = os.environ if environ is None else environ
+    plat = sys.platform if platform is None else platform
+    if plat.startswith(("win", "darwin", "cygwin")):
+        return None
+    requested = env.get("QT_QPA_PLATFORM", "").split(":")[0].strip().lower()
+    if requested in _HEADLESS_PLATFORMS:
+        return None
+    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return None
+    return ("DLADiff cannot open its window: there is no display here (neither DISPLAY nor "
+            "WAYLAND_DISPLAY is set, for example over SSH or in a container). Run it on a "
+            "desktop session, forward X (ssh -X), or use the command line instead: "
+            "`python3 dev.py cli protect PHOTOS -o OUTPUT` (or `dladiff protect ...`). "
+            "`dladiff-app --self-test` checks the app without a display.")

@@ -240,3 +240,19 @@ def test_kill_9_at_five_moments_then_resume_from_elsewhere_finishes_each_photo_o
     assert len(doc["photos"]) == 5
     assert all(p["layers_done"] == ["layer2"] and p["scores"] for p in doc["photos"])
     assert {p: p.read_bytes() for p in (tmp_path / "anna").iterdir()} == originals
+
+
+def test_terminal_progress_names_stages_in_words() -> None:
+    import io
+
+    from dladiff_app.cli.protect_cmd import Printer
+    from dladiff_app.core.events import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    printer = Printer(io.StringIO(), err, as_json=False)
+    printer(Progress("layer2", 3, 3, 0.5, 12.0, None))
+    assert "zero-shot" in err.getvalue() and "layer2" not in err.getvalue()

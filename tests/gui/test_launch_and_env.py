@@ -100,3 +100,25 @@ def test_app_icon_is_the_shipped_svg(qtbot) -> None:  # type: ignore[no-untyped-
     icon = app_icon()
     assert icon is not None and not icon.isNull()
     assert not icon.pixmap(64, 64).isNull()
+
+
+def test_no_display_is_a_clear_message_not_a_qt_abort(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from dladiff_app.gui.qt_env import display_problem
+
+    assert "no display here" in (display_problem({}, "linux") or "")
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_problem({}, "win32") is None and display_problem({}, "darwin") is None
+    # The real entry point, as `python3 dev.py run` starts it over SSH: exit 2, one message.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env["DLADIFF_CONFIG_DIR"] = str(tmp_path / "cfg")
+    proc = subprocess.run([sys.executable, "-m", "dladiff_app.app"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no display here" in proc.stderr and "reinstall" not in proc.stderr

@@ -1,0 +1,37 @@
+"""dev.py: `run` right after `test` uses the test install instead of reinstalling."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dev(monkeypatch: pytest.MonkeyPatch, venv: Path):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("dev_script", ROOT / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "VENV", venv)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    python.parent.mkdir(parents=True)
+    python.write_text("")  # an existing venv: nothing is created
+    return module
+
+
+def test_run_after_test_does_not_reinstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = _dev(monkeypatch, tmp_path / "venv")
+    installs: list[list[str]] = []
+    monkeypatch.setattr(dev, "_must", installs.append)
+    dev._stamp("test").write_text(dev._digest("test"))  # `dev.py test` installed [test]
+    dev.ensure_env("", also_enough=("test",))
+    assert installs == []
+    # A changed torch choice makes the test install stale: then `run` installs.
+    monkeypatch.setenv("DLADIFF_TORCH", "torch==0.0.1-other")
+    dev.ensure_env("", also_enough=("test",))
+    assert len(installs) == 2 and installs[0][-1] == "torch==0.0.1-other"
+    assert dev._current("")
