@@ -7,8 +7,11 @@ libxcb-keysyms1 libxcb-cursor0``). Sample photos: ``skimage.data.astronaut`` and
 ``data/images/t1.jpg`` (when installed). The default engine is the fake service of the GUI tests
 (real files, configured scores); ``--real`` uses ``dladiff_app.engine.services`` with the
 zero-shot shield at the Medium preset. Captures the first start (model offer), the model
-manager, the settings, the photo list with a file that is not a photo, a run, the viewer (and its
-difference map), the export dialog and a cancelled run; prints the folder holding them.
+manager, the settings, the photo list with a file that is not a photo, a run, the finished album
+with its verdict, the viewer (and its difference map), the group photo with a badge and an outline
+per face, one face at 100%, the export dialog, Help/About, and a run being cancelled and then
+cancelled; prints the folder holding them. Exits 1 when the run did not finish, a picture is
+missing, or the cancelling and cancelled pictures are the same.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def build_services(real: bool, work: Path):  # type: ignore[no-untyped-def]
 
     models = FakeModelService(work / "models")
     if not real:
-        return Services(protect=FakeProtectService(steps=20, step_seconds=0.02),
+        return Services(protect=FakeProtectService(steps=20, step_seconds=0.02,
+                                                   face_counts={"t1.jpg": 6}),
                         models=models, device=FakeDeviceService())
     from dladiff_app.engine import services as eng
 
@@ -103,7 +107,8 @@ def first_start_and_dialogs(app, window, out: Path) -> None:  # type: ignore[no-
     """The empty window with the first-start offer, the model manager and the settings."""
     from dladiff_app.gui.settings_dialog import SettingsDialog
 
-    pump(app, 10, lambda: window.first_run_banner.isVisibleTo(window))
+    # The banner is there at once; the picture waits for the model list (and what it changes).
+    pump(app, 60, lambda: bool(window.model_rows))
     shoot(app, window, out / "first_start.png")
     manager = window.open_model_manager()
     pump(app, 10, lambda: manager.table.rowCount() > 0)
@@ -116,8 +121,26 @@ def first_start_and_dialogs(app, window, out: Path) -> None:  # type: ignore[no-
     window.first_run_offline.click()  # offline zero-shot mode, as a user without SD picks
 
 
-def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    """Protect one more photo and cancel it once it is under way."""
+def group_photo_views(app, window, out: Path) -> None:  # type: ignore[no-untyped-def]
+    """The group photo (t1.jpg) with its per-face outlines and badges, then one face at 100%."""
+    group = next((e for e in window.batch.entries() if e.path.name == "t1.jpg"
+                  and e.result is not None), None)
+    if group is None:
+        print("the group photo was not protected: no per-face screenshots", file=sys.stderr)
+        return
+    window.batch.select_path(group.path)
+    window.show_selected_in_viewer()
+    shoot(app, window, out / "group_photo_faces.png")
+    if group.result.per_face:
+        window.viewer.focus_face(0)
+        window.viewer.actual_button.click()
+        shoot(app, window, out / "face_100_percent.png")
+    window.viewer.canvas.reset_view()
+
+
+def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    """Protect one more photo and cancel it once it is under way; True when the two pictures
+    show a run being cancelled and then cancelled."""
     from dladiff_app.gui.batch_list import Status
 
     copy = photo.parent.parent / "more" / f"again{photo.suffix}"
@@ -129,10 +152,19 @@ def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> None: 
     window.protect()
     pump(app, timeout, lambda: (entry.status is Status.RUNNING and bool(entry.percent))
          or not window.engine.busy)
+    if not window.engine.busy:
+        print("the run to cancel ended before it could be cancelled", file=sys.stderr)
+        return False
     window.cancel()
-    shoot(app, window, out / "cancelling.png")
+    # Grabbed at once: grab() renders synchronously, and pumping events first would let the
+    # engine's "cancelled" arrive, making both pictures the same.
+    window.grab().save(str(out / "cancelling.png"))
     pump(app, timeout, lambda: not window.engine.busy)
     shoot(app, window, out / "cancelled.png")
+    same = (out / "cancelling.png").read_bytes() == (out / "cancelled.png").read_bytes()
+    if same:
+        print("cancelling.png and cancelled.png are identical", file=sys.stderr)
+    return not same and entry.status is Status.CANCELLED
 
 
 def main() -> int:
@@ -183,11 +215,14 @@ def main() -> int:
             if not grabbed_running and window.batch_progress.value() > 300:
                 window.grab().save(str(out / "main_window_running.png"))
                 grabbed_running = True
-        if window.engine.busy:
+        finished = not window.engine.busy
+        if not finished:
             window.cancel()
+            pump(app, 60, lambda: not window.engine.busy)
             print("protection did not finish in time; cancelled", file=sys.stderr)
-        shoot(app, window, out / "main_window.png")
+        shoot(app, window, out / "finished_album.png")  # the verdict per album, open buttons
         done = [e for e in window.batch.entries() if e.result is not None]
+        cancelled_ok = False
         if done:
             window.batch.select_path(done[0].path)
             window.show_selected_in_viewer()
@@ -195,16 +230,26 @@ def main() -> int:
             window.viewer.diff_toggle.setChecked(True)
             shoot(app, window, out / "viewer_difference.png")
             window.viewer.diff_toggle.setChecked(False)
+            group_photo_views(app, window, out)
             window.tabs.setCurrentIndex(0)
             dialog = export_dialog(window, len(done))
             dialog.show()
             shoot(app, dialog, out / "export.png")
             dialog.reject()
-            cancelled_run(app, window, photos[0], out, args.timeout)
+            window.help_action.trigger()
+            shoot(app, window.help_dialog, out / "help_about.png")
+            window.help_dialog.close()
+            cancelled_ok = cancelled_run(app, window, photos[0], out, args.timeout)
         window.close()
         app.processEvents()
-        ok = bool(done) and all((out / name).is_file() for name in (
-            "viewer.png", "first_start.png", "model_manager.png", "cancelled.png"))
+        expected = ("first_start.png", "model_manager.png", "finished_album.png", "viewer.png",
+                    "help_about.png", "cancelling.png", "cancelled.png")
+        if len(photos) > 1:
+            expected += ("group_photo_faces.png", "face_100_percent.png")
+        missing = [name for name in expected if not (out / name).is_file()]
+        if missing:
+            print(f"screenshots missing: {', '.join(missing)}", file=sys.stderr)
+        ok = finished and bool(done) and cancelled_ok and not missing
     finally:
         if xvfb is not None:
             xvfb.terminate()

@@ -1,13 +1,17 @@
 """Progress and ETA for a protection job, from measured step times.
 
-Two kinds of work dominate and cost very different amounts: layer-1 steps over a whole album
-(a Stable Diffusion forward/backward each) and per-photo steps (layer 2, polish, save, score).
-Each kind gets its own measured seconds-per-step; the ETA is what is left of each times its rate.
+Three kinds of work cost very different amounts, so each gets its own measured seconds per unit
+and the ETA is what is left of each times its rate:
 
-The zero-shot shield and the polish work on every face of a photo, so their steps count once per
-face: the plan assumes one face per photo until the runner has detected a photo's faces
+- ``album``: layer-1 steps over a whole album (a Stable Diffusion forward/backward each);
+- ``photo``: zero-shot and polish steps, one unit per step *per face* (one step works on every
+  face of the photo);
+- ``finish``: saving and measuring a photo (two units: encode, then detection and identity
+  scores on the file and after sharing), whatever its steps.
+
+The plan assumes one face per photo until the runner has detected a photo's faces
 (:meth:`EtaTracker.faces_found`), then that photo's plan is corrected (six faces: six times the
-steps; no face: its detections and scoring only).
+steps; no face: its saving and measuring only).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dladiff_app.core.events import EventSink, Progress
 from dladiff_app.core.presets import ProtectionSettings
 
 _PER_FACE_STAGES = ("layer2", "polish")
+_FINISH_STAGES = ("save", "score")
+_FINISH_UNITS = 2.0
 _STAGE = {"prior": "prior", "layer1_pgd": "layer1", "layer1_lora": "layer1", "layer1": "layer1",
           "layer2": "layer2", "polish": "polish", "save": "save", "score": "score"}
 
@@ -26,19 +32,22 @@ _STAGE = {"prior": "prior", "layer1_pgd": "layer1", "layer1_lora": "layer1", "la
 class EtaTracker:
     def __init__(self, sink: EventSink, clock: Callable[[], float] = time.monotonic) -> None:
         self.sink, self.clock = sink, clock
-        self.left = {"album": 0.0, "photo": 0.0}
+        self.left = {"album": 0.0, "photo": 0.0, "finish": 0.0}
         self.total = 0.0
         self.rate: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
-        self.per_photo = 0.0
         self.per_face = 0.0
-        self.photo_plan: dict[int, float] = {}
+        self.plans: dict[tuple[str, int], float] = {}   # (kind, photo) -> planned units
+        self.used: dict[tuple[str, int], float] = {}    # (kind, photo) -> units done
         self.faces: dict[int, int] = {}
         self._shown = 0.0
         self.per_album: list[float] = []
-        self.photo_used: dict[int, float] = {}
         self.album_used = 0.0
         self.last_step: dict[tuple[int | None, str], int] = {}
+
+    def _plan_of(self, kind: str, photo_id: int) -> float:
+        default = self.per_face if kind == "photo" else _FINISH_UNITS
+        return self.plans.get((kind, photo_id), default)
 
     def plan(self, settings: ProtectionSettings, album_sizes: Sequence[int], layer1: bool,
              layer2: bool, polish: bool = True, unusable: int = 0) -> None:
@@ -51,9 +60,9 @@ class EtaTracker:
         run_l2 = s.layers.zeroshot and layer2
         self.per_face = (s.layer2_steps if run_l2 else 0.0) + (
             s.polish_steps if run_l1 and run_l2 and polish else 0.0)
-        self.per_photo = 2.0 + self.per_face  # save + score, and one face until detected
-        self.left = {"album": float(sum(self.per_album)),
-                     "photo": self.per_photo * (sum(album_sizes) + unusable)}
+        photos = sum(album_sizes) + unusable
+        self.left = {"album": float(sum(self.per_album)), "photo": self.per_face * photos,
+                     "finish": _FINISH_UNITS * photos}
         self.total = sum(self.left.values()) or 1.0
 
     def _tick(self, kind: str, units: float, photo_id: int | None) -> None:
@@ -65,8 +74,8 @@ class EtaTracker:
         self.last_tick[kind] = now
         units = min(units, self.left[kind])
         self.left[kind] -= units
-        if kind == "photo" and photo_id is not None:
-            self.photo_used[photo_id] = self.photo_used.get(photo_id, 0.0) + units
+        if photo_id is not None:
+            self.used[(kind, photo_id)] = self.used.get((kind, photo_id), 0.0) + units
         elif kind == "album":
             self.album_used += units
 
@@ -80,11 +89,10 @@ class EtaTracker:
     def faces_found(self, photo_id: int, faces: int) -> None:
         """The runner detected ``faces`` faces in the photo: its per-face work is re-planned."""
         faces = max(0, int(faces))
-        planned = self.photo_plan.get(photo_id, self.per_photo)
-        new = 2.0 + self.per_face * faces
-        used = self.photo_used.get(photo_id, 0.0)
-        delta = max(new, used) - planned
-        self.photo_plan[photo_id] = planned + delta
+        key = ("photo", photo_id)
+        planned = self._plan_of("photo", photo_id)
+        delta = max(self.per_face * faces, self.used.get(key, 0.0)) - planned
+        self.plans[key] = planned + delta
         self.faces[photo_id] = faces
         self.left["photo"] = max(0.0, self.left["photo"] + delta)
         self.total = max(self.total + delta, 1.0)
@@ -102,7 +110,8 @@ class EtaTracker:
         """A progress callback for one photo's work (``photo_id``) or an album's layer 1
         (``None``): ``(stage, step, total)`` with ``step`` counting up from 0 within a stage."""
         def step(stage: str, done: int, total: int) -> None:
-            kind = "album" if photo_id is None else "photo"
+            kind = ("album" if photo_id is None else
+                    "finish" if stage in _FINISH_STAGES else "photo")
             key = (photo_id, stage)
             units = max(0, done - self.last_step.get(key, 0))
             self.last_step[key] = done
@@ -126,9 +135,10 @@ class EtaTracker:
 
     def photo_finished(self, photo_id: int) -> None:
         """The photo is done, failed or skipped: drop what is left of its plan."""
-        planned = self.photo_plan.get(photo_id, self.per_photo)
-        extra = max(0.0, planned - self.photo_used.get(photo_id, 0.0))
-        self.left["photo"] = max(0.0, self.left["photo"] - extra)
-        self.photo_used[photo_id] = planned
+        for kind in ("photo", "finish"):
+            planned = self._plan_of(kind, photo_id)
+            extra = max(0.0, planned - self.used.get((kind, photo_id), 0.0))
+            self.left[kind] = max(0.0, self.left[kind] - extra)
+            self.used[(kind, photo_id)] = planned
         # The photo's last word: "score" is its final stage (also for a failed/skipped photo).
         self.sink(Progress("score", 1, 1, self.overall, self.eta(), photo_id))

@@ -17,7 +17,7 @@ def test_every_albums_layer1_steps_count_and_the_eta_follows_the_measured_rate()
     events: list[Event] = []
     eta = EtaTracker(events.append, clock=lambda: now[0])
     eta.plan(SETTINGS, [1, 1], layer1=True, layer2=False)
-    assert eta.left == {"album": 8.0, "photo": 4.0}
+    assert eta.left == {"album": 8.0, "photo": 0.0, "finish": 4.0}
     for album in (0, 1):
         step = eta.step_fn(None)
         for done in range(1, 5):
@@ -37,9 +37,9 @@ def test_a_finished_photo_drops_what_is_left_of_its_plan() -> None:
     events: list[Event] = []
     eta = EtaTracker(events.append, clock=lambda: 0.0)
     eta.plan(SETTINGS, [2], layer1=False, layer2=False)
-    assert eta.left == {"album": 0.0, "photo": 4.0}
+    assert eta.left == {"album": 0.0, "photo": 0.0, "finish": 4.0}
     eta.photo_finished(0)
-    assert eta.left["photo"] == 2.0 and eta.overall == 0.5
+    assert eta.left["finish"] == 2.0 and eta.overall == 0.5
     last = events[-1]
     assert isinstance(last, Progress) and (last.stage, last.photo_id) == ("score", 0)
 
@@ -50,16 +50,23 @@ def test_zero_shot_steps_count_per_face_once_the_faces_are_found() -> None:
     now = [0.0]
     eta = EtaTracker(lambda e: None, clock=lambda: now[0])
     eta.plan(zs, [3], layer1=False, layer2=True)
-    assert eta.left["photo"] == 3 * 12.0  # one face per photo assumed before detection
+    assert eta.left == {"album": 0.0, "photo": 30.0, "finish": 6.0}  # one face each, assumed
     eta.faces_found(0, 6)  # a group photo: six faces
-    eta.faces_found(1, 0)  # no face: its detections and scoring only
-    assert eta.left["photo"] == (2 + 60) + 2 + 12
+    eta.faces_found(1, 0)  # no face: its saving and measuring only
+    assert eta.left["photo"] == 60 + 0 + 10
     step = eta.step_fn(0)
     step("layer2", 0, 10)
     now[0] += 6.0
     step("layer2", 1, 10)  # one step on six faces: six units, one second each
     assert eta.rate["photo"] == pytest.approx(1.0)
-    assert eta.eta() == pytest.approx((2 + 60 - 6) + 2 + 12)
+    # Saving and measuring have their own rate: one photo's measuring took 8 s.
+    step("score", 0, 1)
+    now[0] += 8.0
+    step("score", 1, 1)
+    assert eta.rate["finish"] == pytest.approx(8.0)
+    assert eta.eta() == pytest.approx((60 - 6 + 0 + 10) * 1.0 + (6 - 1) * 8.0)
     before = eta.overall
     eta.faces_found(2, 3)  # the plan grows: the bar does not move back
     assert eta.overall >= before
+    eta.photo_finished(0)
+    assert eta.left["photo"] == 30 and eta.left["finish"] == 4
