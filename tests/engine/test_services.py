@@ -164,6 +164,26 @@ def test_count_faces_uses_the_protection_detector_and_remembers_files(tmp_path: 
     assert time.perf_counter() - started < 0.05  # remembered, not detected again
 
 
+def test_measure_scores_an_exported_copy_like_the_runner(tmp_path: Path) -> None:
+    from skimage import data
+
+    from dladiff_app.core.imageio import load_image
+    from dladiff_app.core.quality import psnr
+
+    clean = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(clean)
+    copy = tmp_path / "astronaut-q40.jpg"
+    Image.fromarray(data.astronaut()).save(copy, quality=40)
+    services = build_services(Settings(device="cpu"))
+    result = services.protect.measure(clean, copy)
+    assert result.output == str(copy) and (result.width, result.height) == (512, 512)
+    assert result.psnr == pytest.approx(psnr(load_image(clean).pixels, load_image(copy).pixels),
+                                        abs=1e-3)
+    assert len(result.per_face) == 1 and result.scores == result.per_face[0].scores
+    assert {s.encoder for s in result.scores} >= {"dlib"}
+    assert all(s.same_person for s in result.scores)  # a JPEG of the clean photo: same person
+
+
 def test_manifest_names_a_single_file_checkpoint_with_its_size(tmp_path: Path) -> None:
     from dladiff_app.engine.services import _pipeline_identity
 
