@@ -105,8 +105,8 @@ def test_texture_budget_follows_local_contrast() -> None:
 
 
 def test_feature_term_uses_the_mid_level_map_and_turns_the_tap_off(astronaut) -> None:  # type: ignore[no-untyped-def]
-    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
+    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
 
     img, _ = astronaut
     faces = DlibDetector().detect(img[0].permute(1, 2, 0).numpy())[:1]

@@ -103,6 +103,9 @@ class ShieldOptions:
     # away from the clean face's, at this weight: mid-level features are shared more across
     # networks than final embeddings.
     feature_weight: float = 0.0
+    # ``decoy_weight`` > 0 also pulls each face towards another person's embedding (see
+    # :mod:`decoys`) at this weight, when the caller passes a decoy bank.
+    decoy_weight: float = 0.0
 
 
 class _Cancel(Protocol):
@@ -298,6 +301,7 @@ def _alpha(step: int, total: int, alpha: float) -> float:
 
 
 FEATURE_KEY = "@features"
+DECOY_KEY = "@decoy"
 
 
 def _pooled_features(enc: IdentityEncoder) -> torch.Tensor:
@@ -393,6 +397,9 @@ def _step_region(region: FaceRegion, rcrops: Sequence[FaceCrop], state: tuple,
             if wk != 0.0:
                 emb = enc.embed(view, vface, flip=True) if flip else enc.embed(view, vface)
                 loss = loss + wk * identity_term(enc, emb, targets[i][enc.name])
+                decoy = targets[i].get(enc.name + DECOY_KEY)
+                if opts.decoy_weight > 0 and decoy is not None:
+                    loss = loss - wk * opts.decoy_weight * identity_term(enc, emb, decoy)
                 feat = targets[i].get(enc.name + FEATURE_KEY)
                 if opts.feature_weight > 0 and feat is not None:
                     now = _pooled_features(enc)
@@ -421,7 +428,8 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
                   progress: Callable[[int, int], None] | None = None,
                   generator_seed: int | None = None,
                   eot: EotConfig | None = None,
-                  options: ShieldOptions | None = None) -> Layer2Result:
+                  options: ShieldOptions | None = None,
+                  decoys: Sequence[Mapping[str, torch.Tensor]] | None = None) -> Layer2Result:
     """Run the zero-shot shield on one photo.
 
     ``image``: the clean photo, (1, 3, H, W) float32 RGB [0, 1]. ``start``: layer 1's result in
@@ -464,6 +472,13 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     regions, crops = _face_crops(image, faces, encoders, targets)
     if opts.feature_weight > 0:
         _with_clean_features(image, faces, encoders, targets)
+    if opts.decoy_weight > 0 and decoys:
+        from dladiff_app.engine.shield.decoys import pick_decoy
+
+        for target in targets:
+            chosen = pick_decoy(target, decoys, encoders)
+            if chosen is not None:
+                target.update({k + DECOY_KEY: v for k, v in chosen.items()})
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
     states = []
