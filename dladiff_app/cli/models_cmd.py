@@ -141,12 +141,9 @@ def run_download(args: argparse.Namespace) -> int:
         names = list(open_store(settings).ids())
     prefer_fp16 = False
     if "sd15" in names:
-        from dladiff_app.engine.device import resolve_device
+        from dladiff_app.engine.device import download_fp16_weights
 
-        try:
-            prefer_fp16 = resolve_device(settings.device).kind == "cuda"
-        except DladiffError:
-            prefer_fp16 = False
+        prefer_fp16 = download_fp16_weights(settings.device)
     store = open_store(settings, prefer_fp16=prefer_fp16)
     unknown = [name for name in names if name not in store.registry]
     if unknown:

@@ -149,6 +149,17 @@ def available_kinds() -> tuple[str, ...]:
     return (*kinds, "cpu")
 
 
+def download_fp16_weights(requested: str = "auto") -> bool:
+    """Whether model downloads for this machine take the half-size fp16 weight files: only
+    when the device the settings pick is CUDA (its frozen bases run in half precision
+    anyway). The command line and the app's model manager both ask this, so they download
+    the same files; the loaders read either variant on any device."""
+    try:
+        return resolve_device(requested).kind == "cuda"
+    except DeviceError:
+        return False
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for device out-of-memory errors (CUDA, MPS or a failed CPU allocation)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):

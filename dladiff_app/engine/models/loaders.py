@@ -43,6 +43,19 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def folder_variant(path: Path, dtype: torch.dtype) -> str | None:
+    """The weight variant to load from the diffusers folder ``path``: ``"fp16"`` when its
+    UNet only has fp16 files (a download for a CUDA machine), or has both and ``dtype`` is
+    half precision; None (the plain files) otherwise. Whatever the variant, the weights are
+    cast to the dtype asked for, so an fp16-only folder also runs in fp32 on a CPU or MPS."""
+    unet = Path(path) / "unet"
+    has_fp16 = any(unet.glob("*.fp16.safetensors"))
+    has_plain = any(p for p in unet.glob("*.safetensors") if ".fp16." not in p.name)
+    if has_fp16 and (not has_plain or dtype in (torch.float16, torch.bfloat16)):
+        return "fp16"
+    return None
+
+
 def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                      config_dir: Path | None = None,
                      variant: str | None = None) -> StableDiffusionPipeline:
@@ -51,8 +64,9 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
     ``path``: a diffusers folder (``model_index.json``) or a single ``.safetensors`` checkpoint.
     For a single file, ``config_dir`` (a diffusers folder of the same family, e.g. the store's
     ``sd15``) supplies configs and tokenizer so nothing is fetched; without it diffusers needs
-    the hub, which raises :class:`ModelMissingError` when offline. ``variant="fp16"`` picks the
-    fp16 weight files of a folder that has them. Modules end on ``device`` in ``dtype``.
+    the hub, which raises :class:`ModelMissingError` when offline. ``variant``: the weight files
+    of a folder to read (default: :func:`folder_variant` decides, so every downloaded variant
+    loads). Modules end on ``device`` in ``dtype``.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -64,6 +78,7 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelIntegrityError(f"{path} is not a diffusers folder (no model_index.json).")
+            variant = variant or folder_variant(path, dtype)
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, local_files_only=True, use_safetensors=True, variant=variant, **common
             )
@@ -129,11 +144,7 @@ def load_sd_from_store(store: ModelStore, *, device: str = "cpu",
     if path.is_file():
         downloaded = store.model_dir("sd15")
         config_dir = downloaded if (downloaded / "model_index.json").is_file() else None
-    variant = None
-    if path.is_dir() and dtype == torch.float16 and any(path.glob("unet/*.fp16.safetensors")):
-        variant = "fp16"
-    return load_sd_pipeline(path, device=device, dtype=dtype, config_dir=config_dir,
-                            variant=variant)
+    return load_sd_pipeline(path, device=device, dtype=dtype, config_dir=config_dir)
 
 
 def load_clip_vision(path: Path, *, device: str = "cpu",
