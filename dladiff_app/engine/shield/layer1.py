@@ -1,9 +1,16 @@
 """Layer 1, the fine-tuning shield: DSUR dual surrogates + ADFT alternation (METHOD.md).
 
-PGD maximises ``w_dyn * L(S_dyn, x') + w_prior * L(S_prior, x')`` over the whole album, where
-``S_prior`` is a LoRA pre-fine-tuned on the clean photos (cached on disk) and ``S_dyn`` a LoRA
-fine-tuned between PGD rounds on the current protected photos. The perturbation lives at each
-photo's full resolution; the surrogates see the DreamBooth resize/center-crop of it.
+PGD maximises ``w_dyn * L(S_dyn, x') + w_prior * L(S_prior, x')`` (``shield.dual``) over the
+whole album, where ``S_prior`` is a LoRA pre-fine-tuned on the clean photos (cached on disk) and
+``S_dyn`` a LoRA fine-tuned between PGD rounds on the current protected photos. The perturbation
+lives at each photo's full resolution; the surrogates see the DreamBooth resize/crop of it:
+with ``settings.eot`` a random crop offset, horizontal flip and instance prompt per photo and
+step (``shield.views``), else the centre crop and the training prompt.
+
+Device residency: the photos, their perturbations and the surrogates stay on the run's device
+(the photos fall back to host memory only when the album is too large for it); losses are read
+once per round, so the inner loops never wait for the device. Out-of-memory errors step down
+(``shield.memory``); fp16 bases get loss scaling (``shield.precision``).
 """
 
 from __future__ import annotations
@@ -11,22 +18,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import DeviceError
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.device import DeviceInfo
 from dladiff_app.engine.shield import pgd
 from dladiff_app.engine.shield import surrogate as sg
+from dladiff_app.engine.shield.dual import DYN, PRIOR, dual_loss
+from dladiff_app.engine.shield.memory import StepDown, size_multiple
+from dladiff_app.engine.shield.precision import grad_scaler_for, pixel_scale_for
 from dladiff_app.engine.shield.prior_cache import PriorCache, prior_cache_key
 from dladiff_app.engine.shield.resize import to_working
+from dladiff_app.engine.shield.views import CENTRE_ONLY, View, ViewPolicy, to_view
 
 Progress = Callable[[str, int, int], None]
-DYN, PRIOR = "dyn", "prior"
+__all__ = ["DYN", "PRIOR", "Layer1Result", "Layer1Stats", "Layer1Surrogates",
+           "protect_album_layer1"]
 
 
 @dataclass
@@ -40,8 +51,13 @@ class Layer1Stats:
     working_size: int = 0
     micro_batch: int = 0
     gradient_checkpointing: bool = False
+    step_downs: list[str] = field(default_factory=list)  # what an out-of-memory changed
+    attacker_views: bool = False  # EOT over crop offset, flip and prompt
     seconds: float = 0.0
-    pgd_seconds: float = 0.0  # wall time spent in PGD steps (album-wide), for time estimates
+    # Wall time of the phases (album-wide; the device is waited for at the end of each):
+    pgd_seconds: float = 0.0    # PGD steps, for time estimates
+    lora_seconds: float = 0.0   # S_dyn steps
+    prior_seconds: float = 0.0  # S_prior pre-training and refreshes
 
 
 @dataclass
@@ -80,13 +96,7 @@ class Layer1Surrogates:
         work = to_working(x.to(sur.device), size)
         if work.shape[0] != 1:
             raise ValueError(f"dual_loss takes one photo, got a batch of {work.shape[0]}")
-        draw = sg.NoiseDraw.draw(sur, 1, size, generator)
-        latents = sg.encode(sur, work, draw)
-        w_dyn, w_prior = self.weights
-        sg.use_adapter(sur, DYN)
-        loss = w_dyn * sg.unet_loss(sur, latents, draw)
-        sg.use_adapter(sur, PRIOR)
-        return loss + w_prior * sg.unet_loss(sur, latents, draw)
+        return dual_loss(sur, work, sg.NoiseDraw.draw(sur, 1, size, generator), self.weights)
 
     def fixed_dual_loss(self, x: torch.Tensor, seeds: tuple[int, ...] = (0, 1),
                         timesteps: tuple[int, ...] = (100, 500, 900)) -> float:
@@ -94,7 +104,6 @@ class Layer1Surrogates:
         resized to the working size here) averaged over fixed (seed, timestep) draws, without
         gradient: an evaluation two versions of a photo can be compared with on equal terms."""
         values = []
-        w_dyn, w_prior = self.weights
         with torch.no_grad():
             work = to_working(x.detach().to(self.sur.device), self.working_size)
             for seed in seeds:
@@ -102,13 +111,8 @@ class Layer1Surrogates:
                     gen = torch.Generator().manual_seed(seed)
                     draw = sg.NoiseDraw.draw(self.sur, 1, self.working_size, gen,
                                              torch.full((1,), t))
-                    latents = sg.encode(self.sur, work, draw)
-                    sg.use_adapter(self.sur, DYN)
-                    loss = w_dyn * sg.unet_loss(self.sur, latents, draw)
-                    sg.use_adapter(self.sur, PRIOR)
-                    loss = loss + w_prior * sg.unet_loss(self.sur, latents, draw)
-                    values.append(float(loss))
-        return sum(values) / len(values)
+                    values.append(dual_loss(self.sur, work, draw, self.weights))
+        return float(torch.stack(values).mean())
 
     def time_step(self, generator: torch.Generator | None = None) -> float:
         """Seconds of one real layer-1 PGD step for one photo (forward + backward to the
@@ -145,40 +149,41 @@ def _check_images(images: list[torch.Tensor]) -> None:
             raise ValueError(f"photo {i}: values must be in [0, 1]")
 
 
-class _Album:
-    """Runs micro-batched work over the album and shrinks it when CUDA runs out of memory."""
+def photos_home(dev: torch.device, images: list[torch.Tensor]) -> torch.device:
+    """Where the album's full-resolution tensors live during PGD: the run's device when the
+    clean photos, their protected copies and one gradient each (3 x fp32) take at most a
+    sixth of its memory, else host memory (a copy per step then crosses the bus)."""
+    if dev.type == "cpu":
+        return dev
+    need = 3 * 4 * sum(int(img.numel()) for img in images)
+    total: int | None = None
+    if dev.type == "cuda":
+        total = int(torch.cuda.get_device_properties(dev).total_memory)
+    elif dev.type == "mps":
+        recommended = getattr(getattr(torch, "mps", None), "recommended_max_memory", None)
+        total = int(recommended()) if callable(recommended) else None
+    return dev if total is not None and need * 6 <= total else torch.device("cpu")
 
-    def __init__(self, sur: sg.Surrogate, n: int, micro_batch: int, device_name: str) -> None:
-        self.sur, self.n, self.micro_batch = sur, n, micro_batch
-        self.device_name = device_name
-        self.checkpointing = False
 
-    def chunks(self) -> list[list[int]]:
-        return [list(range(i, min(i + self.micro_batch, self.n)))
-                for i in range(0, self.n, self.micro_batch)]
+class _Moments:
+    """Latent moments of fixed working-size images, encoded once per image and size (the
+    prior surrogate's clean photos for the whole run; the protected photos for one round)."""
 
-    def retry(self, work: Callable[[], Any]) -> Any:
-        while True:
-            try:
-                return work()
-            except torch.cuda.OutOfMemoryError as err:
-                self._shrink(err)
+    def __init__(self, sur: sg.Surrogate, images: list[torch.Tensor]) -> None:
+        self.sur, self.images = sur, images
+        self._size = -1
+        self._per_image: list[sg.LatentMoments] = []
 
-    def _shrink(self, err: BaseException) -> None:
-        torch.cuda.empty_cache()
-        if self.micro_batch > 1:
-            self.micro_batch = max(1, self.micro_batch // 2)
-        elif not self.checkpointing:
-            # Recomputing activations trades time for the memory of the UNet/VAE activations.
-            self.sur.unet.enable_gradient_checkpointing()
-            self.sur.vae.enable_gradient_checkpointing()
-            self.checkpointing = True
-        else:
-            raise DeviceError(
-                f"{self.device_name} ran out of memory in the fine-tuning shield even with one "
-                "photo at a time and gradient checkpointing. Close other programs using the GPU, "
-                "choose a smaller working size, or run on the CPU."
-            ) from err
+    def batches(self, size: int, chunks: list[list[int]]) -> list[sg.LatentMoments]:
+        if size != self._size:  # first use, or a step-down shrank the working size
+            self._per_image = []
+            for img in self.images:
+                self._per_image.append(sg.moments(self.sur, to_working(img.to(self.sur.device),
+                                                                       size)))
+            self._size = size
+        return [sg.LatentMoments(torch.cat([self._per_image[i].mean for i in idx]),
+                                 torch.cat([self._per_image[i].std for i in idx]))
+                for idx in chunks]
 
 
 def protect_album_layer1(
@@ -196,37 +201,49 @@ def protect_album_layer1(
     lora_lr: float = 1e-4,
     weights: tuple[float, float] = (1.0, 1.0),
     keep_surrogates: bool = False,
+    surrogate: sg.Surrogate | None = None,
+    notify: Callable[[str], None] | None = None,
+    views: ViewPolicy | None = None,
 ) -> Layer1Result:
     """Protect an album against DreamBooth/LoRA fine-tuning.
 
-    ``images``: (3, H_i, W_i) float32 RGB in [0, 1], full resolution, sizes may differ.
-    ``pipeline_dir``: a diffusers Stable Diffusion folder (loaded offline). ``device``: a
-    DeviceInfo or a device string. ``working_size``: the surrogate resolution (None: the
-    pipeline's native one, 512 for SD 1.5). ``cache_dir``: where the prior LoRA is cached
-    (None: no cache). ``progress(stage, step, total)`` runs after every step, stage one of
-    ``"prior"``, ``"layer1_pgd"``, ``"layer1_lora"``; ``cancel.check()`` runs before every step
-    (raises ``Cancelled``). ``weights``: (w_dyn, w_prior). Deterministic for ``settings.seed``
-    on the CPU. Raises ``DeviceError`` when CUDA memory cannot be made to suffice.
-    ``keep_surrogates``: also return the loaded surrogates (:class:`Layer1Surrogates`) for a
-    joint polish; they keep Stable Diffusion in memory while the result is held.
+    ``images``: (3, H_i, W_i) float32 RGB in [0, 1], full resolution, sizes may differ, any
+    device. ``pipeline_dir``: a diffusers Stable Diffusion folder or checkpoint (loaded
+    offline, any weight variant). ``device``: a DeviceInfo or a device string.
+    ``working_size``: the surrogate resolution (None: the pipeline's native one, 512 for SD
+    1.5). ``cache_dir``: where the prior LoRA is cached (None: no cache).
+    ``progress(stage, step, total)`` runs after every step, stage one of ``"prior"``,
+    ``"layer1_pgd"``, ``"layer1_lora"``; ``cancel.check()`` runs before every step (raises
+    ``Cancelled``). ``weights``: (w_dyn, w_prior). Deterministic for ``settings.seed`` on the
+    CPU. ``surrogate``: a base already loaded from ``pipeline_dir`` on ``device`` (kept warm
+    between albums; its adapters are replaced here). ``notify(text)``: told of every
+    out-of-memory step-down as it happens. ``views``: the attacker views PGD averages over
+    (default: :class:`ViewPolicy()` with ``settings.eot``, else the centre crop only). Raises ``DeviceError`` when the device's memory
+    cannot be made to suffice. ``keep_surrogates``: also return the loaded surrogates
+    (:class:`Layer1Surrogates`) for a joint polish; they keep Stable Diffusion in memory while
+    the result is held.
     """
     _check_images(images)
     started = time.perf_counter()
     dev, autocast_dtype, dev_name = _device_parts(device)
-    sur = sg.load_surrogate(Path(pipeline_dir), dev, autocast_dtype)
+    sur = surrogate if surrogate is not None else \
+        sg.load_surrogate(Path(pipeline_dir), dev, autocast_dtype)
+    sg.remove_adapters(sur)
     size = int(working_size or sur.native_size)
-    multiple = 2 ** (len(sur.vae.config.block_out_channels) - 1) \
-        * 2 ** (len(sur.unet.config.block_out_channels) - 1)
-    if size % multiple:
-        raise ValueError(f"working size {size} must be a multiple of {multiple} for this model")
+    if size % size_multiple(sur):
+        raise ValueError(f"working size {size} must be a multiple of {size_multiple(sur)} for "
+                         "this model")
     eps, alpha = pgd.from_255(settings.eps), pgd.from_255(settings.step1)
-    w_dyn, w_prior = weights
     n = len(images)
-    album = _Album(sur, n, micro_batch or (min(n, 4) if dev.type == "cuda" else 1), dev_name)
-    stats = Layer1Stats(working_size=size)
+    album = StepDown(sur, n, micro_batch or (min(n, 4) if dev.type == "cuda" else 1), size,
+                     dev_name, notify)
+    policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
+    use_views = policy != CENTRE_ONLY
+    stats = Layer1Stats(working_size=size, attacker_views=use_views)
+    pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
-    gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh = (
-        torch.Generator().manual_seed(seed + k) for k in range(5))
+    gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (
+        torch.Generator().manual_seed(seed + k) for k in range(6))
 
     def tick() -> None:
         if cancel is not None:
@@ -236,12 +253,9 @@ def protect_album_layer1(
         if progress is not None:
             progress(stage, step, total)
 
-    clean = [img.detach().to("cpu", torch.float32) for img in images]
-    with torch.no_grad():
-        clean_work = [to_working(x.to(dev), size).cpu() for x in clean]
-
-    def batches(work: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [torch.cat([work[i] for i in idx]) for idx in album.chunks()]
+    home = photos_home(dev, images)
+    clean = [img.detach().to(home, torch.float32) for img in images]
+    clean_moments = _Moments(sur, clean)
 
     # Adapters are added in a fixed order with fixed seeds, so a cached prior and a freshly
     # trained one lead to bit-identical runs.
@@ -253,93 +267,130 @@ def protect_album_layer1(
         settings.layer1_lora_steps
     refresh_rounds = [k for k in range(1, rounds) if k % settings.prior_refresh_every == 0]
     cache = PriorCache(cache_dir) if cache_dir is not None else None
-    key = prior_cache_key(clean, Path(pipeline_dir), {
-        "prior_steps": settings.prior_steps, "seed": seed, "rank": lora_rank, "lr": lora_lr,
-        "size": size, "prompt": sg.INSTANCE_PROMPT, "targets": sg.LORA_TARGETS,
-        "dtype": str(autocast_dtype),
-    })
-    cached = cache.load(key) if cache is not None else None
+
+    def cache_key(at_size: int) -> str:
+        return prior_cache_key(clean, Path(pipeline_dir), {
+            "prior_steps": settings.prior_steps, "seed": seed, "rank": lora_rank,
+            "lr": lora_lr, "size": at_size, "prompt": sg.INSTANCE_PROMPT,
+            "targets": sg.LORA_TARGETS, "dtype": str(autocast_dtype),
+        })
+
+    cached = cache.load(cache_key(size)) if cache is not None else None
     prior_total = (0 if cached is not None else settings.prior_steps) \
         + len(refresh_rounds) * f_steps
     prior_done = 0
 
-    def train(name: str, opt: torch.optim.Optimizer, work: list[torch.Tensor],
-              gen: torch.Generator) -> float:
-        return float(album.retry(lambda: sg.lora_step(sur, name, opt, batches(work), gen, size)))
+    def train(name: str, opt: torch.optim.Optimizer, fixed: _Moments,
+              gen: torch.Generator) -> torch.Tensor:
+        return album.retry(lambda: sg.lora_step_cached(
+            sur, name, opt, fixed.batches(album.size, album.chunks()), gen, album.size, scaler))
+
+    def read(values: list[torch.Tensor]) -> list[float]:
+        # The one host synchronisation of a phase: losses are read after it, not per step.
+        return [float(v) for v in torch.stack(values).tolist()] if values else []
 
     if cached is not None:
         sg.load_lora_state(sur, PRIOR, cached)
     else:
         opt_prior = sg.make_optimizer(sur, PRIOR, lora_lr)
+        prior_losses = []
+        t_phase = time.perf_counter()
         for _ in range(settings.prior_steps):
             tick()
-            stats.prior_loss.append(train(PRIOR, opt_prior, clean_work, gen_prior))
+            prior_losses.append(train(PRIOR, opt_prior, clean_moments, gen_prior))
             prior_done += 1
             report("prior", prior_done, prior_total)
+        stats.prior_loss.extend(read(prior_losses))
+        stats.prior_seconds += time.perf_counter() - t_phase
         if cache is not None:
-            cache.save(key, sg.lora_state(sur, PRIOR))
+            cache.save(cache_key(album.size), sg.lora_state(sur, PRIOR))
     # Refreshes start a fresh optimiser so a cached prior (whose Adam moments are not kept)
     # gives exactly the run a freshly trained one gives.
     opt_refresh = sg.make_optimizer(sur, PRIOR, lora_lr)
 
     x_adv = [pgd.random_start(x, eps, gen_start) for x in clean]
+    n_prompts = int(sur.text_embeddings.shape[0])
 
-    def dual_gradient() -> tuple[list[torch.Tensor], float]:
+    def dual_gradient(views: list[list[View]], prompts: list[torch.Tensor] | None
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Gradients of the album's dual loss (each photo's views averaged) per photo."""
+        size_now = album.size
         grads: list[torch.Tensor] = [torch.zeros_like(x) for x in x_adv]
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=dev)
         for idx in album.chunks():
-            xs = [x_adv[i].to(dev).requires_grad_(True) for i in idx]
-            work = torch.cat([to_working(x, size) for x in xs])
-            draw = sg.NoiseDraw.draw(sur, len(idx), size, gen_pgd)
-            latents = sg.encode(sur, work, draw)
-            sg.use_adapter(sur, DYN)
-            loss = w_dyn * sg.unet_loss(sur, latents, draw)
-            sg.use_adapter(sur, PRIOR)
-            loss = loss + w_prior * sg.unet_loss(sur, latents, draw)
-            for i, g in zip(idx, torch.autograd.grad(loss * (len(idx) / n), xs), strict=True):
-                grads[i] = g.detach().to("cpu", torch.float32)
-            loss_sum += float(loss.detach()) * len(idx)
+            xs = [x_adv[i].detach().to(dev).requires_grad_(True) for i in idx]
+            if views:
+                crops = [to_view(x, size_now, v)
+                         for i, x in zip(idx, xs, strict=True) for v in views[i]]
+                rows = [i for i in idx for _ in views[i]]
+            else:
+                crops, rows = [to_working(x, size_now) for x in xs], list(idx)
+            draw = sg.NoiseDraw.draw(sur, len(rows), size_now, gen_pgd, prompts=None
+                                     if prompts is None else torch.cat([prompts[i] for i in idx]))
+            # Mean over the chunk's views = mean over its photos (each has as many views).
+            loss = dual_loss(sur, torch.cat(crops), draw, weights)
+            for i, g in zip(idx, pixel_scale.grad(loss * (len(idx) / n), xs), strict=True):
+                grads[i] = g.detach().to(home)
+            loss_sum = loss_sum + loss.detach() * len(idx)
         return grads, loss_sum / n
 
     pgd_done = lora_done = 0
     for k in range(1, rounds + 1):
-        round_losses = []
+        round_losses: list[torch.Tensor] = []
+        t_round = time.perf_counter()
         for _ in range(p_steps):
             tick()
-            t_step = time.perf_counter()
-            grads, loss_value = album.retry(dual_gradient)
+            step_views: list[list[View]] = []
+            prompts: list[torch.Tensor] | None = None
+            if use_views:  # drawn before the retry: a step-down repeats the same views
+                step_views = [policy.draw(int(x.shape[-2]), int(x.shape[-1]), album.size,
+                                          gen_view) for x in x_adv]
+                if policy.prompts:  # one instance prompt per view
+                    prompts = [torch.randint(0, n_prompts, (len(v),), generator=gen_view)
+                               for v in step_views]
+            grads, loss_value = album.retry(partial(dual_gradient, step_views, prompts))
             x_adv = [pgd.signed_step(x, g, c, alpha=alpha, eps=eps)
                      for x, g, c in zip(x_adv, grads, clean, strict=True)]
-            stats.pgd_seconds += time.perf_counter() - t_step
             round_losses.append(loss_value)
-            stats.pgd_loss.append(loss_value)
             pgd_done += 1
             report("layer1_pgd", pgd_done, rounds * p_steps)
         if round_losses:
-            stats.dual_loss_per_round.append(sum(round_losses) / len(round_losses))
+            values = read(round_losses)  # also waits for the round's steps to finish
+            stats.pgd_seconds += time.perf_counter() - t_round
+            stats.pgd_loss.extend(values)
+            stats.dual_loss_per_round.append(sum(values) / len(values))
         if k == rounds:
             break  # a last S_dyn update could no longer change the photos
-        with torch.no_grad():
-            adv_work = [to_working(x.to(dev), size).cpu() for x in x_adv]
+        adv_moments = _Moments(sur, [x.detach() for x in x_adv])
+        lora_losses = []
+        t_phase = time.perf_counter()
         for _ in range(f_steps):
             tick()
-            stats.lora_loss.append(train(DYN, opt_dyn, adv_work, gen_dyn))
+            lora_losses.append(train(DYN, opt_dyn, adv_moments, gen_dyn))
             lora_done += 1
             report("layer1_lora", lora_done, (rounds - 1) * f_steps)
+        stats.lora_loss.extend(read(lora_losses))
+        stats.lora_seconds += time.perf_counter() - t_phase
         if k in refresh_rounds:
+            refresh_losses = []
+            t_phase = time.perf_counter()
             for _ in range(f_steps):
                 tick()
-                stats.prior_loss.append(train(PRIOR, opt_refresh, clean_work, gen_refresh))
+                refresh_losses.append(train(PRIOR, opt_refresh, clean_moments, gen_refresh))
                 prior_done += 1
                 report("prior", prior_done, prior_total)
+            stats.prior_loss.extend(read(refresh_losses))
+            stats.prior_seconds += time.perf_counter() - t_phase
 
+    stats.working_size = album.size
     stats.micro_batch = album.micro_batch
     stats.gradient_checkpointing = album.checkpointing
+    stats.step_downs = list(album.notes)
     stats.seconds = time.perf_counter() - started
     return Layer1Result(
-        protected=[x.detach().cpu() for x in x_adv],
+        protected=[x.detach().to("cpu", torch.float32) for x in x_adv],
         prior_cache_hit=cached is not None,
         stats=stats,
         lora_states={DYN: sg.lora_state(sur, DYN), PRIOR: sg.lora_state(sur, PRIOR)},
-        surrogates=Layer1Surrogates(sur, size, weights) if keep_surrogates else None,
+        surrogates=Layer1Surrogates(sur, album.size, weights) if keep_surrogates else None,
     )

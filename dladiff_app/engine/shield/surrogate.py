@@ -11,6 +11,9 @@ autocast dtype (bf16/fp16) and runs under autocast; elsewhere everything is fp32
 Image contract: ``images`` are (N, 3, S, S) float RGB in [0, 1] at the working size S (see
 ``resize.to_working``); they are mapped to [-1, 1] before the VAE, as the diffusers training
 scripts do.
+
+Nothing here synchronises the device: losses come back as device tensors, so a caller that
+runs many steps reads them once (a ``float()`` per step would stall a GPU's queue every step).
 """
 
 from __future__ import annotations
@@ -27,21 +30,36 @@ import torch.nn.functional as F
 from dladiff_app.engine.models.loaders import load_sd_pipeline
 
 INSTANCE_PROMPT = "a photo of sks person"
+# The instance prompts attackers use differ in the rare identifier word and the wording; layer
+# 1's PGD averages over these (EOT) so the perturbation does not hang on one text embedding. The
+# surrogates themselves are trained on the first one, the DreamBooth default.
+INSTANCE_PROMPTS = (INSTANCE_PROMPT, "a photo of ohwx person", "a close-up photo of sks person")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass
 class Surrogate:
     """A loaded SD pipeline's training parts: VAE, UNet (with LoRA adapters), the instance
-    prompt's text embedding (1, L, D), the noise scheduler, and the device/dtype to run on."""
+    prompts' text embeddings (P, L, D) (row 0: :data:`INSTANCE_PROMPT`), the noise scheduler,
+    and the device/dtype to run on."""
 
     vae: Any
     unet: Any
-    text_embedding: torch.Tensor
+    text_embeddings: torch.Tensor
     scheduler: Any
     device: torch.device
     autocast_dtype: torch.dtype | None
     adapters: list[str] = field(default_factory=list)
+
+    @property
+    def text_embedding(self) -> torch.Tensor:
+        """(1, L, D): the embedding of the training prompt (:data:`INSTANCE_PROMPT`)."""
+        return self.text_embeddings[:1]
+
+    @property
+    def fp16(self) -> bool:
+        """True when the base runs in float16 (not bfloat16): gradients need loss scaling."""
+        return self.autocast_dtype == torch.float16
 
     @property
     def prediction_type(self) -> str:
@@ -63,12 +81,13 @@ def load_surrogate(
     pipeline_dir: Path,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
-    prompt: str = INSTANCE_PROMPT,
+    prompts: tuple[str, ...] = INSTANCE_PROMPTS,
 ) -> Surrogate:
-    """Load ``pipeline_dir`` (a diffusers SD folder) as a frozen surrogate base on ``device``.
+    """Load ``pipeline_dir`` (a diffusers SD folder or single checkpoint, any weight variant)
+    as a frozen surrogate base on ``device``.
 
     ``autocast_dtype`` (CUDA only: bf16/fp16) is the dtype of the frozen base weights; None means
-    fp32 everywhere. The text encoder runs once for ``prompt`` and is then dropped.
+    fp32 everywhere. The text encoder runs once for ``prompts`` and is then dropped.
     """
     from diffusers import DDPMScheduler
 
@@ -77,11 +96,11 @@ def load_surrogate(
     pipe: Any = load_sd_pipeline(Path(pipeline_dir), device=str(dev), dtype=half or torch.float32)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     ids = tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
     ).input_ids.to(dev)
     with torch.no_grad():
-        text_embedding = text_encoder(ids)[0].detach()
+        text_embeddings = text_encoder(ids)[0].detach()
     # Training noise follows the DDPM schedule the model was trained with, whatever sampler the
     # folder names (the attacker's training script does the same).
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -89,7 +108,7 @@ def load_surrogate(
         module.requires_grad_(False)
         module.eval()
     return Surrogate(
-        vae=pipe.vae, unet=pipe.unet, text_embedding=text_embedding, scheduler=scheduler,
+        vae=pipe.vae, unet=pipe.unet, text_embeddings=text_embeddings, scheduler=scheduler,
         device=dev, autocast_dtype=half,
     )
 
@@ -110,6 +129,16 @@ def add_lora(sur: Surrogate, name: str, *, rank: int = 8, seed: int = 0) -> None
         param.data = param.data.float()
     sur.adapters.append(name)
     use_adapter(sur, name)
+
+
+def remove_adapters(sur: Surrogate) -> None:
+    """Delete every LoRA adapter, leaving the frozen base as loaded (for the next album)."""
+    if sur.adapters:
+        with warnings.catch_warnings():
+            # peft says which adapter becomes active as each goes: none is left afterwards.
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            sur.unet.delete_adapters(list(sur.adapters))
+        sur.adapters.clear()
 
 
 def use_adapter(sur: Surrogate, name: str) -> None:
@@ -147,16 +176,20 @@ def load_lora_state(sur: Surrogate, name: str, state: dict[str, torch.Tensor]) -
 @dataclass(frozen=True)
 class NoiseDraw:
     """The random parts of one loss evaluation (on CPU, so seeds reproduce on any device):
-    the VAE latent sample eps, the diffusion noise and the timesteps, for N images."""
+    the VAE latent sample eps, the diffusion noise and the timesteps, for N images, and which
+    instance prompt (row of ``Surrogate.text_embeddings``) each image is conditioned on."""
 
     latent_eps: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
+    prompts: torch.Tensor | None = None  # (N,) long; None: the training prompt for all
 
     @staticmethod
     def draw(sur: Surrogate, n: int, size: int, generator: torch.Generator,
-             timesteps: torch.Tensor | None = None) -> NoiseDraw:
-        """Draw for ``n`` images at working size ``size``; ``timesteps`` (n,) fixes t."""
+             timesteps: torch.Tensor | None = None, prompts: torch.Tensor | None = None
+             ) -> NoiseDraw:
+        """Draw for ``n`` images at working size ``size``; ``timesteps`` (n,) fixes t;
+        ``prompts`` (n,) picks the instance prompt per image (default: the training one)."""
         lat = size // (2 ** (len(sur.vae.config.block_out_channels) - 1))
         shape = (n, int(sur.unet.config.in_channels), lat, lat)
         latent_eps = torch.randn(shape, generator=generator)
@@ -164,7 +197,36 @@ class NoiseDraw:
         if timesteps is None:
             steps = int(sur.scheduler.config.num_train_timesteps)
             timesteps = torch.randint(0, steps, (n,), generator=generator)
-        return NoiseDraw(latent_eps, noise, timesteps.long())
+        return NoiseDraw(latent_eps, noise, timesteps.long(),
+                         None if prompts is None else prompts.long())
+
+
+@dataclass(frozen=True)
+class LatentMoments:
+    """The VAE's latent distribution of N fixed working-size images: mean and std, each
+    (N, 4, S/8, S/8) fp32 on the surrogate's device. Encoding an image that does not change
+    (the clean photos of the prior surrogate, the protected photos during one round's S_dyn
+    steps) once and sampling from these moments gives the latents a fresh encode would."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+
+def moments(sur: Surrogate, images: torch.Tensor) -> LatentMoments:
+    """:class:`LatentMoments` of ``images`` (N, 3, S, S) in [0, 1] (no gradient)."""
+    with torch.no_grad(), sur.autocast():
+        dist = sur.vae.encode(images.to(sur.device) * 2.0 - 1.0).latent_dist
+    return LatentMoments(dist.mean.float(), dist.std.float())
+
+
+def sample(sur: Surrogate, m: LatentMoments, draw: NoiseDraw) -> torch.Tensor:
+    """Latents (N, 4, S/8, S/8) sampled from ``m`` with the eps of ``draw``, times the VAE
+    scaling factor (what :func:`encode` returns for the same images)."""
+    latents = m.mean + m.std * draw.latent_eps.to(sur.device)
+    return latents * float(sur.vae.config.scaling_factor)
 
 
 def encode(sur: Surrogate, images: torch.Tensor, draw: NoiseDraw) -> torch.Tensor:
@@ -172,9 +234,7 @@ def encode(sur: Surrogate, images: torch.Tensor, draw: NoiseDraw) -> torch.Tenso
     distribution (eps from ``draw``) times the VAE scaling factor. Differentiable."""
     with sur.autocast():
         dist = sur.vae.encode(images * 2.0 - 1.0).latent_dist
-    eps = draw.latent_eps.to(sur.device)
-    latents = dist.mean.float() + dist.std.float() * eps
-    return latents * float(sur.vae.config.scaling_factor)
+    return sample(sur, LatentMoments(dist.mean.float(), dist.std.float()), draw)
 
 
 def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
@@ -191,7 +251,10 @@ def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
         target = noise
     else:
         raise ValueError(f"unsupported prediction_type {sur.prediction_type!r}")
-    cond = sur.text_embedding.expand(latents.shape[0], -1, -1)
+    if draw.prompts is None:
+        cond = sur.text_embedding.expand(latents.shape[0], -1, -1)
+    else:
+        cond = sur.text_embeddings[draw.prompts.to(sur.device)]
     with sur.autocast():
         pred = sur.unet(noisy, t, encoder_hidden_states=cond).sample
     per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -202,19 +265,35 @@ def lora_step(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer,
               batches: list[torch.Tensor], generator: torch.Generator, size: int) -> float:
     """One optimiser step of adapter ``name`` on working-size image batches (gradient
     accumulated over the micro-batches, weighted by their share of the images). Returns the
-    mean loss."""
+    mean loss (a float: this convenience synchronises; loops use :func:`lora_step_cached`)."""
+    cached = [moments(sur, b) for b in batches]
+    return float(lora_step_cached(sur, name, optimizer, cached, generator, size))
+
+
+def lora_step_cached(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer,
+                     batches: list[LatentMoments], generator: torch.Generator, size: int,
+                     scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimiser step of adapter ``name`` on cached latent moments of working-size image
+    micro-batches (gradient accumulated, each weighted by its share of the images).
+
+    ``scaler``: a GradScaler for fp16 bases (the fp32 LoRA gradients pass through fp16
+    activations and would underflow); None or disabled: a plain step. Returns the mean loss
+    as a 0-d fp32 device tensor (no synchronisation)."""
     use_adapter(sur, name)
     optimizer.zero_grad(set_to_none=True)
-    total = sum(int(b.shape[0]) for b in batches)
-    loss_sum = 0.0
-    for batch in batches:
-        draw = NoiseDraw.draw(sur, int(batch.shape[0]), size, generator)
-        with torch.no_grad():
-            latents = encode(sur, batch.to(sur.device), draw)
-        loss = unet_loss(sur, latents, draw)
-        (loss * (batch.shape[0] / total)).backward()
-        loss_sum += float(loss.detach()) * batch.shape[0]
-    optimizer.step()
+    total = sum(len(m) for m in batches)
+    loss_sum = torch.zeros((), device=sur.device)
+    for m in batches:
+        draw = NoiseDraw.draw(sur, len(m), size, generator)
+        loss = unet_loss(sur, sample(sur, m, draw), draw)
+        weighted = loss * (len(m) / total)
+        (scaler.scale(weighted) if scaler is not None else weighted).backward()
+        loss_sum = loss_sum + loss.detach() * len(m)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step (and lowers the scale) on inf/nan gradients
+        scaler.update()
+    else:
+        optimizer.step()
     return loss_sum / total
 
 
