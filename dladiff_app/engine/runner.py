@@ -85,8 +85,15 @@ class Layer2Output:
     note: str = ""                     # one line for the report ("what this layer did")
 
 
-# images (3,H,W) list, cancel, step -> (protected list, note)
-Layer1Fn = Callable[[list[torch.Tensor], CancelToken, StepFn], tuple[list[torch.Tensor], str]]
+@dataclass
+class Layer1Output:
+    protected: list[torch.Tensor]      # (3, H, W) float32 [0, 1] per photo, inside the eps ball
+    note: str = ""                     # one line for the report ("what this layer did")
+    warnings: tuple[str, ...] = ()     # said to the user for every photo (e.g. memory step-downs)
+
+
+# images (3,H,W) list, cancel, step -> Layer1Output
+Layer1Fn = Callable[[list[torch.Tensor], CancelToken, StepFn], Layer1Output]
 # clean (1,3,H,W), start (1,3,H,W), faces, cancel, step -> Layer2Output
 Layer2Fn = Callable[[torch.Tensor, torch.Tensor, list[Face], CancelToken, StepFn], Layer2Output]
 # clean (1,3,H,W), current (1,3,H,W), faces, cancel, step -> (polished, note)
@@ -120,6 +127,8 @@ class EngineKit:
     # Seconds of one layer-1 PGD step for one photo, measured on this kit's device (None until
     # layer 1 has run): what time estimates use instead of a table.
     layer1_step_seconds: Callable[[], float | None] | None = None
+    # The loaded Stable Diffusion behind ``layer1`` (a ``WarmBase``), for the next kit to reuse.
+    layer1_warm: Any = None
     # Every face's scores (group photos); when set, ``score`` is not called: the subject's
     # scores are the first face's of these.
     score_faces: FaceScoreFn | None = None
@@ -262,15 +271,17 @@ class _Run:
         return True
 
     def shield(self, photo: _Photo, layer1_out: torch.Tensor | None,
-               layer1_note: str) -> _Outcome:
-        """Layer 2 + polish for one loaded photo (layer 1 ran on the album before)."""
+               layer1_note: str, notices: tuple[str, ...] = ()) -> _Outcome:
+        """Layer 2 + polish for one loaded photo (layer 1 ran on the album before).
+        ``notices``: album-level warnings the photo carries (e.g. a fall-back)."""
         assert photo.pixels is not None
         started = time.monotonic()
         s = self.job.settings
         clean = torch.from_numpy(np.ascontiguousarray(photo.pixels)).permute(2, 0, 1)[None]
         current = layer1_out[None] if layer1_out is not None else clean.clone()
         out = _Outcome(current, ["layer1"] if layer1_out is not None else [],
-                       {"layer1": layer1_note} if layer1_out is not None else {}, [], 0)
+                       {"layer1": layer1_note} if layer1_out is not None else {},
+                       list(notices), 0)
         faces: list[Face] = []
         step = self.eta.step_fn(photo.id)
         if s.layers.zeroshot:
@@ -298,11 +309,11 @@ class _Run:
         return out
 
     def protect(self, photo: _Photo, layer1_out: torch.Tensor | None,
-                layer1_note: str) -> None:
+                layer1_note: str, notices: tuple[str, ...] = ()) -> None:
         """Shields, then save (or report unprotected) and measure one loaded photo."""
         self.sink(PhotoStarted(photo.id, str(photo.path)))
         self.journal_state(photo, "running")
-        outcome = self.shield(photo, layer1_out, layer1_note)
+        outcome = self.shield(photo, layer1_out, layer1_note, notices)
         for w in outcome.warnings:
             self.sink(Notice(w, photo.id))
         self.cancel.check()
@@ -466,12 +477,14 @@ class _Run:
         loaded = [p for p in pending if self.load(p)]
         layer1_out: list[torch.Tensor | None] = [None] * len(loaded)
         layer1_note = ""
+        album_notices: tuple[str, ...] = ()
         if loaded:
             images = [torch.from_numpy(np.ascontiguousarray(p.pixels)).permute(2, 0, 1)
                       for p in loaded]
             try:
-                protected, layer1_note = self.kit.layer1(images, self.cancel,
-                                                         self.eta.step_fn(None))
+                out1 = self.kit.layer1(images, self.cancel, self.eta.step_fn(None))
+                layer1_out, layer1_note = list(out1.protected), out1.note
+                album_notices = out1.warnings
             except Cancelled:
                 raise
             except Exception as exc:  # typed or not, it must not cost the other albums
@@ -479,20 +492,24 @@ class _Run:
                     log.exception("the fine-tuning shield failed on album %s", album.name)
                     exc = RuntimeError(f"internal error ({type(exc).__name__}: {exc}); "
                                        "please report it")
-                for p in loaded:
-                    self.fail(p, f"{p.path.name}: the fine-tuning shield failed: {exc}")
-                return
+                if not (s.layers.zeroshot and self.kit.layer2 is not None):
+                    # Nothing to fall back to: an unprotected copy must not pass as one.
+                    for p in loaded:
+                        self.fail(p, f"{p.path.name}: the fine-tuning shield failed: {exc}")
+                    return
+                album_notices = (f"The fine-tuning shield failed on album {album.name} "
+                                 f"({exc}); its photos were protected with the zero-shot "
+                                 "shield only.",)
             del images
-            layer1_out = list(protected)
         self.eta.album_finished(index)
         for i, photo in enumerate(loaded):
-            self.protect_guarded(photo, layer1_out[i], layer1_note)
+            self.protect_guarded(photo, layer1_out[i], layer1_note, album_notices)
             layer1_out[i] = None  # free each protected copy as soon as it is saved
 
     def protect_guarded(self, photo: _Photo, layer1_out: torch.Tensor | None,
-                        layer1_note: str) -> None:
+                        layer1_note: str, notices: tuple[str, ...] = ()) -> None:
         try:
-            self.protect(photo, layer1_out, layer1_note)
+            self.protect(photo, layer1_out, layer1_note, notices)
         except Cancelled:
             raise
         except DladiffError as exc:

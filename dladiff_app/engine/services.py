@@ -2,9 +2,9 @@
 
 ``build_services`` is what the app's composition root calls: one :class:`ModelStore` (the cache's
 models folder plus the user's local copies from the settings) shared by the model manager and
-every protect kit. ``build_kit`` binds the shields, the face detector, the identity encoders and
-the device into the runner's :class:`EngineKit`; ``EngineProtectService`` keeps one kit warm so
-models stay loaded between jobs, and estimates job times from costs measured on this machine.
+every protect kit. ``EngineProtectService`` keeps one kit warm (``engine.kit.build_kit``) and
+one Stable Diffusion base per pipeline and device across kits, so models stay loaded between
+jobs, and estimates job times from costs measured on this machine.
 
 No torch at import time: the window must appear before the ML stack loads.
 """
@@ -20,279 +20,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.events import EventSink
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
-from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.results import PhotoResult
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
-from dladiff_app.engine.estimate import (
-    CPU_SECONDS_PER_LORA_STEP_512,
-    CPU_SECONDS_PER_PGD_STEP_512,
-    Calibration,
-    JobEstimate,
-    calibrate,
-    estimate_job,
+from dladiff_app.engine.estimate import Calibration, JobEstimate, calibrate, estimate_job
+
+# The kit builders live in ``engine.kit``; these names stay importable from here for the
+# command line and older callers.
+from dladiff_app.engine.kit import (
+    _default_store,
+    _pipeline_identity,
+    build_kit,
+    estimate_layer1_seconds,
+    make_scorer,
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from dladiff_app.core.settings import Settings
-    from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder
+    from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
     from dladiff_app.engine.models.store import ModelStore
-    from dladiff_app.engine.runner import EngineKit, Layer2Output, StepFn
-    from dladiff_app.engine.shield.layer1 import Layer1Surrogates
+    from dladiff_app.engine.runner import EngineKit
+    from dladiff_app.engine.shield.layer1_session import WarmBase
 
 log = logging.getLogger(__name__)
-
-
-def _pipeline_identity(pipeline_dir: Path) -> dict[str, Any]:
-    """What identifies the SD pipeline used (for the manifest): path, model_index.json hash,
-    weight file sizes (a rename of the same folder keeps the hash)."""
-    import hashlib
-
-    info: dict[str, Any] = {"name": "stable-diffusion", "path": str(pipeline_dir)}
-    index = pipeline_dir / "model_index.json"
-    if index.is_file():
-        info["revision"] = "model_index sha256:" + hashlib.sha256(index.read_bytes()).hexdigest()[:16]
-    weights = ([pipeline_dir] if pipeline_dir.is_file()  # a single-file checkpoint
-               else sorted(pipeline_dir.rglob("*.safetensors")))
-    info["weights_bytes"] = sum(p.stat().st_size for p in weights)
-    return info
-
-
-def _largest(faces: Sequence[Face]) -> Face | None:
-    return max(faces, key=lambda f: f.area) if faces else None
-
-
-def make_scorer(detector: FaceDetector | None, encoders: Sequence[IdentityEncoder]
-                ) -> Callable[[np.ndarray, np.ndarray], list[IdentityScore]]:
-    """Identity of the subject (largest face) in ``clean`` vs in ``other``, per encoder.
-
-    Both images (H, W, 3) float32 RGB [0, 1], sizes may differ; each is detected on its own, so
-    a protection that also hides the face shows as "no face found in the protected image". The
-    other image is the same scene (saved or shared copy), so the subject is matched by position
-    only: another person's face is never scored as the subject's (that would read as "different
-    person")."""
-    from dladiff_app.engine.faces.score import score_images
-
-    def score(clean: np.ndarray, other: np.ndarray) -> list[IdentityScore]:
-        if detector is None or not encoders:
-            return []
-        matches = score_images(clean, other, detector, encoders, match="largest",
-                               labels=("the original", "the protected image"), same_framing=True)
-        return list(matches[0].scores) if matches else []
-    return score
-
-
-def _with_dlib_shapes(image: np.ndarray, faces: list[Face],
-                      encoders: Sequence[IdentityEncoder]) -> list[Face]:
-    """dlib's chip is placed by dlib's own 68 landmarks: faces found by another detector
-    (SCRFD) get them before the dlib encoder sees them."""
-    if not any(e.name == "dlib" for e in encoders) or all(f.dlib_shape is not None
-                                                           for f in faces):
-        return faces
-    from dataclasses import replace
-
-    from dladiff_app.engine.faces.dlib_detect import dlib_shape_for_box
-
-    return [f if f.dlib_shape is not None else
-            replace(f, dlib_shape=np.asarray(dlib_shape_for_box(image, f.box), np.float64))
-            for f in faces]
-
-
-class _Layer1State:
-    """What one kit's layer 1 keeps between its album pass and the per-photo polish: the loaded
-    surrogates of the current album (released when the next album starts) and the measured
-    seconds of one PGD step for one photo."""
-
-    def __init__(self) -> None:
-        self.surrogates: Layer1Surrogates | None = None
-        self.pgd_step_s: float | None = None
-
-
-def _layer1_fn(pipeline_dir: Path, settings: ProtectionSettings, device: Any,
-               working_size: int | None, cache_dir: Path | None, state: _Layer1State,
-               keep_surrogates: bool) -> Any:
-    from dladiff_app.engine.shield.layer1 import protect_album_layer1
-
-    def run(images: list[torch.Tensor], cancel: CancelToken, step: StepFn
-            ) -> tuple[list[torch.Tensor], str]:
-        state.surrogates = None  # never two Stable Diffusions in memory at once
-        res = protect_album_layer1(images, pipeline_dir, settings, device=device,
-                                   working_size=working_size, cache_dir=cache_dir,
-                                   cancel=cancel, progress=step,
-                                   keep_surrogates=keep_surrogates)
-        state.surrogates = res.surrogates
-        st = res.stats
-        if settings.layer1_total_pgd:
-            state.pgd_step_s = st.pgd_seconds / settings.layer1_total_pgd / len(images)
-        note = (f"{len(images)} photo(s) at {st.working_size} px; surrogate denoising loss "
-                + (f"{st.dual_loss_per_round[0]:.4f} -> {st.dual_loss_per_round[-1]:.4f}"
-                   if st.dual_loss_per_round else "not recorded")
-                + ("; prior surrogate reused from cache" if res.prior_cache_hit else ""))
-        return res.protected, note
-    return run
-
-
-def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings) -> Any:
-    from dladiff_app.engine.runner import Layer2Output
-    from dladiff_app.engine.shield.layer2 import protect_faces
-
-    def run(clean: torch.Tensor, start: torch.Tensor, faces: list[Face], cancel: CancelToken,
-            step: StepFn) -> Layer2Output:
-        pixels = clean[0].permute(1, 2, 0).numpy()
-        faces = _with_dlib_shapes(pixels, faces, encoders)
-        res = protect_faces(clean, start, faces, list(encoders), settings, cancel=cancel,
-                            progress=lambda i, n: step("layer2", i, n),
-                            generator_seed=settings.seed)
-        sims = "; ".join(", ".join(f"{k} {v:.3f}" for k, v in face.items())
-                         for face in res.final_similarity)
-        return Layer2Output(res.protected, res.steps_done, tuple(res.warnings),
-                            f"{len(faces)} face(s), {res.steps_done} steps; identity after: {sims}")
-    return run
-
-
-def _polish_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings,
-               state: _Layer1State) -> Any:
-    """The runner's polish: joint steps on layer 2's and layer 1's losses with the surrogates
-    layer 1 left loaded for this album (see ``shield.polish``)."""
-    from dladiff_app.engine.shield.polish import polish_photo
-
-    def run(clean: torch.Tensor, current: torch.Tensor, faces: list[Face], cancel: CancelToken,
-            step: StepFn) -> tuple[torch.Tensor, str]:
-        if state.surrogates is None:
-            return current, "skipped: the fine-tuning surrogates were not kept"
-        pixels = clean[0].permute(1, 2, 0).numpy()
-        faces = _with_dlib_shapes(pixels, faces, encoders)
-        step("polish", 0, settings.polish_steps)
-        res = polish_photo(clean, current, faces, encoders, state.surrogates, settings,
-                           cancel=cancel, progress=lambda i, n: step("polish", i, n))
-        return res.protected, (f"{res.steps_done} joint steps; identity loss "
-                               f"{res.identity_before:.3f} -> {res.identity_after:.3f}; "
-                               f"surrogate loss {res.dual_first:.4f} -> {res.dual_last:.4f}")
-    return run
-
-
-def _default_store() -> ModelStore:
-    from dladiff_app.core.paths import models_dir
-    from dladiff_app.core.settings import load_settings
-    from dladiff_app.engine.models.store import ModelStore
-
-    settings = load_settings()
-    return ModelStore(models_dir(settings), settings_paths=settings.model_paths)
-
-
-def build_kit(settings: ProtectionSettings, *, device: str = "auto",
-              pipeline_dir: Path | None = None, detector: FaceDetector | None = None,
-              encoders: Sequence[IdentityEncoder] | None = None, working_size: int | None = None,
-              cache_dir: Path | None = None, store: ModelStore | None = None) -> EngineKit:
-    """The real kit. Missing pieces become ``*_missing`` reasons, never exceptions, so a job
-    without Stable Diffusion still runs the zero-shot shield (and says so).
-
-    Models not given explicitly are looked up in ``store`` (default: the user's store, with the
-    local copies saved in the settings). The polish runs when both layers can run and
-    ``settings.polish_steps > 0``."""
-    from dladiff_app.engine.device import resolve_device
-    from dladiff_app.engine.face_results import make_face_scorer
-    from dladiff_app.engine.runner import EngineKit
-
-    info = resolve_device(device)
-    if detector is None or encoders is None:
-        from dladiff_app.engine.faces import registry
-
-        store = store if store is not None else _default_store()
-        detector = detector if detector is not None else registry.available_detector(store)
-        encoders = encoders if encoders is not None else registry.available_encoders(store)
-    layer1_missing = ""
-    if pipeline_dir is None and settings.layers.finetune:
-        try:
-            pipeline_dir = (store if store is not None else _default_store()).path("sd15")
-        except ModelMissingError as exc:
-            # Read in the CLI and in the app alike: name both ways to switch the shield off.
-            layer1_missing = (f"The fine-tuning shield was skipped: {exc} To protect with the "
-                              "zero-shot shield only, switch the fine-tuning shield off (in "
-                              "the command line: --layers zeroshot).")
-    if cache_dir is None:
-        from dladiff_app.core.paths import cache_dir as default_cache
-
-        cache_dir = default_cache() / "prior_lora"
-    notices = _encoder_notices(store, encoders) if settings.layers.zeroshot else ()
-    layer2_missing = "" if encoders else (
-        "The zero-shot shield was skipped: no identity encoder is available (install "
-        "face_recognition_models for the offline one, or download buffalo_l).")
-    models: dict[str, Any] = {
-        "sd_pipeline": _pipeline_identity(pipeline_dir) if pipeline_dir is not None else None,
-        "detector": getattr(detector, "name", None),
-        "encoders": [{"name": e.name, "path": getattr(e, "source_path", None),
-                      "revision": getattr(e, "revision", None)} for e in encoders],
-    }
-    state = _Layer1State()
-    polish = (settings.layers.finetune and settings.layers.zeroshot and settings.polish_steps > 0
-              and pipeline_dir is not None and bool(encoders))
-    return EngineKit(
-        device_kind=info.kind, device_name=info.name, detector=detector,
-        score=make_scorer(detector, encoders),
-        score_faces=make_face_scorer(detector, encoders),
-        layer1=(_layer1_fn(pipeline_dir, settings, info, working_size, cache_dir, state, polish)
-                if pipeline_dir is not None else None),
-        layer1_missing=layer1_missing,
-        layer2=_layer2_fn(encoders, settings) if encoders else None,
-        layer2_missing=layer2_missing,
-        notices=notices,
-        polish=_polish_fn(encoders, settings, state) if polish else None,
-        models=models,
-        model_revisions={"sd_pipeline": models["sd_pipeline"]["revision"]
-                         if models["sd_pipeline"] and "revision" in models["sd_pipeline"] else None,
-                         "encoders": [e.name for e in encoders]},
-        layer1_step_seconds=lambda: _measured_pgd_step(state),
-    )
-
-
-def _encoder_notices(store: ModelStore | None,
-                     encoders: Sequence[IdentityEncoder]) -> tuple[str, ...]:
-    """What the user should know about the offline ensemble: without SFace (the offline
-    ArcFace-family model), the zero-shot shield fools dlib but much less the ArcFace models
-    that attack tools use."""
-    if any(e.name == "sface" for e in encoders):
-        return ()
-    from dladiff_app.engine.faces import registry
-
-    try:
-        status = next(s for s in registry.encoder_statuses(store or _default_store())
-                      if s.name == "sface")
-    except StopIteration:
-        return ()
-    detail = status.reason if not status.available else "it was not selected"
-    return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
-            "zero-shot shield runs with the other models, but protects less against the "
-            "ArcFace models that attack tools use.",)
-
-
-def _measured_pgd_step(state: _Layer1State) -> float | None:
-    """Seconds of one layer-1 PGD step for one photo: measured during the last album, or timed
-    now on the surrogates still loaded; None when this kit has not run layer 1 yet."""
-    if state.pgd_step_s is None and state.surrogates is not None:
-        state.pgd_step_s = state.surrogates.time_step()
-    return state.pgd_step_s
-
-
-def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_kind: str,
-                            working_size: int = 512) -> float | None:
-    """Layer-1 wall time from the measured CPU costs (scaled by pixel count of the working size;
-    per-step cost grows with the album through micro-batches). None where no measurement exists
-    for the device (the caller then says the time is unknown)."""
-    if device_kind != "cpu" or not settings.layers.finetune:
-        return None if settings.layers.finetune else 0.0
-    scale = (working_size / 512) ** 2 * max(1, n_photos)
-    pgd = settings.layer1_total_pgd * CPU_SECONDS_PER_PGD_STEP_512
-    lora = (settings.layer1_rounds * settings.layer1_lora_steps + settings.prior_steps
-            ) * CPU_SECONDS_PER_LORA_STEP_512
-    return (pgd + lora) * scale
 
 
 class EngineProtectService:
@@ -313,6 +67,7 @@ class EngineProtectService:
         self._face_models: tuple[FaceDetector | None, list[IdentityEncoder]] | None = None
         self._face_models_key: tuple[Any, ...] | None = None
         self._face_counts: dict[tuple[str, int, int], int | None] = {}
+        self._warm: WarmBase | None = None  # Stable Diffusion, kept across kits and jobs
         self._lock = threading.Lock()
 
     @property
@@ -378,8 +133,12 @@ class EngineProtectService:
                 options = {**self._kit_options, "detector": detector, "encoders": encoders}
                 if job.pipeline is not None:
                     options["pipeline_dir"] = job.pipeline
-                self._kits[key] = build_kit(job.settings, device=device, store=self.store,
-                                            **options)
+                kit = build_kit(job.settings, device=device, store=self.store,
+                                warm=self._warm, **options)
+                # Keep the kit's Stable Diffusion for the next kits (another preset, another
+                # job); a kit on another pipeline or device replaces it, freeing the old one.
+                self._warm = kit.layer1_warm
+                self._kits[key] = kit
             return self._kits[key]
 
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
@@ -509,6 +268,12 @@ class EngineModelService:
 
     def download(self, model_id: str, progress: Callable[[int, int | None], None],
                  cancel: CancelToken) -> None:
+        if self.store.spec(model_id).fp16_files:
+            from dladiff_app.engine.device import download_fp16_weights
+
+            # The same files `dladiff models download` takes on this machine.
+            self.store.prefer_fp16 = download_fp16_weights(
+                self.settings.device if self.settings is not None else "auto")
         self.store.download(model_id, progress, cancel, accept_license=True)
 
     def use_local(self, model_id: str, path: str) -> None:
@@ -549,5 +314,5 @@ def build_services(settings: Settings, settings_path: Path | None = None,
 
 
 __all__ = ["EngineDeviceService", "EngineModelService", "EngineProtectService",
-           "EngineServices", "Layers", "build_kit", "build_services", "estimate_layer1_seconds",
-           "make_scorer"]
+           "EngineServices", "Layers", "_default_store", "_pipeline_identity", "build_kit",
+           "build_services", "estimate_layer1_seconds", "make_scorer"]
