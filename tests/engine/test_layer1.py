@@ -19,7 +19,8 @@ from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import Cancelled, DeviceError
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.shield import surrogate as sg
-from dladiff_app.engine.shield.layer1 import Layer1Result, _Album, protect_album_layer1
+from dladiff_app.engine.shield.layer1 import Layer1Result, protect_album_layer1
+from dladiff_app.engine.shield.memory import StepDown
 from dladiff_app.engine.shield.resize import to_working
 from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION
 
@@ -173,23 +174,40 @@ def test_rejects_tensors_that_break_the_contract(tiny_sd_dir: Path) -> None:
         protect_album_layer1([torch.rand(3, 64, 64)], tiny_sd_dir, SETTINGS, working_size=60)
 
 
-def test_out_of_memory_shrinks_micro_batch_then_checkpoints_then_fails(tiny_sd_dir: Path) -> None:
-    album = _Album(sg.load_surrogate(tiny_sd_dir), n=4, micro_batch=4, device_name="Test GPU")
-    seen: list[tuple[int, bool]] = []
+def test_out_of_memory_steps_down_batch_checkpointing_size_then_fails(tiny_sd_dir: Path) -> None:
+    """CUDA's OutOfMemoryError and MPS's RuntimeError text both step down, each rung said."""
+    notes: list[str] = []
+    album = StepDown(sg.load_surrogate(tiny_sd_dir), n=4, micro_batch=4, size=64,
+                     device_name="Test GPU", notify=notes.append)
+    seen: list[tuple[int, bool, int]] = []
+    errors = [torch.cuda.OutOfMemoryError("CUDA out of memory"),
+              RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"),
+              torch.cuda.OutOfMemoryError("CUDA out of memory"),
+              RuntimeError("MPS backend out of memory")]
 
     def work() -> str:
-        seen.append((album.micro_batch, album.checkpointing))
-        if len(seen) < 4:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.append((album.micro_batch, album.checkpointing, album.size))
+        if len(seen) <= len(errors):
+            raise errors[len(seen) - 1]
         return "done"
 
     assert album.retry(work) == "done"
-    assert seen == [(4, False), (2, False), (1, False), (1, True)]
+    # tiny SD: latent grid multiple 16, native 64 px, so one size rung (64 -> 48) is allowed.
+    assert seen == [(4, False, 64), (2, False, 64), (1, False, 64), (1, True, 64),
+                    (1, True, 48)]
     assert album.sur.unet.is_gradient_checkpointing
     assert [len(c) for c in album.chunks()] == [1, 1, 1, 1]
+    assert len(notes) == 4 and all(n.startswith("Test GPU ran out of memory") for n in notes)
+    assert "64 -> 48 px" in notes[-1] and album.notes == notes
 
     def always_oom() -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(DeviceError, match="Test GPU ran out of memory"):
+    with pytest.raises(DeviceError, match="Test GPU ran out of memory.*48 px"):
         album.retry(always_oom)
+
+    def other_error() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # not a memory shortage
+        album.retry(other_error)
