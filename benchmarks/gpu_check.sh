@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# GPU readiness check (see benchmarks/gpu_check.py): Medium, both layers, 4 photos, 512 px on
+# the full-size SD 1.5 architecture with random weights; results in benchmarks/results/.
+#   bash benchmarks/gpu_check.sh                          # on a CUDA machine (<= 8 min)
+#   bash benchmarks/gpu_check.sh --device cpu --size 64   # what CI runs (tiny SD, ~1-2 min)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+export HF_HUB_OFFLINE=1
+exec "$PY" benchmarks/gpu_check.py "$@"
