@@ -5,7 +5,10 @@
 #   bash benchmarks/gpu_check.sh --device cpu --size 64   # what CI runs (tiny SD, ~1-2 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+# $PY if set, else the project's venv (python3 dev.py creates it), else python3.
+if [ -z "${PY:-}" ]; then
+  PY=python3
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
+fi
 export HF_HUB_OFFLINE=1
 exec "$PY" benchmarks/gpu_check.py "$@"
