@@ -34,11 +34,12 @@ from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION, build_tiny_sd  # noqa: E4
 POSITIONS = (0.0, 0.5, 1.0)
 POLICIES = {
     "centre": ("centre crop only", CENTRE_ONLY),
-    "pairs": ("random offset, plain+mirrored pair (default)", ViewPolicy()),
-    "centre-pairs": ("centre crop, plain+mirrored pair", ViewPolicy(offsets=False)),
-    "half-centre": ("pair; centre crop on half the steps", ViewPolicy(centre_share=0.5)),
-    "prompts": ("random offset, pair, random prompt", ViewPolicy(prompts=True)),
-    "single": ("random offset and flip, one view", ViewPolicy(flip_pairs=False)),
+    "pairs": ("random offset, plain+mirrored pair", ViewPolicy(offsets=True)),
+    "centre-pairs": ("centre crop, plain+mirrored pair (the default)", ViewPolicy()),
+    "half-centre": ("pair; random offset on half the steps",
+                    ViewPolicy(offsets=True, centre_share=0.5)),
+    "prompts": ("random offset, pair, random prompt", ViewPolicy(offsets=True, prompts=True)),
+    "single": ("random offset and flip, one view", ViewPolicy(offsets=True, flip_pairs=False)),
 }
 
 

@@ -18,7 +18,6 @@ from PIL import Image
 from dladiff_app.core.events import Event, Notice, PhotoDone, PhotoFailed
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
-from dladiff_app.engine.kit import build_kit
 from dladiff_app.engine.runner import run_job
 from dladiff_app.engine.shield import surrogate as sg
 from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION
@@ -51,10 +50,9 @@ def _face_album(folder: Path, names: tuple[str, ...] = ("a.png",)) -> Path:
 
 def _kit(pipeline: Path, tmp_path: Path, dlib_parts: tuple[Any, list[Any]],
          settings: ProtectionSettings = BOTH) -> Any:
-    detector, encoders = dlib_parts
-    return build_kit(settings, device="cpu", pipeline_dir=pipeline, detector=detector,
-                     encoders=encoders, working_size=TINY_SD_RESOLUTION,
-                     cache_dir=tmp_path / "prior_cache")
+    from tests.engine.test_runner import _kit as runner_kit
+
+    return runner_kit(pipeline, tmp_path, dlib_parts, settings)
 
 
 def _manifest_photos(out: Path) -> list[dict[str, Any]]:

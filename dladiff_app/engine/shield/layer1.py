@@ -4,8 +4,9 @@ PGD maximises ``w_dyn * L(S_dyn, x') + w_prior * L(S_prior, x')`` (``shield.dual
 whole album, where ``S_prior`` is a LoRA pre-fine-tuned on the clean photos (cached on disk) and
 ``S_dyn`` a LoRA fine-tuned between PGD rounds on the current protected photos. The perturbation
 lives at each photo's full resolution; the surrogates see the DreamBooth resize/crop of it:
-with ``settings.eot`` a random crop offset, horizontal flip and instance prompt per photo and
-step (``shield.views``), else the centre crop and the training prompt.
+with ``settings.eot`` the views of ``shield.views.ViewPolicy`` (default: the centre crop,
+plain and mirrored; random crop offsets and instance prompts on request), else the centre
+crop and the training prompt.
 
 Device residency: the photos, their perturbations and the surrogates stay on the run's device
 (the photos fall back to host memory only when the album is too large for it); losses are read
@@ -52,7 +53,7 @@ class Layer1Stats:
     micro_batch: int = 0
     gradient_checkpointing: bool = False
     step_downs: list[str] = field(default_factory=list)  # what an out-of-memory changed
-    attacker_views: bool = False  # EOT over crop offset, flip and prompt
+    attacker_views: str = ""  # the attacker views PGD averaged over (ViewPolicy.describe)
     seconds: float = 0.0
     # Wall time of the phases (album-wide; the device is waited for at the end of each):
     pgd_seconds: float = 0.0    # PGD steps, for time estimates
@@ -239,7 +240,7 @@ def protect_album_layer1(
                      dev_name, notify)
     policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
     use_views = policy != CENTRE_ONLY
-    stats = Layer1Stats(working_size=size, attacker_views=use_views)
+    stats = Layer1Stats(working_size=size, attacker_views=policy.describe())
     pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
     gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (

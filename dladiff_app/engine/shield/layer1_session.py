@@ -96,7 +96,7 @@ class Layer1Session:
         if self.settings.layer1_total_pgd:
             self.pgd_step_s = st.pgd_seconds / self.settings.layer1_total_pgd / len(images)
         note = (f"{len(images)} photo(s) at {st.working_size} px"
-                + (", random attacker crops/flips/prompts" if st.attacker_views else "")
+                + (f" ({st.attacker_views})" if st.attacker_views else "")
                 + "; surrogate denoising loss "
                 + (f"{st.dual_loss_per_round[0]:.4f} -> {st.dual_loss_per_round[-1]:.4f}"
                    if st.dual_loss_per_round else "not recorded")
