@@ -107,12 +107,14 @@ def album(n: int, size: int) -> list[torch.Tensor]:
 
 
 def reference_pgd_seconds(folder: Path, photos: list[torch.Tensor], size: int, steps: int,
-                          device: torch.device, surrogates: int = 2) -> list[float]:
+                          device: torch.device, surrogates: int = 2,
+                          views: int = 1) -> list[float]:
     """The same PGD step written the plain way: fp32, diffusers calls only, and each of the
     ``surrogates`` (2 = DSUR's dynamic and prior surrogate) a UNet of its own whose loss
     L(S, x) is computed from scratch (its own resize, VAE encode, noise and UNet pass), summed,
     then one backward to the pixels. Seconds per step for the whole album, one photo at a time.
-    ``surrogates=1`` is the single-model textbook step, reported for scale."""
+    ``surrogates=1`` is the single-model textbook step, reported for scale. ``views=2``: each
+    loss also on the mirrored crop (the work layer 1's default view pair does)."""
     import copy
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -134,9 +136,10 @@ def reference_pgd_seconds(folder: Path, photos: list[torch.Tensor], size: int, s
             rh, rw = round(h * scale), round(w * scale)
             top, left = (rh - size) // 2, (rw - size) // 2
             loss = torch.zeros((), device=device)
-            for model in unets:
+            for model, view in [(m, v) for m in unets for v in range(views)]:
                 img = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True)
                 img = img[..., top: top + size, left: left + size]
+                img = img.flip(-1) if view else img
                 lat = vae.encode(img * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
                 noise = torch.randn(lat.shape, generator=gen).to(device)
                 t = torch.randint(0, 1000, (1,), generator=gen).to(device)
@@ -203,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             # The first step of each stage also pays for the stage's set-up; it is kept in.
             per_stage.setdefault(stage, []).append(t - (prev if prev is not None else t_start))
             prev = t
+        views = 2 if "mirrored" in result.stats.attacker_views else 1  # same work as ours
         del result
         reset_rss_peak()
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         ref = reference_pgd_seconds(folder, photos, size, max(1, len(per_stage["layer1_pgd"])),
-                                    device, surrogates=2)
+                                    device, surrogates=2, views=views)
         ref_rss = rss_peak_bytes()
         ref_cuda = torch.cuda.max_memory_allocated() if cuda else None
         single = reference_pgd_seconds(folder, photos, size, 1, device, surrogates=1)

@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from dladiff_app.core.imageio import load_image
 
         tensors = [torch.from_numpy(load_image(p).pixels).permute(2, 0, 1) for p in photos]
+        # The reference does the same work: both surrogates, on as many views per photo.
+        views = 2 if "mirrored" in stats.attacker_views else 1
         ref = reference_pgd_seconds(folder, tensors, stats.working_size,
-                                    args.reference_steps, dev, surrogates=2)
+                                    args.reference_steps, dev, surrogates=2, views=views)
     ref_s = sorted(ref)[len(ref) // 2]
     achieved = flops * args.photos / pgd_s / 1e12 if flops and pgd_s > 0 else None
     peak = bf16_peak(info.name) if cuda else None
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "done": summary.done, "failed": failed,
         "layers_done": sorted({"+".join(r.layers_done) for r in done}),
         "total_seconds": total_s,
+        "attacker_views": stats.attacker_views, "reference_views_per_photo": views,
         "pgd_step_seconds_album": pgd_s, "lora_step_seconds": lora_s,
         "prior_seconds": stats.prior_seconds, "step_downs": stats.step_downs,
         "reference_pgd_step_seconds_album": ref_s, "reference_pgd_steps": ref,
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `bash benchmarks/gpu_check.sh --device {args.device} --size {args.size}`; "
         f"{report['model']}; {report['precision']}; {report['threads']} torch thread(s), "
-        f"load average {report['load_average']:.1f} at the end.",
+        f"load average {report['load_average']:.1f} at the end. Layer-1 views: "
+        f"{stats.attacker_views}; the reference loop does the same {views} view(s) per photo "
+        "with two fp32 UNets and every loss computed from scratch.",
         "",
         "| measure | ours | plain reference | target (CUDA, 512 px) |",
         "|---|---|---|---|",

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 CPU_SECONDS_PER_PGD_STEP_512 = 21.8
 CPU_SECONDS_PER_LORA_STEP_512 = 15.7
 LORA_PER_PGD = CPU_SECONDS_PER_LORA_STEP_512 / CPU_SECONDS_PER_PGD_STEP_512
+# Layer 1's default views (``shield.views.ViewPolicy``): each PGD step evaluates every photo on
+# its plain and its mirrored crop, twice the one-view step measured above; a measured step
+# already includes them, a LoRA step and the polish's one-view loss do not.
+LAYER1_VIEWS_PER_PGD_STEP = 2
 
 # The calibration face: a 256 px face in the middle of a 640 px crop, about the crop layer 2
 # works on for a face of a phone portrait seen at 1080 px (crop = 2.6 x the face box).
@@ -153,15 +157,15 @@ def estimate_job(n_photos: int, settings: ProtectionSettings, megapixels: float,
     step_l1 = pgd_step_s
     if run_l1:
         if step_l1 is None and device_kind == "cpu":
-            step_l1 = CPU_SECONDS_PER_PGD_STEP_512
+            step_l1 = CPU_SECONDS_PER_PGD_STEP_512 * LAYER1_VIEWS_PER_PGD_STEP
             note.append("layer 1 from the CPU table for full SD 1.5 at 512 px")
         elif step_l1 is None:
             note.append("layer 1: unknown until the first step")
         else:
             note.append("layer 1 from a measured step")
         pgd_steps, lora_steps = layer1_steps(s)
-        layer1 = (pgd_steps + lora_steps * LORA_PER_PGD) * step_l1 * n \
-            if step_l1 is not None else math.nan
+        layer1 = (pgd_steps + lora_steps * LORA_PER_PGD / LAYER1_VIEWS_PER_PGD_STEP) \
+            * step_l1 * n if step_l1 is not None else math.nan
     # Every photo: its detections (the runner's and the scorer's) whether or not a face is found.
     per_photo = calibration.detect_s_per_mp * (
         _FULL_DETECTIONS * megapixels + _SHARED_DETECTIONS * min(megapixels, _SHARED_MP))
@@ -173,10 +177,25 @@ def estimate_job(n_photos: int, settings: ProtectionSettings, megapixels: float,
         if run_l1 and s.polish_steps:
             per_face += s.polish_steps * calibration.layer2_step_s
             # The polish's Stable Diffusion half is per photo, not per face.
-            per_photo += s.polish_steps * (step_l1 if step_l1 is not None else math.nan)
+            per_photo += s.polish_steps * (step_l1 / LAYER1_VIEWS_PER_PGD_STEP
+                                           if step_l1 is not None else math.nan)
     if faces is not None:
         note.append(f"{sum(counts)} faces detected in {n} photos")
     total_faces = sum(counts)
     total = layer1 + per_photo * n + per_face * total_faces
     mean = (per_photo * n + per_face * total_faces) / n if n else per_photo + per_face
     return JobEstimate(layer1, mean, total, "; ".join(note))
+
+
+def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_kind: str,
+                            working_size: int = 512) -> float | None:
+    """Layer-1 wall time from the measured CPU costs (scaled by pixel count of the working size;
+    per-step cost grows with the album through micro-batches). None where no measurement exists
+    for the device (the caller then says the time is unknown)."""
+    if device_kind != "cpu" or not settings.layers.finetune:
+        return None if settings.layers.finetune else 0.0
+    scale = (working_size / 512) ** 2 * max(1, n_photos)
+    pgd = settings.layer1_total_pgd * CPU_SECONDS_PER_PGD_STEP_512 * LAYER1_VIEWS_PER_PGD_STEP
+    lora = (settings.layer1_rounds * settings.layer1_lora_steps + settings.prior_steps
+            ) * CPU_SECONDS_PER_LORA_STEP_512
+    return (pgd + lora) * scale

@@ -21,7 +21,6 @@ from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.core.results import IdentityScore
-from dladiff_app.engine.estimate import CPU_SECONDS_PER_LORA_STEP_512, CPU_SECONDS_PER_PGD_STEP_512
 
 if TYPE_CHECKING:
     import torch
@@ -209,17 +208,3 @@ def _encoder_notices(store: ModelStore | None,
     return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
             "zero-shot shield runs with the other models, but protects less against the "
             "ArcFace models that attack tools use.",)
-
-
-def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_kind: str,
-                            working_size: int = 512) -> float | None:
-    """Layer-1 wall time from the measured CPU costs (scaled by pixel count of the working size;
-    per-step cost grows with the album through micro-batches). None where no measurement exists
-    for the device (the caller then says the time is unknown)."""
-    if device_kind != "cpu" or not settings.layers.finetune:
-        return None if settings.layers.finetune else 0.0
-    scale = (working_size / 512) ** 2 * max(1, n_photos)
-    pgd = settings.layer1_total_pgd * CPU_SECONDS_PER_PGD_STEP_512
-    lora = (settings.layer1_rounds * settings.layer1_lora_steps + settings.prior_steps
-            ) * CPU_SECONDS_PER_LORA_STEP_512
-    return (pgd + lora) * scale

@@ -27,17 +27,17 @@ from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.core.results import PhotoResult
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
-from dladiff_app.engine.estimate import Calibration, JobEstimate, calibrate, estimate_job
+from dladiff_app.engine.estimate import (
+    Calibration,
+    JobEstimate,
+    calibrate,
+    estimate_job,
+    estimate_layer1_seconds,
+)
 
 # The kit builders live in ``engine.kit``; these names stay importable from here for the
 # command line and older callers.
-from dladiff_app.engine.kit import (
-    _default_store,
-    _pipeline_identity,
-    build_kit,
-    estimate_layer1_seconds,
-    make_scorer,
-)
+from dladiff_app.engine.kit import _default_store, _pipeline_identity, build_kit, make_scorer
 
 if TYPE_CHECKING:
     from dladiff_app.core.settings import Settings
