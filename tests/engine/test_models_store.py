@@ -171,3 +171,30 @@ def test_dlib_pack_comes_from_package(tmp_path: Path) -> None:
     status = store.status("dlib_offline")
     assert status.present and status.source == "package"
     assert store.path("dlib_offline").joinpath("mmod_human_face_detector.dat").is_file()
+
+
+def test_sface_comes_from_package_and_its_fp32_file_downloads(tmp_path: Path) -> None:
+    from dladiff_app.engine.faces import registry as faces
+    from dladiff_app.engine.faces.sface import FP32_FILE, INT8_FILE, package_model_path
+
+    store = ModelStore(tmp_path / "models", offline=True)
+    status = store.status("sface")
+    assert status.present and status.source == "package"
+    assert store.path("sface") / INT8_FILE == package_model_path()
+    assert faces._sface_file(store) == (package_model_path(), True)
+    # The fp32 original, downloaded on request (a real ONNX file, served locally), is then
+    # preferred: it loads as the same encoder.
+    body = package_model_path().read_bytes()
+    with serve_files({"/sface.onnx": body}) as srv:
+        table = dict(REGISTRY)
+        table["sface_fp32"] = dataclasses.replace(REGISTRY["sface_fp32"],
+                                                  source=srv.url("/sface.onnx"))
+        online = ModelStore(tmp_path / "models", offline=False, registry=table)
+        with pytest.raises(ModelMissingError, match="license"):
+            online.download("sface_fp32")
+        folder = online.download("sface_fp32", accept_license=True)
+    assert (folder / FP32_FILE).read_bytes() == body
+    assert online.verify("sface_fp32") == []
+    path, packaged = faces._sface_file(online)
+    assert path == folder / FP32_FILE and not packaged
+    assert faces.load_encoder("sface", online).name == "sface"
