@@ -31,22 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def sample_album(folder: Path) -> list[Path]:
-    import importlib.util
-
+    """t1.jpg and astronaut (the zero-shot benchmark's photos) and coffee, in one folder."""
     from PIL import Image
     from skimage import data
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from benchmarks.zero_shot import builtin_photos
+
     out = []
-    spec = importlib.util.find_spec("insightface")
-    if spec is not None and spec.origin is not None:
-        t1 = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
-        if t1.is_file():
-            out.append(folder / "t1.jpg")
-            shutil.copyfile(t1, out[-1])
-    for name in ("astronaut", "coffee"):
-        out.append(folder / f"{name}.png")
-        Image.fromarray(getattr(data, name)()).save(out[-1])
+    for photo in builtin_photos(folder):
+        if photo.parent != folder:  # t1.jpg lies in the insightface package: copy it
+            shutil.copyfile(photo, folder / photo.name)
+        out.append(folder / photo.name)
+    out.append(folder / "coffee.png")
+    Image.fromarray(data.coffee()).save(out[-1])
     return out
 
 

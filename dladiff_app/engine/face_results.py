@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dladiff_app.core.results import FaceResult, IdentityScore
+from dladiff_app.engine.faces.score import MIN_IOU, box_iou
 from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
 
 Box = tuple[float, float, float, float]
@@ -26,7 +27,6 @@ FaceScores = list[tuple[Box | None, tuple[IdentityScore, ...]]]
 # clean (H, W, 3) float32 [0, 1], other (H', W', 3) float32 [0, 1] -> FaceScores
 FaceScoreFn = Callable[[np.ndarray, np.ndarray], FaceScores]
 
-MIN_IOU = 0.3  # same face position in two sizes of one scene
 
 
 def make_face_scorer(detector: FaceDetector | None, encoders: Sequence[IdentityEncoder]
@@ -53,14 +53,6 @@ def _relative(box: Box, shape: Sequence[int]) -> np.ndarray:
     return np.asarray(box, dtype=np.float64) / np.array([w, h, w, h], dtype=np.float64)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def join_faces(on_file: FaceScores, clean_shape: Sequence[int], on_shared: FaceScores,
                shared_shape: Sequence[int]) -> tuple[FaceResult, ...]:
     """One :class:`FaceResult` per clean face of ``on_file`` (largest first); its after-sharing
@@ -74,7 +66,7 @@ def join_faces(on_file: FaceScores, clean_shape: Sequence[int], on_shared: FaceS
         rel = _relative(box, clean_shape)
         best, best_iou = None, MIN_IOU
         for i, other in free:
-            iou = _iou(rel, other)
+            iou = box_iou(rel, other)
             if iou >= best_iou:
                 best, best_iou = i, iou
         shared: tuple[IdentityScore, ...] = ()
