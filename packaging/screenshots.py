@@ -141,11 +141,15 @@ def group_photo_views(app, window, out: Path) -> None:  # type: ignore[no-untype
 def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     """Protect one more photo and cancel it once it is under way; True when the two pictures
     show a run being cancelled and then cancelled."""
+    from PIL import Image, ImageOps
+
     from dladiff_app.gui.batch_list import Status
 
     copy = photo.parent.parent / "more" / f"again{photo.suffix}"
     copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(photo, copy)
+    # Mirrored: a byte-identical copy counts as already protected and would finish at once.
+    with Image.open(photo) as img:
+        ImageOps.mirror(img.convert("RGB")).save(copy)
     window.add_paths([copy])
     entry = window.batch.entry(copy.resolve())
     pump(app, 5, lambda: entry.pixels is not None)

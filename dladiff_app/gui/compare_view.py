@@ -11,6 +11,7 @@ from PySide6.QtGui import (
     QColor,
     QImage,
     QImageReader,
+    QKeyEvent,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -343,6 +344,33 @@ def quality_figures(result: PhotoResult) -> str:
     return " · ".join(parts) or "no figures measured"
 
 
+class FaceBadge(QLabel):
+    """A face's scores: wraps like a label (a long line never widens the window) and clicks
+    like a button (keyboard too: Space or Enter when focused)."""
+
+    clicked = Signal()
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    def click(self) -> None:
+        self.clicked.emit()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton and self.rect().contains(
+                event.position().toPoint()):
+            self.clicked.emit()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() in (Qt.Key.Key_Space, Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.clicked.emit()
+        else:
+            super().keyPressEvent(event)
+
+
 class CompareView(QWidget):
     """The viewer page: split canvas, difference toggle, score badges and quality figures.
 
@@ -483,11 +511,10 @@ class CompareView(QWidget):
         intro.setWordWrap(True)
         self._add_badge(intro)
         for i, face in enumerate(result.per_face):
-            button = QPushButton(face_badge_text(i + 1, face), self)
-            button.setAccessibleName(f"Face {i + 1} identity scores")
-            button.setFlat(True)
-            button.setCursor(Qt.CursorShape.PointingHandCursor)
-            button.setStyleSheet(f"QPushButton {{ color: white; background: {face_colour(face)}; "
-                                 "border-radius: 6px; padding: 3px 8px; text-align: left; }")
-            button.clicked.connect(lambda _=False, i=i: self.focus_face(i))
-            self._add_badge(button)
+            badge = FaceBadge(face_badge_text(i + 1, face), self)
+            badge.setAccessibleName(f"Face {i + 1} identity scores")
+            badge.setToolTip("Compare this face before and after")
+            badge.setStyleSheet(f"color: white; background: {face_colour(face)}; "
+                                "border-radius: 6px; padding: 3px 8px;")
+            badge.clicked.connect(lambda i=i: self.focus_face(i))
+            self._add_badge(badge)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 
 from dladiff_app.core.jobs import ExportOptions, OutputFormat
@@ -53,6 +53,7 @@ def test_group_photo_has_a_badge_and_an_outline_per_face(qtbot, make_window, tmp
     group.parent.mkdir(parents=True)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 900, 3), np.uint8)).save(group)
     fake_protect.face_counts = {"group.png": 3}
+    fake_protect.scores = fake_protect.scores * 4  # long lines, as with several encoders
     window = make_window()
     window.resize(1000, 760)
     protect_all(qtbot, window, [group])
@@ -65,8 +66,10 @@ def test_group_photo_has_a_badge_and_an_outline_per_face(qtbot, make_window, tmp
     assert "ArcFace (buffalo_l): different person (0.12)" in faces[0].text()
     assert "after JPEG/resize different person (0.25)" in faces[0].text()
     assert "3 faces" in view.badges[0].text()
+    # Long score lines wrap: they never widen the window.
+    assert window.viewer.minimumSizeHint().width() < 700
     # Clicking face 3 compares that face: its centre sits under the divider on both halves.
-    faces[2].click()
+    qtbot.mouseClick(faces[2], Qt.MouseButton.LeftButton)
     assert canvas.selected_face == 2
     (x0, y0, x1, y1), _, _ = canvas.faces[2]
     rect, s = canvas.image_rect(), canvas.scale()
