@@ -75,13 +75,14 @@ class ModelManagerDialog(QDialog):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
+        self.table.setWordWrap(True)
         self.table.itemSelectionChanged.connect(self._sync)
         self.license = QPlainTextEdit()
         self.license.setAccessibleName("License text")
         self.license.setReadOnly(True)
         self.license.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         # Tall enough for a whole licence summary; the splitter gives it more on request.
-        self.license.setMinimumHeight(150)
+        self.license.setMinimumHeight(110)
         self.accept_license = QCheckBox("I accept this model's license")
         self.accept_license.setAccessibleName("Accept license")
         self.accept_license.toggled.connect(self._sync)
@@ -116,7 +117,7 @@ class ModelManagerDialog(QDialog):
         split.addWidget(self.table)
         split.addWidget(license_box)
         split.setChildrenCollapsible(False)
-        split.setSizes([300, 220])
+        split.setSizes([400, 140])
         layout.addWidget(self.summary)
         layout.addWidget(split, 1)
         layout.addWidget(self.accept_license)
@@ -141,7 +142,13 @@ class ModelManagerDialog(QDialog):
                 item.setToolTip(row.path or text)
                 self.table.setItem(r, c, item)
         self.table.resizeColumnToContents(0)
-        self.table.resizeColumnToContents(len(self.COLUMNS) - 1)  # licence names not clipped
+        # Licence names and purposes wrap onto more lines instead of being cut off: the licence
+        # column gets its text's width up to a third of the table, rows grow to fit.
+        last = len(self.COLUMNS) - 1
+        self.table.resizeColumnToContents(last)
+        self.table.setColumnWidth(last, min(self.table.columnWidth(last),
+                                            max(200, self.table.viewport().width() // 3)))
+        self.table.resizeRowsToContents()
         missing = sum(not r.present for r in self.rows)
         self.summary.setText(f"{counted(missing, 'model')} missing." if missing else
                              "All models are ready.")
