@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dladiff_app.core.quality import as_unit_float, ssim
+from dladiff_app.core.quality import as_unit_float
+from dladiff_app.core.quality_bands import banded_quality
 
 FACE_WIDEN = 1.5
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -98,8 +99,25 @@ def widened_box(box: Sequence[float], width: int, height: int,
             min(width, int(np.ceil(cx + hw)) + 1), min(height, int(np.ceil(cy + hh)) + 1))
 
 
+# Rows of a face crop converted to float64 at a time (bounded memory on big faces).
+BAND_ROWS = 256
+
+
 def _luma(x: np.ndarray) -> np.ndarray:
-    return np.repeat((x @ _LUMA)[..., None], 3, axis=-1)
+    """(h, w) float64 BT.601 luma of an (h, w, 3) crop (uint8 or float), band by band."""
+    out = np.empty(x.shape[:2], dtype=np.float64)
+    for top in range(0, x.shape[0], BAND_ROWS):
+        rows = slice(top, top + BAND_ROWS)
+        out[rows] = as_unit_float(x[rows], "image") @ _LUMA
+    return out
+
+
+def _luma_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM (core.quality's) of the luma of two crops, computed by bands: the luma is seen as
+    three identical channels without copying it three times."""
+    ya, yb = _luma(a), _luma(b)
+    return banded_quality(np.broadcast_to(ya[..., None], (*ya.shape, 3)),
+                          np.broadcast_to(yb[..., None], (*yb.shape, 3)))[1]
 
 
 def face_visibility(clean: np.ndarray, protected: np.ndarray,
@@ -107,24 +125,39 @@ def face_visibility(clean: np.ndarray, protected: np.ndarray,
                     ) -> FaceVisibility | None:
     """Visibility of ``protected`` against ``clean`` on the faces in ``boxes`` (None when there
     is no face). SSIM is averaged over faces weighted by area; the colour difference is taken
-    over the union of the face regions."""
-    a = as_unit_float(clean, "clean")
-    b = as_unit_float(protected, "protected")
+    over the union of the face regions (a pixel two widened boxes share counts once).
+
+    Only the face regions are converted to float, a band of rows at a time: a 12 MP photo
+    given as uint8 is never copied whole (the runner measures its saved file this way)."""
+    a, b = np.asarray(clean), np.asarray(protected)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"clean must be (H, W, 3), got shape {a.shape}")
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
     h, w = a.shape[:2]
-    mask = np.zeros((h, w), dtype=bool)
-    ssims, areas = [], []
-    for box in boxes:
-        x0, y0, x1, y1 = widened_box(box, w, h, widen)
-        if x1 - x0 < 11 or y1 - y0 < 11:
-            continue
-        mask[y0:y1, x0:x1] = True
-        ssims.append(ssim(_luma(a[y0:y1, x0:x1]), _luma(b[y0:y1, x0:x1])))
-        areas.append((x1 - x0) * (y1 - y0))
-    if not ssims:
+    rects = [r for r in (widened_box(box, w, h, widen) for box in boxes)
+             if r[2] - r[0] >= 11 and r[3] - r[1] >= 11]
+    if not rects:
         return None
-    de = ciede2000(srgb_to_lab(a[mask]), srgb_to_lab(b[mask]))
+    ssims = [_luma_ssim(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) for x0, y0, x1, y1 in rects]
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects]
+    # Union of the regions: a mask over their bounding rectangle, each pixel claimed once.
+    ux0, uy0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    ux1, uy1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    claimed = np.zeros((uy1 - uy0, ux1 - ux0), dtype=bool)
+    de_parts: list[np.ndarray] = []
+    for x0, y0, x1, y1 in rects:
+        for top in range(y0, y1, BAND_ROWS):
+            bottom = min(top + BAND_ROWS, y1)
+            free = ~claimed[top - uy0:bottom - uy0, x0 - ux0:x1 - ux0]
+            if not free.any():
+                continue
+            ca = as_unit_float(a[top:bottom, x0:x1], "clean")[free]
+            cb = as_unit_float(b[top:bottom, x0:x1], "protected")[free]
+            # float32 keeps the per-pixel differences of a big face at half the memory.
+            de_parts.append(ciede2000(srgb_to_lab(ca), srgb_to_lab(cb)).astype(np.float32))
+            claimed[top - uy0:bottom - uy0, x0 - ux0:x1 - ux0] = True
+    de = np.concatenate(de_parts)
     return FaceVisibility(ssim=float(np.average(ssims, weights=areas)),
-                          de_mean=float(de.mean()), de_p95=float(np.percentile(de, 95)),
-                          faces=len(ssims))
+                          de_mean=float(de.mean(dtype=np.float64)),
+                          de_p95=float(np.percentile(de, 95)), faces=len(ssims))

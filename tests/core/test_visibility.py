@@ -48,3 +48,41 @@ def test_face_visibility_on_and_off_the_face() -> None:
     assert vis is not None and vis.de_mean > 1.0 and vis.ssim < 1.0 and vis.faces == 1
     assert face_visibility(clean, on, []) is None
     assert widened_box(box, 160, 120) == (30, 20, 91, 81)
+
+
+def _whole_image_reference(clean: np.ndarray, protected: np.ndarray,
+                           boxes: list[tuple[float, float, float, float]]) -> tuple[float, ...]:
+    """The figures computed the plain way, on full-size float64 copies of both images."""
+    from dladiff_app.core.quality import as_unit_float, ssim
+
+    a, b = as_unit_float(clean, "a"), as_unit_float(protected, "b")
+    luma = np.array([0.299, 0.587, 0.114])
+    h, w = a.shape[:2]
+    mask = np.zeros((h, w), dtype=bool)
+    ssims, areas = [], []
+    for box in boxes:
+        x0, y0, x1, y1 = widened_box(box, w, h)
+        mask[y0:y1, x0:x1] = True
+        ya = np.repeat((a[y0:y1, x0:x1] @ luma)[..., None], 3, axis=-1)
+        yb = np.repeat((b[y0:y1, x0:x1] @ luma)[..., None], 3, axis=-1)
+        ssims.append(ssim(ya, yb))
+        areas.append((x1 - x0) * (y1 - y0))
+    de = ciede2000(srgb_to_lab(a[mask]), srgb_to_lab(b[mask]))
+    return float(np.average(ssims, weights=areas)), float(de.mean()), float(np.percentile(de, 95))
+
+
+def test_face_visibility_by_crops_equals_the_whole_image_computation() -> None:
+    # Two overlapping faces (their shared pixels count once) and one face taller than a band of
+    # rows, on an 8-bit protected copy as the runner measures it.
+    rng = np.random.default_rng(2)
+    clean = rng.random((700, 420, 3)).astype(np.float32)
+    noise = rng.normal(0, 3 / 255, clean.shape)
+    protected = np.rint(np.clip(clean + noise, 0, 1) * 255).astype(np.uint8)
+    boxes = [(40.0, 40.0, 140.0, 150.0), (110.0, 90.0, 200.0, 190.0),
+             (220.0, 200.0, 400.0, 560.0)]
+    vis = face_visibility(clean, protected, boxes)
+    ssim_ref, mean_ref, p95_ref = _whole_image_reference(clean, protected, boxes)
+    assert vis is not None and vis.faces == 3
+    assert vis.ssim == pytest.approx(ssim_ref, abs=1e-9)
+    assert vis.de_mean == pytest.approx(mean_ref, rel=1e-5)
+    assert vis.de_p95 == pytest.approx(p95_ref, rel=1e-5)
