@@ -43,6 +43,7 @@ from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.services import JobSummary
+from dladiff_app.core.visibility_words import change_level
 
 HOURS_WARNING_S = 3600.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROTECTED = 0, 1, 2, 3
@@ -172,22 +173,32 @@ def _score_text(score: IdentityScore | None) -> str:
     return f"{score.value:.3f} {score.verdict}"
 
 
+def _face_change_cell(r: PhotoResult) -> str:
+    """E.g. "barely visible (ΔE 1.6, SSIM 0.981)": the words and figures of the change on the
+    faces (visible from a colour difference of about 2.3)."""
+    if r.face_de_mean is None:
+        return "-"
+    ssim = f", SSIM {r.face_ssim:.3f}" if r.face_ssim is not None else ""
+    return f"{change_level(r.face_de_mean)} (ΔE {r.face_de_mean:.1f}{ssim})"
+
+
 def results_table(results: list[PhotoResult]) -> str:
     """One row per protected photo and identity encoder: the subject face's identity score on
     the file as written and after sharing (JPEG q75 + 1080 px), with PSNR/SSIM/max change."""
     rows = [("photo", "faces", "encoder", "protected file", "after sharing", "PSNR", "SSIM",
-             "max")]
+             "max", "change on the face")]
     for r in results:
         shared = {s.encoder: s for s in r.scores_after_sharing}
         quality = (f"{r.psnr:.1f}" if r.psnr is not None else "-",
                    f"{r.ssim:.3f}" if r.ssim is not None else "-",
-                   f"{r.linf:.0f}/255" if r.linf is not None else "-")
+                   f"{r.linf:.0f}/255" if r.linf is not None else "-",
+                   _face_change_cell(r))
         for i, s in enumerate(r.scores or [None]):  # type: ignore[list-item]
             first = i == 0
             rows.append((Path(r.source).name if first else "", str(r.faces) if first else "",
                          s.encoder if s else "-", _score_text(s),
                          _score_text(shared.get(s.encoder)) if s else "-",
-                         *(quality if first else ("", "", ""))))
+                         *(quality if first else ("",) * len(quality))))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]

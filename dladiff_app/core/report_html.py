@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dladiff_app.core.visibility_words import face_change_figures, face_change_words
+
 _LAYER_TEXT = {
     "layer1": "Fine-tuning shield: a perturbation over the whole album that makes DreamBooth/LoRA "
               "training on these photos learn the wrong thing.",
@@ -102,6 +104,7 @@ def _photo_section(photo: dict[str, Any], thumbs: tuple[bytes, bytes] | None) ->
         f"{_fmt(photo['eps'], 1)}/255, device {escape(photo['device'])}, "
         f"{_fmt(photo['seconds'], 1)} s. PSNR {_fmt(photo['psnr'], 2)} dB, SSIM "
         f"{_fmt(photo['ssim'], 4)}, largest pixel change {_fmt(photo['linf'], 0)}/255.</p>")
+    parts.append(_visibility_paragraph(photo))
     parts.append(_scores_table(photo.get("scores", []), photo.get("scores_after_sharing", [])))
     notes = photo.get("layer_notes", {})
     items = [f"<li>{escape(_LAYER_TEXT.get(layer, layer))}"
@@ -115,6 +118,17 @@ def _photo_section(photo: dict[str, Any], thumbs: tuple[bytes, bytes] | None) ->
                                       for w in photo["warnings"]) + "</ul>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _visibility_paragraph(photo: dict[str, Any]) -> str:
+    """The change on the faces in words, with the figures behind them (absent in manifests
+    written before they were measured)."""
+    words = face_change_words(photo.get("face_ssim"), photo.get("face_de_mean"))
+    if not words:
+        return ""
+    figures = face_change_figures(photo.get("face_ssim"), photo.get("face_de_mean"),
+                                  photo.get("face_de_p95"))
+    return f"<p>{escape(words)}. <small>({escape(figures)})</small></p>"
 
 
 def render_report(manifest: dict[str, Any],

@@ -68,6 +68,12 @@ class PhotoResult:
     ssim: float | None = None
     linf: float | None = None  # max |protected - clean| in 1/255 units, on the saved file
     faces: int = 0
+    # How visible the change is on the faces (each box widened 1.5x; see core.visibility): luma
+    # SSIM and the mean / 95th-percentile CIEDE2000 colour difference (about 2.3 is just
+    # noticeable). None when no face was measured (or the record predates these figures).
+    face_ssim: float | None = None
+    face_de_mean: float | None = None
+    face_de_p95: float | None = None
     # Every face of a group photo, largest first (``scores`` above is the first one's).
     per_face: tuple[FaceResult, ...] = ()
     layers_done: tuple[str, ...] = ()
@@ -90,7 +96,7 @@ def _score_from_dict(d: dict[str, Any]) -> IdentityScore:
 
 _RESULT_FIELDS = ("source", "output", "width", "height", "seconds", "scores",
                   "scores_after_sharing", "psnr", "ssim", "linf", "faces", "per_face",
-                  "layers_done", "warnings")
+                  "layers_done", "warnings", "face_ssim", "face_de_mean", "face_de_p95")
 
 
 def _face_from_dict(d: dict[str, Any]) -> FaceResult:
@@ -114,6 +120,8 @@ def result_from_record(record: dict[str, Any]) -> PhotoResult:
                                    for s in record.get("scores_after_sharing", [])),
         psnr=record.get("psnr"), ssim=record.get("ssim"), linf=record.get("linf"),
         faces=int(record.get("faces", 0)),
+        face_ssim=record.get("face_ssim"), face_de_mean=record.get("face_de_mean"),
+        face_de_p95=record.get("face_de_p95"),
         per_face=tuple(_face_from_dict(f) for f in record.get("per_face", [])),
         layers_done=tuple(record.get("layers_done", ())),
         warnings=tuple(record.get("warnings", ())),

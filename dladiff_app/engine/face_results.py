@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dladiff_app.core.results import FaceResult, IdentityScore
+from dladiff_app.core.visibility import FaceVisibility, face_visibility
 from dladiff_app.engine.faces.score import MIN_IOU, box_iou
 from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
 
@@ -92,6 +93,21 @@ class Measured:
     psnr: float
     ssim: float
     linf: float
+    # How visible the change is on the faces of ``per_face`` (None: no face measured).
+    face: FaceVisibility | None = None
+
+    # The PhotoResult fields of ``face`` (None without a face).
+    @property
+    def face_ssim(self) -> float | None:
+        return self.face.ssim if self.face else None
+
+    @property
+    def face_de_mean(self) -> float | None:
+        return self.face.de_mean if self.face else None
+
+    @property
+    def face_de_p95(self) -> float | None:
+        return self.face.de_p95 if self.face else None
 
 
 def resize_like(pixels: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
@@ -139,7 +155,8 @@ def measure_saved(clean: np.ndarray, saved: np.ndarray,
     them (a big photo downscaled alike; default: the photos themselves); face boxes are given
     in ``clean``'s pixels either way. ``score_faces`` (when given) scores every face;
     otherwise ``score`` gives the subject's scores only. PSNR/SSIM/L-inf are computed band by
-    band (same values, bounded memory)."""
+    band (same values, bounded memory); the face-region visibility (``core.visibility``) on the
+    faces of ``per_face``, on their crops only."""
     from dladiff_app.core.quality_bands import banded_quality
 
     clean_view, saved_view = views if views is not None else (
@@ -157,4 +174,5 @@ def measure_saved(clean: np.ndarray, saved: np.ndarray,
     else:
         scores = tuple(score(clean_view, saved_view))
         scores_shared, per_face = tuple(score(reference, shared)), ()
-    return Measured(scores, scores_shared, per_face, *banded_quality(clean, saved))
+    face = face_visibility(clean, saved, [f.box for f in per_face]) if per_face else None
+    return Measured(scores, scores_shared, per_face, *banded_quality(clean, saved), face=face)

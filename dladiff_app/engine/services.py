@@ -26,7 +26,7 @@ from dladiff_app.core.events import EventSink
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.core.results import PhotoResult
-from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
+from dladiff_app.core.services import DeviceSummary, FacePreview, JobSummary, ModelRow
 from dladiff_app.engine.estimate import (
     Calibration,
     JobEstimate,
@@ -68,6 +68,7 @@ class EngineProtectService:
         self._face_models_key: tuple[Any, ...] | None = None
         self._face_counts: dict[tuple[str, int, int], int | None] = {}
         self._warm: WarmBase | None = None  # Stable Diffusion, kept across kits and jobs
+        self._preview_kit: tuple[tuple[Any, ...], EngineKit] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -205,7 +206,8 @@ class EngineProtectService:
     def measure(self, source: Path, output: Path) -> PhotoResult:
         """The figures of a protected file as written (``output``, for example an exported
         JPEG) against its clean photo ``source``, measured like the runner measures its own
-        files: identity scores of every face, also after sharing, PSNR, SSIM, largest change."""
+        files: identity scores of every face, also after sharing, PSNR, SSIM, largest change,
+        how visible the change is on the faces."""
         from dladiff_app.core.imageio import load_image
         from dladiff_app.engine.face_results import make_face_scorer, measure_saved
 
@@ -222,7 +224,37 @@ class EngineProtectService:
         return PhotoResult(source=str(source), output=str(output), width=saved.shape[1],
                            height=saved.shape[0], seconds=0.0, scores=m.scores,
                            scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
-                           psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=len(m.per_face))
+                           psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=len(m.per_face),
+                           face_ssim=m.face_ssim, face_de_mean=m.face_de_mean,
+                           face_de_p95=m.face_de_p95)
+
+
+    def preview_face(self, source: Path, settings: ProtectionSettings, cancel: CancelToken,
+                     progress: Callable[[int, int], None] | None = None) -> FacePreview:
+        """The largest face of ``source`` protected with a few zero-shot steps at ``settings``'
+        strength, on its crop only, by a kit's own layer-2 function (see
+        ``engine.face_preview``); writes nothing. The preview's kit shares the loaded face
+        models and never replaces the warm kit of the last job."""
+        from dataclasses import replace
+
+        from dladiff_app.core.imageio import load_image
+        from dladiff_app.engine.face_preview import preview_face, preview_settings
+
+        quick = preview_settings(settings)
+        device = self._device("auto")  # the settings' device, as a job of the app uses
+        key = (device, quick, self._store_state())
+        with self._lock:
+            if self._preview_kit is None or self._preview_kit[0] != key:
+                detector, encoders = self._faces()
+                options = {**self._kit_options, "detector": detector, "encoders": encoders}
+                options.pop("pipeline_dir", None)  # the zero-shot shield only
+                self._preview_kit = (key, build_kit(quick, device=device, store=self.store,
+                                                    **options))
+            kit = self._preview_kit[1]
+        pixels = load_image(Path(source)).pixels
+        result = preview_face(Path(source).name, pixels, kit, settings.layer2_steps, cancel,
+                              progress)
+        return replace(result, source=str(source))
 
 
 class EngineDeviceService:

@@ -77,7 +77,9 @@ def _remeasured(record: dict[str, Any], result: PhotoResult, sha256: str) -> dic
                scores=[s.to_dict() for s in result.scores],
                scores_after_sharing=[s.to_dict() for s in result.scores_after_sharing],
                per_face=[f.to_dict() for f in result.per_face],
-               psnr=result.psnr, ssim=result.ssim, linf=result.linf)
+               psnr=result.psnr, ssim=result.ssim, linf=result.linf,
+               face_ssim=result.face_ssim, face_de_mean=result.face_de_mean,
+               face_de_p95=result.face_de_p95)
     return new
 
 

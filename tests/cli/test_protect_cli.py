@@ -150,7 +150,8 @@ def test_results_table_lists_each_encoder_saved_and_shared() -> None:
     table = results_table([
         PhotoResult(source="/in/group.jpg", output="/out/group-protected.png", width=10,
                     height=10, seconds=1.0, scores=(saved, arc), scores_after_sharing=(shared,),
-                    psnr=40.8, ssim=0.98, linf=8.0, faces=6),
+                    psnr=40.8, ssim=0.98, linf=8.0, faces=6, face_ssim=0.9812,
+                    face_de_mean=1.62, face_de_p95=3.1),
         PhotoResult(source="/in/sky.png", output="/out/sky-protected.png", width=10, height=10,
                     seconds=1.0, faces=0),
     ]).splitlines()
@@ -158,7 +159,11 @@ def test_results_table_lists_each_encoder_saved_and_shared() -> None:
     assert "group.jpg" in table[2] and "1.020 different person" in table[2]
     assert "0.980 different person" in table[2] and "40.8" in table[2] and "8/255" in table[2]
     assert "0.710 same person" in table[3] and "group.jpg" not in table[3]
-    assert table[4].split()[:3] == ["sky.png", "0", "-"]
+    # The change on the faces, in words against the just-noticeable difference (~2.3).
+    assert "change on the face" in table[0]
+    assert "barely visible (ΔE 1.6, SSIM 0.981)" in table[2]
+    assert "barely visible" not in table[3]
+    assert table[4].split()[:3] == ["sky.png", "0", "-"] and table[4].endswith("-")
 
 
 def test_photos_without_a_face_exit_3_and_are_named(tmp_path: Path,

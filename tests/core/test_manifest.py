@@ -66,6 +66,49 @@ def test_invalid_manifests_are_named(mutate: Any, expected: str) -> None:
     assert errors and expected in " ".join(errors)
 
 
+def test_face_visibility_fields_validate_and_old_manifests_still_do() -> None:
+    with_figures = _photo()
+    with_figures.update(face_ssim=0.9812, face_de_mean=1.62, face_de_p95=3.1)
+    assert validate_manifest(_manifest(photos=[with_figures, _photo("/in/old.jpg")])) == []
+    no_face = _photo()
+    no_face.update(face_ssim=None, face_de_mean=None, face_de_p95=None)
+    assert validate_manifest(_manifest(photos=[no_face])) == []
+    bad = _photo()
+    bad.update(face_ssim=1.5, face_de_mean=-1.0)
+    errors = " ".join(validate_manifest(_manifest(photos=[bad])))
+    assert "face_ssim" in errors and "face_de_mean" in errors
+    import jsonschema
+
+    jsonschema.Draft202012Validator(load_schema()).validate(_manifest(photos=[with_figures]))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(load_schema()).validate(_manifest(photos=[bad]))
+
+
+def test_records_without_face_figures_load_and_new_ones_keep_them() -> None:
+    from dladiff_app.core.results import result_from_record
+
+    old = result_from_record(_photo())
+    assert (old.face_ssim, old.face_de_mean, old.face_de_p95) == (None, None, None)
+    assert "face_ssim" not in old.extra
+    record = _photo()
+    record.update(face_ssim=0.9812, face_de_mean=1.62, face_de_p95=3.1)
+    new = result_from_record(record)
+    assert (new.face_ssim, new.face_de_mean, new.face_de_p95) == (0.9812, 1.62, 3.1)
+    assert new.to_dict()["face_de_mean"] == 1.62 and "face_de_mean" not in new.extra
+
+
+def test_report_says_how_visible_the_change_on_the_faces_is() -> None:
+    photo = _photo()
+    photo.update(face_ssim=0.9512, face_de_mean=3.4, face_de_p95=7.25)
+    parser = _Collect()
+    parser.feed(render_report(_manifest(photos=[photo, _photo("/in/old.jpg")])))
+    text = "".join(parser.text)
+    assert ("Change on the face: visible up close (colour difference 3.4, visible from about "
+            "2.3); the skin texture changes (structure 0.95 of 1)") in text
+    assert "face SSIM 0.9512" in text and "95th percentile 7.25" in text
+    assert text.count("Change on the face") == 1  # the older record has no figures
+
+
 def test_schema_is_valid_json_schema() -> None:
     import jsonschema  # a declared test dependency: the reference validator
 

@@ -77,8 +77,48 @@ def test_group_photo_reports_every_face_and_the_eta_counts_faces(tmp_path: Path)
     record: dict[str, Any] = json.loads(manifest.read_text())["photos"][0]
     assert len(record["per_face"]) == 6
     assert result_from_record(record).per_face == result.per_face
+    # How visible the change is on the faces: core.visibility on the same pixels (the clean
+    # photo, the file as written) and the same face boxes, carried into the manifest.
+    from dladiff_app.core.imageio import load_image
+    from dladiff_app.core.visibility import face_visibility
+
+    vis = face_visibility(load_image(photo).pixels, load_image(Path(result.output)).pixels,
+                          [f.box for f in result.per_face])
+    assert vis is not None and vis.faces == 6
+    assert (result.face_ssim, result.face_de_mean, result.face_de_p95) == pytest.approx(
+        (vis.ssim, vis.de_mean, vis.de_p95), rel=1e-9)
+    assert 0 < result.face_de_mean < 10 and result.face_ssim < 1  # type: ignore[operator]
+    assert record["face_de_mean"] == pytest.approx(vis.de_mean, rel=1e-9)
     # The zero-shot steps were counted once per face: 6 faces x 2 steps + save + score.
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].overall == pytest.approx(1.0)
     layer2 = [e for e in progress if e.stage == "layer2"]
     assert layer2 and max(e.step for e in layer2) == 2
+
+
+def test_measure_saved_gives_the_face_figures_of_core_visibility() -> None:
+    """On a real photo and its 8-bit protected copy: the figures measure_saved carries are
+    core.visibility's on the same pixels and boxes; without a face there are none."""
+    import numpy as np
+
+    from dladiff_app.core.visibility import face_visibility
+    from dladiff_app.engine.face_results import measure_saved
+    from tests.engine.real_photos import astronaut
+
+    clean = astronaut()
+    rng = np.random.default_rng(0)
+    saved = np.rint(np.clip(clean + rng.uniform(-6, 6, clean.shape) / 255, 0, 1) * 255
+                    ).astype(np.uint8)
+    box = (170.0, 40.0, 290.0, 190.0)
+
+    def faces(_clean: np.ndarray, _other: np.ndarray) -> Any:
+        return [(box, _score(0.7))]
+
+    m = measure_saved(clean, saved, lambda a, b: [], faces)
+    vis = face_visibility(clean, saved, [box])
+    assert m.face == vis and vis is not None
+    assert (m.face_ssim, m.face_de_mean, m.face_de_p95) == (vis.ssim, vis.de_mean, vis.de_p95)
+    assert 0.5 < vis.de_mean < 5 and vis.ssim < 1
+    none = measure_saved(clean, saved, lambda a, b: [], lambda a, b: [])
+    assert none.face is None and (none.face_ssim, none.face_de_mean, none.face_de_p95) == (
+        None, None, None)
