@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.events import EventSink
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.presets import ProtectionSettings
-from dladiff_app.core.results import PhotoResult
+from dladiff_app.core.results import IdentityScore, PhotoResult
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,32 @@ class JobSummary:
     unprotected: int = 0  # photos finished without protection (no face found, ...)
 
 
+@dataclass(frozen=True)
+class FacePreview:
+    """One face protected for a look before a long run; nothing is written anywhere.
+
+    ``original`` and ``protected``: (h, w, 3) uint8 RGB crops around the largest face of the
+    photo (the face box widened 2x: the whole region the zero-shot shield changes), the
+    protected one exactly as an 8-bit file would hold it. ``box``: that face in crop pixels.
+    ``steps`` of the ``full_steps`` a real run takes per face were done. ``face_*``: the
+    visibility figures of :class:`PhotoResult`, measured on this crop; ``scores``: each
+    identity encoder's verdict on the protected crop (after only ``steps`` steps).
+    """
+
+    source: str
+    original: np.ndarray
+    protected: np.ndarray
+    box: tuple[float, float, float, float]
+    steps: int
+    full_steps: int
+    seconds: float
+    faces_in_photo: int
+    face_ssim: float | None = None
+    face_de_mean: float | None = None
+    face_de_p95: float | None = None
+    scores: tuple[IdentityScore, ...] = ()
+
+
 class ProtectService(Protocol):
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
         """Run a whole job, reporting events to ``sink``; raises nothing for per-photo problems
@@ -71,6 +99,14 @@ class ProtectService(Protocol):
 
     def measure(self, source: Path, output: Path) -> PhotoResult:
         """Figures of a protected file (e.g. an exported copy) against its clean photo."""
+        ...
+
+    def preview_face(self, source: Path, settings: ProtectionSettings, cancel: CancelToken,
+                     progress: Callable[[int, int], None] | None = None) -> FacePreview:
+        """The largest face of ``source`` protected with a few zero-shot steps at
+        ``settings``' strength, on its face crop only (seconds, not minutes), through the
+        same shield a run uses. Writes nothing. ``progress(done, total)`` after each step;
+        raises ``Cancelled`` when ``cancel`` is set, ``NoFaceError`` without a face."""
         ...
 
 
