@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
+from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
 DIFF_GAIN = 10.0
 _GRAB_PX = 8
@@ -341,6 +342,9 @@ def quality_figures(result: PhotoResult) -> str:
     if result.linf is not None:
         # Measured on the 8-bit file, so a whole number of levels (float noise aside).
         parts.append(f"max change {result.linf:.0f}/255")
+    face = face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95)
+    if face:
+        parts.append(face)
     return " · ".join(parts) or "no figures measured"
 
 
@@ -400,6 +404,10 @@ class CompareView(QWidget):
         self.quality = QLabel()
         self.quality.setAccessibleName("Image quality")
         self.quality.setWordWrap(True)
+        self.face_change = QLabel()
+        self.face_change.setAccessibleName("Change on the face")
+        self.face_change.setWordWrap(True)
+        self.face_change.hide()
         self.figures_button = QToolButton()
         self.figures_button.setText("Figures")
         self.figures_button.setAccessibleName("Show quality figures")
@@ -431,6 +439,7 @@ class CompareView(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.canvas, 1)
         layout.addLayout(self.scores)
+        layout.addWidget(self.face_change)
         layout.addLayout(quality_row)
 
     def show_result(self, source: Path, result: PhotoResult) -> None:
@@ -486,6 +495,7 @@ class CompareView(QWidget):
         if result is None:
             self.quality.setText("")
             self.figures.setText("")
+            self.face_change.hide()
             return
         if len(result.per_face) > 1:
             self._face_badges(result)
@@ -502,6 +512,18 @@ class CompareView(QWidget):
                 self._add_badge(QLabel("No identity scores were measured for this photo.", self))
         self.quality.setText(change_words(result))
         self.figures.setText(quality_figures(result))
+        self._show_face_change(result)
+
+    def _show_face_change(self, result: PhotoResult) -> None:
+        """How visible the protection is where it matters, in words; the figures behind them
+        on hover (and under "Figures")."""
+        words = face_change_words(result.face_ssim, result.face_de_mean)
+        self.face_change.setText(words)
+        self.face_change.setToolTip(
+            face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95)
+            + " (measured on each face widened 1.5×; a colour difference (ΔE2000) of about "
+            "2.3 is just noticeable; SSIM 1 means unchanged)" if words else "")
+        self.face_change.setVisible(bool(words))
 
     def _face_badges(self, result: PhotoResult) -> None:
         hidden = sum(face_colour(f) == "#15803d" for f in result.per_face)

@@ -41,6 +41,7 @@ from dladiff_app.gui.batch_list import BatchList, PhotoEntry, Status
 from dladiff_app.gui.compare_view import CompareView
 from dladiff_app.gui.engine_thread import EngineThread
 from dladiff_app.gui.export_dialog import ExportDialog
+from dladiff_app.gui.face_preview import FacePreviewDialog
 from dladiff_app.gui.model_manager import ModelManagerDialog
 from dladiff_app.gui.notifications import NotificationArea
 from dladiff_app.gui.services import Services
@@ -152,6 +153,8 @@ class MainWindow(QMainWindow):
 
         self.strength = StrengthPanel()
         self.strength.changed.connect(self._schedule_estimate)
+        self.strength.preview_requested.connect(self.preview_face)
+        self.preview_dialog: FacePreviewDialog | None = None
         self.output_label = QLabel()
         self.output_label.setWordWrap(True)
         self.output_button = QPushButton("Output options…")
@@ -453,6 +456,10 @@ class MainWindow(QMainWindow):
         self.clear_action.setEnabled(not running and not self.batch.is_empty())
         self.output_button.setEnabled(not running)
         self.strength.setEnabled(not running)
+        settings = self.strength.settings()
+        self.strength.preview_button.setEnabled(
+            self._preview_photo() is not None and settings is not None
+            and settings.layers.zeroshot)
         self.export_action.setEnabled(not running and any(
             e.status is Status.DONE for e in self.batch.entries()))
         self.protect_again_action.setEnabled(not running and any(
@@ -656,6 +663,28 @@ class MainWindow(QMainWindow):
                 self.batch.set_status(path, status, detail)
 
     # ------------------------------------------------------------------ viewer
+    # ------------------------------------------------------------------ preview
+    def _preview_photo(self) -> Path | None:
+        """The selected photo (else the first listed) that can be read, for the preview."""
+        for entry in self.batch.selected_entries() or self.batch.entries():
+            if entry.status not in (Status.SKIPPED, Status.FAILED):
+                return entry.path
+        return None
+
+    def preview_face(self) -> None:
+        """Show the largest face of the selected photo protected at the chosen strength with a
+        few steps (engine thread, cancellable, nothing saved)."""
+        settings, photo = self.strength.settings(), self._preview_photo()
+        if settings is None or photo is None or self.engine.job_running:
+            return
+        if self.preview_dialog is not None:
+            self.preview_dialog.cancel()
+            self.preview_dialog.deleteLater()
+        self.preview_dialog = FacePreviewDialog(self.engine, self.services.protect, photo,
+                                                settings, self.strength.eps_label.text(), self)
+        self.preview_dialog.open()
+        self.preview_dialog.start()
+
     def show_selected_in_viewer(self) -> None:
         chosen = self.batch.selected_entries()
         if chosen and chosen[0].result is not None:

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QPushButton,
     QSlider,
     QToolButton,
     QVBoxLayout,
@@ -87,6 +88,7 @@ class StrengthPanel(QGroupBox):
     """Emits ``changed`` whenever the settings it describes change."""
 
     changed = Signal()
+    preview_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Protection", parent)
@@ -160,6 +162,12 @@ class StrengthPanel(QGroupBox):
         self.warning = QLabel("Turn on at least one shield.")
         self.warning.setStyleSheet("color: #b91c1c;")
         self.warning.hide()
+        self.preview_button = QPushButton("Preview on a face…")
+        self.preview_button.setAccessibleName("Preview")
+        self.preview_button.setToolTip("See the largest face of the selected photo protected "
+                                       "at this strength (a few steps, seconds) before a long "
+                                       "run. Nothing is saved.")
+        self.preview_button.clicked.connect(self.preview_requested)
         self.estimate = QLabel("Estimated time: add photos to see an estimate")
         self.estimate.setAccessibleName("Time estimate")
         self.estimate.setWordWrap(True)
@@ -185,6 +193,7 @@ class StrengthPanel(QGroupBox):
         box.addWidget(zeroshot_help)
         box.addWidget(self.warning)
         box.addSpacing(6)
+        box.addWidget(self.preview_button, 0, Qt.AlignmentFlag.AlignLeft)
         box.addWidget(self.estimate)
 
         self.preset.currentIndexChanged.connect(self._on_preset)

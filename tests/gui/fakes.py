@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from dladiff_app.core.cancel import CancelToken
-from dladiff_app.core.errors import Cancelled, JobConflictError
+from dladiff_app.core.errors import Cancelled, JobConflictError, NoFaceError
 from dladiff_app.core.events import (
     EventSink,
     JobCancelled,
@@ -30,7 +31,8 @@ from dladiff_app.core.events import (
 from dladiff_app.core.jobs import OutputFormat, ProtectJob
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
-from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
+from dladiff_app.core.services import DeviceSummary, FacePreview, JobSummary, ModelRow
+from dladiff_app.core.visibility import face_visibility
 
 DEFAULT_SCORES = (
     IdentityScore("arcface_buffalo_l", "cosine", 0.1234, 0.30, False),
@@ -59,6 +61,11 @@ class FakeProtectService:
     face_counts: dict[str, int] = field(default_factory=dict)
     counted: list[str] = field(default_factory=list)
     write_reports: bool = True
+    # Levels of +-noise written into the face boxes (0: the output holds the input's pixels).
+    face_noise: int = 0
+    # Preview calls: (photo, settings, engine thread name).
+    previews: list[tuple[Path, ProtectionSettings, str]] = field(default_factory=list)
+    preview_steps: int = 12
 
     def protect(self, job: ProtectJob, sink: EventSink, cancel: CancelToken) -> JobSummary:
         self.jobs.append(job)
@@ -96,14 +103,22 @@ class FakeProtectService:
                 out_dir = job.output_dir / src.parent.name
                 out_dir.mkdir(parents=True, exist_ok=True)
                 out = out_dir / f"{src.stem}-protected.{_EXT[job.export.format]}"
-                rgb.save(out, quality=job.export.quality)
                 n_faces = self.face_counts.get(src.name, 1)
+                faces = fake_faces(rgb.width, rgb.height, n_faces, self.scores,
+                                   self.after_sharing)
+                clean = np.asarray(rgb)
+                changed = with_face_noise(clean, [f.box for f in faces], self.face_noise, i)
+                Image.fromarray(changed).save(out, quality=job.export.quality)
+                with Image.open(out) as written:
+                    vis = face_visibility(clean, np.asarray(written.convert("RGB")),
+                                          [f.box for f in faces])
                 result = PhotoResult(
                     source=str(src), output=str(out), width=rgb.width, height=rgb.height,
                     seconds=time.monotonic() - t0, scores=self.scores,
                     scores_after_sharing=self.after_sharing, psnr=self.psnr, linf=0.0,
-                    faces=n_faces, per_face=fake_faces(rgb.width, rgb.height, n_faces,
-                                                       self.scores, self.after_sharing),
+                    faces=n_faces, per_face=faces, face_ssim=vis.ssim if vis else None,
+                    face_de_mean=vis.de_mean if vis else None,
+                    face_de_p95=vis.de_p95 if vis else None,
                     layers_done=(("layer2",) if job.settings.layers.zeroshot else ())
                     + (("layer1",) if job.settings.layers.finetune else ()))
                 results.setdefault(out_dir, []).append(result)
@@ -147,6 +162,50 @@ class FakeProtectService:
                            height=saved.shape[0], seconds=0.0, scores=(score,),
                            psnr=psnr(clean, saved), ssim=ssim(clean, saved),
                            linf=linf_255(clean, saved), faces=1)
+
+
+    def preview_face(self, source: Path, settings: ProtectionSettings, cancel: CancelToken,
+                     progress: Callable[[int, int], None] | None = None) -> FacePreview:
+        """The (small) test photo as the crop, changed by a random +-eps pattern inside its
+        fake face box; figures from core.visibility on those pixels. Steps sleep and check
+        ``cancel`` like the real shield; nothing is written."""
+        self.previews.append((Path(source), settings, threading.current_thread().name))
+        if self.face_counts.get(Path(source).name, 1) == 0:
+            raise NoFaceError(f"No face found in {Path(source).name}: there is no face to "
+                              "preview. Choose a photo with a face.")
+        with Image.open(source) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        h, w = pixels.shape[:2]
+        box = fake_faces(w, h, 1, (), ())[0].box
+        for step in range(self.preview_steps):
+            self._check(cancel)
+            time.sleep(self.step_seconds)
+            if progress is not None:
+                progress(step + 1, self.preview_steps)
+        protected = with_face_noise(pixels, [box], int(settings.eps), 0)
+        vis = face_visibility(pixels, protected, [box])
+        return FacePreview(source=str(source), original=pixels.copy(), protected=protected,
+                           box=box, steps=self.preview_steps,
+                           full_steps=settings.layer2_steps, seconds=0.5,
+                           faces_in_photo=self.face_counts.get(Path(source).name, 1),
+                           face_ssim=vis.ssim if vis else None,
+                           face_de_mean=vis.de_mean if vis else None,
+                           face_de_p95=vis.de_p95 if vis else None, scores=self.scores)
+
+
+def with_face_noise(pixels: np.ndarray, boxes: Sequence[Sequence[float]], levels: int,
+                    seed: int) -> np.ndarray:
+    """``pixels`` (uint8) with a random +-``levels`` change inside each box (a real change the
+    figures can measure); unchanged when ``levels`` is 0."""
+    out = pixels.copy()
+    if levels <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    for x0, y0, x1, y1 in boxes:
+        ys, xs = slice(int(y0), int(y1)), slice(int(x0), int(x1))
+        noise = rng.choice([-levels, levels], out[ys, xs].shape)
+        out[ys, xs] = np.clip(out[ys, xs].astype(int) + noise, 0, 255).astype(np.uint8)
+    return out
 
 
 def fake_faces(width: int, height: int, n: int, scores: tuple[IdentityScore, ...],
