@@ -16,13 +16,16 @@ from PySide6.QtGui import (
     QPainter,
     QPaintEvent,
     QPen,
+    QResizeEvent,
     QWheelEvent,
 )
 from PySide6.QtWidgets import (
     QCheckBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -438,7 +441,16 @@ class CompareView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
         layout.addWidget(self.canvas, 1)
-        layout.addLayout(self.scores)
+        # A crowd (a class photo) gets a scrolling list of badges, never a squeezed photo.
+        scores_box = QWidget()
+        scores_box.setLayout(self.scores)
+        self.scores_scroll = QScrollArea()
+        self.scores_scroll.setWidget(scores_box)
+        self.scores_scroll.setWidgetResizable(True)
+        self.scores_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scores_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scores_scroll.setMaximumHeight(200)
+        layout.addWidget(self.scores_scroll)
         layout.addWidget(self.face_change)
         layout.addLayout(quality_row)
 
@@ -484,7 +496,12 @@ class CompareView(QWidget):
 
     def _add_badge(self, widget: QWidget) -> None:
         self.scores.addWidget(widget)
+        widget.show()  # at once: the height of the badge list is measured right after
         self.badges.append(widget)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_scores()  # another width wraps the badges onto another number of lines
 
     def _show_scores(self, result: PhotoResult | None) -> None:
         for widget in self.badges:
@@ -496,6 +513,7 @@ class CompareView(QWidget):
             self.quality.setText("")
             self.figures.setText("")
             self.face_change.hide()
+            self._fit_scores()
             return
         if len(result.per_face) > 1:
             self._face_badges(result)
@@ -513,6 +531,7 @@ class CompareView(QWidget):
         self.quality.setText(change_words(result))
         self.figures.setText(quality_figures(result))
         self._show_face_change(result)
+        self._fit_scores()
 
     def _show_face_change(self, result: PhotoResult) -> None:
         """How visible the protection is where it matters, in words; the figures behind them
@@ -524,6 +543,13 @@ class CompareView(QWidget):
             + " (measured on each face widened 1.5×; a colour difference (ΔE2000) of about "
             "2.3 is just noticeable; SSIM 1 means unchanged)" if words else "")
         self.face_change.setVisible(bool(words))
+
+    def _fit_scores(self) -> None:
+        # All badges when they fit in 200 px, else 200 px and a scroll bar.
+        width = max(200, self.scores_scroll.viewport().width())
+        needed = (self.scores.heightForWidth(width) if self.scores.hasHeightForWidth()
+                  else self.scores.sizeHint().height())
+        self.scores_scroll.setFixedHeight(min(200, max(0, needed) + 2))
 
     def _face_badges(self, result: PhotoResult) -> None:
         hidden = sum(face_colour(f) == "#15803d" for f in result.per_face)

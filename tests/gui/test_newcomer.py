@@ -66,6 +66,8 @@ def test_group_photo_has_a_badge_and_an_outline_per_face(qtbot, make_window, tmp
     assert "ArcFace (buffalo_l): different person (0.12)" in faces[0].text()
     assert "after JPEG/resize different person (0.25)" in faces[0].text()
     assert "3 faces" in view.badges[0].text()
+    # Every badge of a small group is on screen, none behind a scroll bar.
+    assert view.scores_scroll.height() >= sum(b.height() for b in view.badges)
     # Long score lines wrap: they never widen the window.
     assert window.viewer.minimumSizeHint().width() < 700
     # Clicking face 3 compares that face: its centre sits under the divider on both halves.
@@ -209,3 +211,20 @@ def test_gpu_choices_only_where_the_machine_has_them(qtbot) -> None:  # type: ig
     labels = [dialog.device.itemText(i) for i in range(dialog.device.count())]
     assert labels[1] == "NVIDIA GPU (CUDA)" and "not found on this computer" in labels[2]
     assert dialog.device.currentData() == "mps"  # a saved choice is shown, never dropped
+
+
+def test_a_crowd_scrolls_its_badges_instead_of_squeezing_the_photo(qtbot, make_window, tmp_path,
+                                                                    fake_protect) -> None:  # type: ignore[no-untyped-def]
+    crowd = tmp_path / "in" / "class" / "crowd.png"
+    crowd.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((200, 2000, 3), np.uint8)).save(crowd)
+    fake_protect.face_counts = {"crowd.png": 24}
+    window = make_window()
+    window.resize(1000, 760)
+    protect_all(qtbot, window, [crowd])
+    window.batch.select_path(crowd.resolve())
+    window.show_selected_in_viewer()
+    qtbot.wait(50)
+    assert len(window.viewer.canvas.faces) == 24
+    assert window.viewer.scores_scroll.height() == 200  # capped; the rest scrolls
+    assert window.viewer.canvas.height() >= 250
