@@ -117,13 +117,7 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
     ph, pixels, faces, emb = item
     clean = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
     t0 = time.perf_counter()
-    decoys = None
-    if opts.decoy_weight > 0:
-        from dladiff_app.engine.shield.decoys import decoy_bank
-
-        decoys = decoy_bank(detector, encoders)
-    res = layer2.protect_faces(clean, None, faces, encoders, settings, options=opts,
-                               decoys=decoys)
+    res = layer2.protect_faces(clean, None, faces, encoders, settings, options=opts)
     seconds = time.perf_counter() - t0
     saved = save_image(res.protected[0].permute(1, 2, 0).numpy(),
                        out_dir / f"{ph.path.stem}-{tag}.png")

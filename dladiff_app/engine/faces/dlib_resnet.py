@@ -78,18 +78,13 @@ class DlibResNet(nn.Module):
     ``forward(chips)``: ``chips`` (N, 3, 150, 150) float32 RGB with values 0-255 (dlib's aligned
     face chips, see :mod:`dlib_chip`); returns (N, 128) float32 descriptors. Two faces are the
     same person for dlib when the Euclidean distance of their descriptors is below 0.6.
-    Built with random weights; :meth:`from_dat` loads dlib's trained file. ``feature_dropout``
-    and ``tap``: see :class:`onnx_to_torch.OnnxModule` (after every residual block; the tap
-    after the middle one).
+    Built with random weights; :meth:`from_dat` loads dlib's trained file.
     """
 
     mean: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        self.feature_dropout = 0.0
-        self.tap = False
-        self.tapped: torch.Tensor | None = None
         self.register_buffer("mean", torch.tensor(_DEFAULT_MEAN, dtype=torch.float32))
         self.stem = nn.Conv2d(3, 32, 7, stride=2, padding=0)
         blocks = []
@@ -147,12 +142,8 @@ class DlibResNet(nn.Module):
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         x = (chips - self.mean.view(1, 3, 1, 1)) / _INPUT_SCALE
         x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             x = block(x)
-            if self.feature_dropout > 0:
-                x = F.dropout(x, self.feature_dropout, training=True)
-            if self.tap and i == len(self.blocks) // 2:
-                self.tapped = x
         return self.fc(x.mean(dim=(2, 3)))
 
 

@@ -470,17 +470,8 @@ def _run_node(node: tuple[str, list[str], list[str], dict[str, Any]], env: dict[
     return result if isinstance(result, tuple) else (result,)
 
 
-_ACTIVATIONS = frozenset({"Relu", "PRelu", "LeakyRelu"})
-
-
 class OnnxModule(nn.Module):
     """An ONNX graph executed with torch ops, differentiable with respect to its inputs.
-
-    ``feature_dropout`` > 0 drops that share of every activation's outputs on each forward
-    pass (a random thinned copy of the network each time: the zero-shot shield uses it so
-    that its perturbation does not overfit one network; 0, the default, is the plain model).
-    ``tap`` set to True keeps the output of the activation halfway through the graph in
-    ``tapped`` after each forward pass (a mid-level feature map, (N, C, h, w)).
 
     ``forward(*inputs)`` takes the graph inputs in order (float32 tensors, shapes as the ONNX
     file declares, with any batch size where the file allows it) and returns the single output
@@ -489,9 +480,6 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model: onnx.ModelProto, source: str = "model.onnx") -> None:
         super().__init__()
-        self.feature_dropout = 0.0
-        self.tap = False
-        self.tapped: Tensor | None = None
         graph = model.graph
         unsupported = [n.op_type for n in graph.node if n.op_type not in _OPS]
         if unsupported:
@@ -535,8 +523,6 @@ class OnnxModule(nn.Module):
                 self._host_consts[name] = value
         self.output_names = [v.name for v in graph.output]
         self._nodes = nodes
-        acts = [outs[0] for op, _, outs, _ in nodes if op in _ACTIVATIONS and outs]
-        self._mid_activation = acts[len(acts) // 2] if acts else ""
         # Free intermediate tensors after their last use (autograd keeps what it needs).
         last_use: dict[str, int] = {}
         for i, (_, ins, _, _) in enumerate(self._nodes):
@@ -553,14 +539,9 @@ class OnnxModule(nn.Module):
         env: dict[str, Tensor] = dict(self._host_consts)
         env.update((name, getattr(self, buf)) for name, buf in self._const_names.items())
         env.update(zip(self.input_names, inputs, strict=True))
-        drop = self.feature_dropout
         for node, release in zip(self._nodes, self._release, strict=True):
             for name, value in zip(node[2], _run_node(node, env, self.source), strict=False):
                 if name:
-                    if drop > 0 and node[0] in _ACTIVATIONS:
-                        value = F.dropout(value, drop, training=True)
-                    if self.tap and name == self._mid_activation:
-                        self.tapped = value
                     env[name] = value
             for name in release:
                 if name not in self._const_names and name not in self._host_consts:

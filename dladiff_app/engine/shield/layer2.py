@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -91,21 +90,11 @@ class ShieldOptions:
     texture_floor: float = 1.0
     soft_budget: float = 0.0
     chroma: float = 1.0
-    # ``dropout``: share of every encoder's activations dropped at each step (a thinned copy of
-    # each network per step, so the perturbation does not overfit the networks it sees).
     # ``grad_blur``: Gaussian sigma (pixels) smoothing each step's gradient (translation
     # invariance). ``one_encoder_per_step``: cycle through the encoders, one per step (the same
     # number of steps at about the cost of one encoder).
-    dropout: float = 0.0
     grad_blur: float = 0.0
     one_encoder_per_step: bool = False
-    # ``feature_weight`` > 0 also pushes each encoder's mid-level feature map (pooled to 4x4)
-    # away from the clean face's, at this weight: mid-level features are shared more across
-    # networks than final embeddings.
-    feature_weight: float = 0.0
-    # ``decoy_weight`` > 0 also pulls each face towards another person's embedding (see
-    # :mod:`decoys`) at this weight, when the caller passes a decoy bank.
-    decoy_weight: float = 0.0
 
 
 class _Cancel(Protocol):
@@ -300,76 +289,29 @@ def _alpha(step: int, total: int, alpha: float) -> float:
     return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t))
 
 
-FEATURE_KEY = "@features"
-DECOY_KEY = "@decoy"
-
-
-def _pooled_features(enc: IdentityEncoder) -> torch.Tensor:
-    tapped = getattr(getattr(enc, "net", None), "tapped", None)
-    assert tapped is not None, "the encoder's network kept no feature map"
-    return F.adaptive_avg_pool2d(tapped, 4)
-
-
-def _with_clean_features(image: torch.Tensor, faces: Sequence[Face],
-                         encoders: Sequence[IdentityEncoder],
-                         targets: list[dict[str, torch.Tensor]]) -> None:
-    """Add each tap-capable encoder's pooled mid-level features of the clean faces to
-    ``targets`` (key ``name + FEATURE_KEY``), and leave the taps on."""
-    for enc in encoders:
-        net = getattr(enc, "net", None)
-        if net is None or not hasattr(net, "tap"):
-            continue
-        net.tap = True
-        with torch.no_grad():
-            for face, target in zip(faces, targets, strict=True):
-                enc.embed(image, face)
-                target[enc.name + FEATURE_KEY] = _pooled_features(enc).detach()
-
-
-@contextmanager
-def _thinned(encoders: Sequence[IdentityEncoder], dropout: float, seed: int) -> Iterator[None]:
-    """Feature dropout on every encoder network that supports it, for the optimisation only.
-    Dropout draws from torch's global generator: seeded here and restored after, so a run is
-    reproducible and the caller's random state is untouched."""
-    nets = [n for n in (getattr(e, "net", None) for e in encoders)
-            if n is not None and hasattr(n, "feature_dropout")]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for net in nets:
-            net.feature_dropout = dropout
-        try:
-            yield
-        finally:
-            for net in nets:
-                net.feature_dropout = 0.0
-                if hasattr(net, "tap"):
-                    net.tap, net.tapped = False, None
-
-
 def _pgd_loop(total: int, regions: Sequence[FaceRegion], crops: Sequence[Sequence[FaceCrop]],
               states: list, encoders: Sequence[IdentityEncoder],
               targets: Sequence[Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None,
               opts: ShieldOptions, gen: torch.Generator, eot_cfg: EotConfig | None,
-              alpha: float, eps: float, seed: int, cancel: _Cancel | None,
+              alpha: float, eps: float, cancel: _Cancel | None,
               progress: Callable[[int, int], None] | None) -> int:
     """The PGD steps of :func:`protect_faces` on ``states`` (updated in place); returns the
     number of steps done."""
     done = 0
-    with _thinned(encoders, opts.dropout, seed):
-        for step in range(total):
-            if cancel is not None:
-                cancel.check()
-            draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
-            flip = bool(float(torch.rand((), generator=gen)) < opts.flip)
-            a_t = _alpha(step, total, alpha)
-            active = ([encoders[step % len(encoders)]] if opts.one_encoder_per_step
-                      else list(encoders))
-            for region, rcrops, state in zip(regions, crops, states, strict=True):
-                _step_region(region, rcrops, state, active, targets, weights, opts, gen, draw,
-                             flip, a_t, eps)
-            done = step + 1
-            if progress is not None:
-                progress(done, total)
+    for step in range(total):
+        if cancel is not None:
+            cancel.check()
+        draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
+        flip = bool(float(torch.rand((), generator=gen)) < opts.flip)
+        a_t = _alpha(step, total, alpha)
+        active = ([encoders[step % len(encoders)]] if opts.one_encoder_per_step
+                  else list(encoders))
+        for region, rcrops, state in zip(regions, crops, states, strict=True):
+            _step_region(region, rcrops, state, active, targets, weights, opts, gen, draw,
+                         flip, a_t, eps)
+        done = step + 1
+        if progress is not None:
+            progress(done, total)
     return done
 
 
@@ -397,15 +339,6 @@ def _step_region(region: FaceRegion, rcrops: Sequence[FaceCrop], state: tuple,
             if wk != 0.0:
                 emb = enc.embed(view, vface, flip=True) if flip else enc.embed(view, vface)
                 loss = loss + wk * identity_term(enc, emb, targets[i][enc.name])
-                decoy = targets[i].get(enc.name + DECOY_KEY)
-                if opts.decoy_weight > 0 and decoy is not None:
-                    loss = loss - wk * opts.decoy_weight * identity_term(enc, emb, decoy)
-                feat = targets[i].get(enc.name + FEATURE_KEY)
-                if opts.feature_weight > 0 and feat is not None:
-                    now = _pooled_features(enc)
-                    feat = feat.flip(-1) if flip else feat
-                    loss = loss + wk * opts.feature_weight * F.cosine_similarity(
-                        now.flatten(), feat.flatten(), dim=0)
     grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
     x.requires_grad_(False)
     if grad is None:
@@ -428,8 +361,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
                   progress: Callable[[int, int], None] | None = None,
                   generator_seed: int | None = None,
                   eot: EotConfig | None = None,
-                  options: ShieldOptions | None = None,
-                  decoys: Sequence[Mapping[str, torch.Tensor]] | None = None) -> Layer2Result:
+                  options: ShieldOptions | None = None) -> Layer2Result:
     """Run the zero-shot shield on one photo.
 
     ``image``: the clean photo, (1, 3, H, W) float32 RGB [0, 1]. ``start``: layer 1's result in
@@ -470,15 +402,6 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
 
     targets = clean_embeddings(image, faces, encoders)
     regions, crops = _face_crops(image, faces, encoders, targets)
-    if opts.feature_weight > 0:
-        _with_clean_features(image, faces, encoders, targets)
-    if opts.decoy_weight > 0 and decoys:
-        from dladiff_app.engine.shield.decoys import pick_decoy
-
-        for target in targets:
-            chosen = pick_decoy(target, decoys, encoders)
-            if chosen is not None:
-                target.update({k + DECOY_KEY: v for k, v in chosen.items()})
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
     states = []
@@ -503,8 +426,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
                        share))
 
     done = _pgd_loop(total, regions, crops, states, encoders, targets, weights, opts, gen,
-                     eot_cfg, alpha, eps, settings.seed if generator_seed is None
-                     else int(generator_seed), cancel, progress)
+                     eot_cfg, alpha, eps, cancel, progress)
 
     protected = start.clone()
     with torch.no_grad():
