@@ -316,7 +316,8 @@ def _to_srgb_float(img: Image.Image, path: Path) -> tuple[np.ndarray, bool]:
         alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
         img = img.convert("RGB" if img.mode == "RGBA" else "L")
     rgb, converted = _apply_icc(img, icc)
-    pixels = np.asarray(rgb, dtype=np.float32) / 255.0
+    pixels = np.asarray(rgb, dtype=np.float32)
+    pixels /= np.float32(255.0)  # in place: a 48 MP photo would need a second 576 MB array
     if alpha is not None:
         a = alpha[..., None]
         pixels = pixels * a + (1.0 - a)

@@ -94,7 +94,8 @@ class Layer1Output:
 
 # images (3,H,W) list, cancel, step -> Layer1Output
 Layer1Fn = Callable[[list[torch.Tensor], CancelToken, StepFn], Layer1Output]
-# clean (1,3,H,W), start (1,3,H,W), faces, cancel, step -> Layer2Output
+# clean (1,3,H,W), start (1,3,H,W; may be clean itself: read only), faces, cancel, step ->
+# Layer2Output
 Layer2Fn = Callable[[torch.Tensor, torch.Tensor, list[Face], CancelToken, StepFn], Layer2Output]
 # clean (1,3,H,W), current (1,3,H,W), faces, cancel, step -> (polished, note)
 PolishFn = Callable[[torch.Tensor, torch.Tensor, list[Face], CancelToken, StepFn],
@@ -278,7 +279,9 @@ class _Run:
         started = time.monotonic()
         s = self.job.settings
         clean = torch.from_numpy(np.ascontiguousarray(photo.pixels)).permute(2, 0, 1)[None]
-        current = layer1_out[None] if layer1_out is not None else clean.clone()
+        # Without layer 1 the shields start from the clean photo itself: they only read their
+        # start (and return new tensors), so no full-size copy is made (576 MB at 48 MP).
+        current = layer1_out[None] if layer1_out is not None else clean
         out = _Outcome(current, ["layer1"] if layer1_out is not None else [],
                        {"layer1": layer1_note} if layer1_out is not None else {},
                        list(notices), 0)
