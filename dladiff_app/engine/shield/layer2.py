@@ -84,10 +84,12 @@ class ShieldOptions:
     flip: float = 0.0
     jitter: float = 0.0
     # Visibility (see :mod:`perceptual`): ``texture_floor`` < 1 turns on the texture-masking
-    # budget, the smallest share of ``eps`` a flat pixel keeps; ``soft_budget`` > 0 uses that map
+    # budget, the smallest share of ``eps`` a flat pixel keeps, and ``texture_reference`` the
+    # local contrast (luma standard deviation in 1/255) that earns the whole budget; ``soft_budget`` > 0 uses that map
     # as a penalty of this weight instead of a hard per-pixel bound; ``chroma`` scales the
     # colour part of every step (0: steps change luma only).
     texture_floor: float = 1.0
+    texture_reference: float = 6.0
     soft_budget: float = 0.0
     chroma: float = 1.0
     # ``grad_blur``: Gaussian sigma (pixels) smoothing each step's gradient (translation
@@ -410,7 +412,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         start_c = region.crop(start).clone()
         mask = feathered_mask((region.height, region.width),
                               region.local_faces).to(image)
-        share = texture_budget(clean_c, opts.texture_floor)
+        share = texture_budget(clean_c, opts.texture_floor, opts.texture_reference / 255.0)
         # Hard map: each pixel's own bound; soft map: the full ball, the map weighs a penalty.
         lo, hi = grid_bounds(clean_c, eps if opts.soft_budget > 0 else eps * share)
         # The photo is x = start + mask * (y - start) with y in the ball [lo, hi]: x itself is
