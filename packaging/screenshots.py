@@ -9,8 +9,9 @@ libxcb-keysyms1 libxcb-cursor0``). Sample photos: ``skimage.data.astronaut`` and
 zero-shot shield at the Medium preset. Captures the first start (model offer), the model
 manager, the settings, the photo list with a file that is not a photo, a run, the finished album
 with its verdict, the viewer (and its difference map), the group photo with a badge and an outline
-per face, one face at 100%, the export dialog, Help/About, and a run being cancelled and then
-cancelled; prints the folder holding them. Exits 1 when the run did not finish, a picture is
+per face, one face at 100%, the quick preview of a face (100% and 300%), a protected face next
+to its original cropped from the files at 100% and 300% (nearest neighbour), the export dialog,
+Help/About, and a run being cancelled and then cancelled; prints the folder holding them. Exits 1 when the run did not finish, a picture is
 missing, or the cancelling and cancelled pictures are the same.
 """
 
@@ -138,6 +139,46 @@ def group_photo_views(app, window, out: Path) -> None:  # type: ignore[no-untype
     window.viewer.canvas.reset_view()
 
 
+def preview_dialog(app, window, out: Path, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    """The quick preview of the chosen strength on the first photo's face (100% and 300%)."""
+    window.batch.select_path(window.batch.entries()[0].path)
+    window.strength.preview_button.click()
+    dialog = window.preview_dialog
+    pump(app, timeout, lambda: not dialog.running)
+    shoot(app, dialog, out / "face_preview.png")
+    dialog.close_button.click()
+    return dialog.result is not None
+
+
+def face_crops(source: Path, result, out: Path) -> bool:  # type: ignore[no-untyped-def]
+    """The largest face of a protected photo next to its original, cropped from the two files:
+    at 100% (the face box widened 2x) and at 300% with nearest-neighbour zoom (the middle of
+    the face), so the change is seen pixel for pixel."""
+    from PIL import Image, ImageDraw
+
+    if not result.per_face:
+        return False
+    x0, y0, x1, y1 = result.per_face[0].box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+    with Image.open(source) as a, Image.open(result.output) as b:
+        before, after = a.convert("RGB"), b.convert("RGB")
+    for name, factor, radius in (("face_crop_100.png", 1, half), ("face_crop_300.png", 3,
+                                                                  half / 3)):
+        box = (max(0, int(cx - radius)), max(0, int(cy - radius)),
+               min(before.width, int(cx + radius)), min(before.height, int(cy + radius)))
+        pair = [img.crop(box) for img in (before, after)]
+        pair = [p.resize((p.width * factor, p.height * factor), Image.Resampling.NEAREST)
+                for p in pair]
+        gap, label = 12, 22
+        sheet = Image.new("RGB", (pair[0].width * 2 + gap, pair[0].height + label), "white")
+        draw = ImageDraw.Draw(sheet)
+        for i, (p, text) in enumerate(zip(pair, ("Original", "Protected"), strict=True)):
+            sheet.paste(p, (i * (p.width + gap), label))
+            draw.text((i * (p.width + gap) + 4, 4), f"{text} · {factor * 100}%", fill="black")
+        sheet.save(out / name)
+    return True
+
+
 def cancelled_run(app, window, photo: Path, out: Path, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     """Protect one more photo and cancel it once it is under way; True when the two pictures
     show a run being cancelled and then cancelled."""
@@ -210,6 +251,7 @@ def main() -> int:
             window.strength.set_settings(replace(PRESETS["medium"], layers=Layers.ZEROSHOT))
         pump(app, 5, lambda: all(e.pixels or e.detail for e in window.batch.entries()))
         shoot(app, window, out / "photos_added.png")
+        previewed = preview_dialog(app, window, out, args.timeout)
         window.protect()
         grabbed_running = False
         deadline = time.monotonic() + args.timeout
@@ -234,6 +276,7 @@ def main() -> int:
             window.viewer.diff_toggle.setChecked(True)
             shoot(app, window, out / "viewer_difference.png")
             window.viewer.diff_toggle.setChecked(False)
+            face_crops(done[0].path, done[0].result, out)
             group_photo_views(app, window, out)
             window.tabs.setCurrentIndex(0)
             dialog = export_dialog(window, len(done))
@@ -247,13 +290,16 @@ def main() -> int:
         window.close()
         app.processEvents()
         expected = ("first_start.png", "model_manager.png", "finished_album.png", "viewer.png",
-                    "help_about.png", "cancelling.png", "cancelled.png")
+                    "help_about.png", "cancelling.png", "cancelled.png", "face_preview.png",
+                    "face_crop_100.png", "face_crop_300.png")
         if len(photos) > 1:
             expected += ("group_photo_faces.png", "face_100_percent.png")
         missing = [name for name in expected if not (out / name).is_file()]
         if missing:
             print(f"screenshots missing: {', '.join(missing)}", file=sys.stderr)
-        ok = finished and bool(done) and cancelled_ok and not missing
+        if not previewed:
+            print("the preview did not show a protected face", file=sys.stderr)
+        ok = finished and bool(done) and cancelled_ok and previewed and not missing
     finally:
         if xvfb is not None:
             xvfb.terminate()

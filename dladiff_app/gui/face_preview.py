@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QImage, QPixmap
 from PySide6.QtWidgets import (
     QDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -32,7 +33,9 @@ from dladiff_app.gui.compare_view import array_to_qimage, badge_colour, encoder_
 from dladiff_app.gui.engine_thread import EngineThread
 
 ZOOMS = (1, 3)
-VIEW_SIDE = 300  # the largest viewport of one crop, in screen pixels
+# The largest viewport of one crop, in screen pixels: two rows of them and the figures fit a
+# 900-pixel-high screen.
+VIEW_SIDE = 256
 
 
 def zoomed(image: QImage, factor: int) -> QImage:
@@ -111,6 +114,8 @@ class FacePreviewDialog(QDialog):
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.close_button)
         box = QVBoxLayout(self)
+        # Never smaller than its contents: the fixed-size views must not slide under the text.
+        box.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         for widget in (self.heading, self.status, self.bar):
             box.addWidget(widget)
         box.addLayout(self.grid)
@@ -191,6 +196,12 @@ class FacePreviewDialog(QDialog):
             + ". The real run has the same budget, so the change looks alike; it protects "
             "better." + (" The fine-tuning shield adds its own change over the whole photo."
                          if self.settings.layers.finetune else ""))
+        # Wrapped labels report one line to the layout; reserve their real height so the
+        # fixed-size views above never slide under them.
+        width = 2 * (VIEW_SIDE + 4) + 60  # the two views and the zoom column
+        for label in (self.words, self.scores, self.note):
+            label.setMinimumHeight(label.heightForWidth(width))
+        self.adjustSize()
 
     def _show_images(self, result: FacePreview) -> None:
         while self.grid.count():
@@ -210,9 +221,13 @@ class FacePreviewDialog(QDialog):
             self.grid.addWidget(b, row, 2)
             self.views[("original", factor)] = a
             self.views[("protected", factor)] = b
-        # Once laid out (the scroll ranges are known then); the linked side follows.
-        QTimer.singleShot(0, lambda: [self._centre(self.views[("original", f)], result, f)
-                                      for f in ZOOMS])
+            # Centred once the scroll ranges are known (after layout), each side on its own
+            # (a side whose range arrives later would otherwise stay at the corner).
+            for area in (a, b):
+                for bar in (area.horizontalScrollBar(), area.verticalScrollBar()):
+                    bar.rangeChanged.connect(
+                        lambda *_, area=area, factor=factor: self._centre(area, result, factor))
+                self._centre(area, result, factor)
 
     @staticmethod
     def _centre(area: QScrollArea, result: FacePreview, factor: int) -> None:
