@@ -152,8 +152,8 @@ def preview_dialog(app, window, out: Path, timeout: float) -> bool:  # type: ign
 
 def face_crops(source: Path, result, out: Path) -> bool:  # type: ignore[no-untyped-def]
     """The largest face of a protected photo next to its original, cropped from the two files:
-    at 100% (the face box widened 2x) and at 300% with nearest-neighbour zoom (the middle of
-    the face), so the change is seen pixel for pixel."""
+    at 100% and at 300% with nearest-neighbour zoom, so the change is seen pixel for
+    pixel."""
     from PIL import Image, ImageDraw
 
     if not result.per_face:
@@ -162,8 +162,9 @@ def face_crops(source: Path, result, out: Path) -> bool:  # type: ignore[no-unty
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
     with Image.open(source) as a, Image.open(result.output) as b:
         before, after = a.convert("RGB"), b.convert("RGB")
+    # 100%: the face box widened 2x; 300%: the middle of the face (eyes, nose, mouth).
     for name, factor, radius in (("face_crop_100.png", 1, half), ("face_crop_300.png", 3,
-                                                                  half / 3)):
+                                                                  half / 2)):
         box = (max(0, int(cx - radius)), max(0, int(cy - radius)),
                min(before.width, int(cx + radius)), min(before.height, int(cy + radius)))
         pair = [img.crop(box) for img in (before, after)]

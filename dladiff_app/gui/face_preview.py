@@ -193,8 +193,11 @@ class FacePreviewDialog(QDialog):
             "face, on this face only" + (f" ({others} other face{'s' if others > 1 else ''} "
                                          "in the photo are protected in the real run)"
                                          if others > 0 else "")
-            + ". The real run has the same budget, so the change looks alike; it protects "
-            "better." + (" The fine-tuning shield adds its own change over the whole photo."
+            # benchmarks/results/preview_fidelity_cpu.md: 86-96% of the real run's colour
+            # difference at Low..High on a test photo.
+            + ". With the same budget and more steps, the real run protects better and changes "
+            "the face a little more (on a test photo, a 4-14% larger colour difference)."
+            + (" The fine-tuning shield adds its own change over the whole photo."
                          if self.settings.layers.finetune else ""))
         # Wrapped labels report one line to the layout; reserve their real height so the
         # fixed-size views above never slide under them.

@@ -71,6 +71,7 @@ def test_preview_shows_the_face_at_100_and_300_percent_and_saves_nothing(  # typ
     assert f"face ΔE2000 mean {vis.de_mean:.2f}" in dialog.words.toolTip()
     assert "dlib face recognition: different person" in dialog.scores.text()
     assert "12 of the 200 steps" in dialog.note.text()
+    assert "changes the face a little more" in dialog.note.text()
     assert "Nothing was saved" in dialog.status.text()
     dialog.close_button.click()
     assert not dialog.isVisible()
