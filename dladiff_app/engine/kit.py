@@ -115,12 +115,13 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
               pipeline_dir: Path | None = None, detector: FaceDetector | None = None,
               encoders: Sequence[IdentityEncoder] | None = None, working_size: int | None = None,
               cache_dir: Path | None = None, store: ModelStore | None = None,
-              warm: WarmBase | None = None) -> EngineKit:
+              warm: WarmBase | None = None, micro_batch: int | None = None) -> EngineKit:
     """The real kit. Missing pieces become ``*_missing`` reasons, never exceptions, so a job
     without Stable Diffusion still runs the zero-shot shield (and says so).
 
     ``warm``: a Stable Diffusion base already loaded (or to be loaded once) for this
     pipeline and device, shared with other kits; ignored when it is another pipeline's.
+    ``micro_batch``: layer 1's photos per pass (None: its default for the device).
 
     Models not given explicitly are looked up in ``store`` (default: the user's store, with the
     local copies saved in the settings). The polish runs when both layers can run and
@@ -168,7 +169,8 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         if warm is not None and warm.key[:2] != (str(pipeline_dir), info.torch_device):
             warm = None  # another pipeline or device: this kit loads its own
         session = Layer1Session(pipeline_dir, settings, info, working_size=working_size,
-                                cache_dir=cache_dir, keep_surrogates=polish, warm=warm)
+                                cache_dir=cache_dir, keep_surrogates=polish, warm=warm,
+                                micro_batch=micro_batch)
     return EngineKit(
         device_kind=info.kind, device_name=info.name, detector=detector,
         score=make_scorer(detector, encoders),

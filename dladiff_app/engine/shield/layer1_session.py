@@ -58,17 +58,20 @@ class Layer1Session:
     """One kit's fine-tuning shield on ``device`` with the pipeline at ``pipeline_dir``.
 
     ``keep_surrogates``: keep the album's adapters for the polish (the base stays loaded in
-    any case). ``warm``: a base shared with other kits (default: this session's own)."""
+    any case). ``warm``: a base shared with other kits (default: this session's own).
+    ``micro_batch``: photos per pass (default: layer 1's choice for the device)."""
 
     def __init__(self, pipeline_dir: Path, settings: ProtectionSettings, device: DeviceInfo,
                  *, working_size: int | None = None, cache_dir: Path | None = None,
-                 keep_surrogates: bool = False, warm: WarmBase | None = None) -> None:
+                 keep_surrogates: bool = False, warm: WarmBase | None = None,
+                 micro_batch: int | None = None) -> None:
         self.pipeline_dir = Path(pipeline_dir)
         self.settings = settings
         self.device = device
         self.working_size = working_size
         self.cache_dir = cache_dir
         self.keep_surrogates = keep_surrogates
+        self.micro_batch = micro_batch  # photos per pass (None: layer 1's default per device)
         self.warm = warm if warm is not None else WarmBase(self.pipeline_dir, device)
         self.surrogates: Layer1Surrogates | None = None  # the current album's, for the polish
         self.pgd_step_s: float | None = None
@@ -88,7 +91,8 @@ class Layer1Session:
         res = protect_album_layer1(
             images, self.pipeline_dir, self.settings, device=self.device,
             working_size=self.working_size, cache_dir=self.cache_dir, cancel=cancel,
-            progress=step, keep_surrogates=self.keep_surrogates, surrogate=self.base())
+            progress=step, keep_surrogates=self.keep_surrogates, surrogate=self.base(),
+            micro_batch=self.micro_batch)
         st = self.last_stats = res.stats
         if st.step_downs:
             self.working_size = st.working_size
