@@ -151,9 +151,7 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
             "rows": rows}
 
 
-# The zero-shot shield as the first release shipped it: every lever off.
-BASELINE = layer2.ShieldOptions(flip=0.0, jitter=0.0, texture_floor=1.0, soft_budget=0.0,
-                                chroma=1.0)
+BASELINE = layer2.FIRST_RELEASE
 
 
 def time_table(results: list[dict], base: list[dict]) -> str:

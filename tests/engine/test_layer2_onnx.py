@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from dladiff_app.core.presets import ProtectionSettings
-from dladiff_app.engine.shield.layer2 import clean_embeddings, exact_regions, protect_faces
+from dladiff_app.engine.shield.layer2 import (
+    FIRST_RELEASE,
+    clean_embeddings,
+    exact_regions,
+    protect_faces,
+)
 from tests.engine import real_photos
 from tests.engine.test_layer2 import BoxEncoder
 
@@ -63,7 +68,8 @@ def test_crop_is_exact_for_the_converted_encoder(astronaut_faces, arcface) -> No
 def test_ensemble_attack_moves_both_encoders(astronaut_faces, arcface) -> None:
     img, faces = astronaut_faces
     standin = BoxEncoder()
-    res = protect_faces(img, None, faces, [arcface, standin], SETTINGS, steps=8)
+    res = protect_faces(img, None, faces, [arcface, standin], SETTINGS, steps=8,
+                        options=FIRST_RELEASE)
     assert float((res.protected - img).abs().max()) <= 8 / 255 + 1e-6
     # On the 8-bit grid already: writing the file keeps what was optimised.
     p = res.protected.numpy()
@@ -79,8 +85,9 @@ def test_weights_choose_what_is_attacked(astronaut_faces, arcface) -> None:
     img, faces = astronaut_faces
     standin = BoxEncoder()
     only_arc = protect_faces(img, None, faces, [arcface, standin], SETTINGS, steps=8,
-                             weights={"standin": 0.0})
-    both = protect_faces(img, None, faces, [arcface, standin], SETTINGS, steps=8)
+                             weights={"standin": 0.0}, options=FIRST_RELEASE)
+    both = protect_faces(img, None, faces, [arcface, standin], SETTINGS, steps=8,
+                         options=FIRST_RELEASE)
     # Attacking with the ArcFace alone moves the held-out stand-in less than attacking it.
     assert only_arc.final_similarity[0]["standin"] > both.final_similarity[0]["standin"]
     assert 1 - only_arc.final_similarity[0]["tiny_arcface"] > 5 * _noise_drop(img, faces, arcface)

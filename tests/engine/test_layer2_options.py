@@ -8,11 +8,13 @@ encoders).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from dladiff_app.engine.shield.layer2 import ShieldOptions, protect_faces
+from dladiff_app.engine.shield.layer2 import FIRST_RELEASE, ShieldOptions, protect_faces
 from dladiff_app.engine.shield.perceptual import texture_budget
 from tests.engine.test_layer2 import PLAIN, SETTINGS, BoxEncoder
 from tests.engine.test_layer2 import astronaut as astronaut  # noqa: F401 (fixture)
@@ -39,13 +41,13 @@ class CountingEncoder(BoxEncoder):
 def test_every_encoder_of_the_ensemble_is_attacked(astronaut) -> None:  # type: ignore[no-untyped-def]
     img, faces = astronaut
     a, b = CountingEncoder("a"), CountingEncoder("b")
-    res = protect_faces(img, None, faces, [a, b], PLAIN, steps=6)
+    res = protect_faces(img, None, faces, [a, b], PLAIN, steps=6,
+                        options=ShieldOptions(one_encoder_per_step=False))
     assert a.grad_calls == 6 and b.grad_calls == 6
     assert set(res.final_similarity[0]) == {"a", "b"}
     a2, b2 = CountingEncoder("a"), CountingEncoder("b")
-    protect_faces(img, None, faces, [a2, b2], PLAIN, steps=6,
-                  options=ShieldOptions(one_encoder_per_step=True))
-    assert a2.grad_calls == 3 and b2.grad_calls == 3  # cycled: one encoder per step
+    protect_faces(img, None, faces, [a2, b2], PLAIN, steps=6)
+    assert a2.grad_calls == 3 and b2.grad_calls == 3  # the default cycles: one per step
 
 
 def test_flips_and_jitter_are_drawn_from_the_seed(astronaut) -> None:  # type: ignore[no-untyped-def]
@@ -63,7 +65,7 @@ def test_flips_and_jitter_are_drawn_from_the_seed(astronaut) -> None:  # type: i
 
 def test_texture_budget_bounds_every_pixel(astronaut) -> None:  # type: ignore[no-untyped-def]
     img, faces = astronaut
-    opts = ShieldOptions(texture_floor=0.25)
+    opts = replace(FIRST_RELEASE, texture_floor=0.25)
     res = protect_faces(img, None, faces, [BoxEncoder()], PLAIN, options=opts)
     share = texture_budget(img, 0.25)
     limit = torch.ceil(share * 8.0 - 1e-4) / 255 + 1e-6  # the 8-bit grid rounds the bound up
@@ -78,7 +80,7 @@ def test_texture_budget_bounds_every_pixel(astronaut) -> None:  # type: ignore[n
 def test_luma_only_steps_change_the_three_channels_alike(astronaut) -> None:  # type: ignore[no-untyped-def]
     img, faces = astronaut
     res = protect_faces(img, None, faces, [BoxEncoder()], PLAIN,
-                        options=ShieldOptions(chroma=0.0))
+                        options=replace(FIRST_RELEASE, chroma=0.0))
     d = (res.protected - img)[0]
     x0, y0, x1, y1 = (int(v) for v in faces[0].box)
     inner = d[:, y0:y1, x0:x1]
@@ -86,7 +88,8 @@ def test_luma_only_steps_change_the_three_channels_alike(astronaut) -> None:  # 
     # Where no channel hit 0 or 1 the random start's colour noise is all that differs.
     free = ((clean > 9 / 255) & (clean < 1 - 9 / 255)).all(dim=0)
     spread = (inner.max(dim=0).values - inner.min(dim=0).values)[free]
-    plain = protect_faces(img, None, faces, [BoxEncoder()], PLAIN).protected - img
+    plain = protect_faces(img, None, faces, [BoxEncoder()], PLAIN,
+                          options=FIRST_RELEASE).protected - img
     plain_spread = (plain[0, :, y0:y1, x0:x1].max(dim=0).values
                     - plain[0, :, y0:y1, x0:x1].min(dim=0).values)[free]
     assert float(spread.mean()) < 0.5 * float(plain_spread.mean())

@@ -14,6 +14,7 @@ Tensor contract: (1, 3, h, w) float32 RGB in [0, 1] in, (1, 1, h, w) float32 in 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from dladiff_app.engine.faces.align import gaussian_blur
 
@@ -32,13 +33,27 @@ def luma(x: torch.Tensor) -> torch.Tensor:
 
 def texture_budget(clean: torch.Tensor, floor: float,
                    reference: float = TEXTURE_REFERENCE,
-                   sigma: float = TEXTURE_SIGMA) -> torch.Tensor:
+                   sigma: float = TEXTURE_SIGMA, scale: float = 1.0) -> torch.Tensor:
     """Per-pixel share of the budget, in [``floor``, 1], from the local luma contrast of
     ``clean`` (its Gaussian-weighted standard deviation over ``sigma`` pixels, relative to
-    ``reference``). ``floor`` >= 1 gives the plain uniform budget."""
+    ``reference``). ``floor`` >= 1 gives the plain uniform budget.
+
+    ``scale`` < 1 measures the contrast on ``clean`` downscaled by it (the face's working
+    scale), then brings the map back to full size: a big face in a high-resolution photo is
+    smooth pixel by pixel, yet the encoders see it downscaled, where its texture is that of an
+    ordinary face; measured at full size, it would get the floor everywhere and the budget
+    would average away in the encoders' views."""
     if floor >= 1.0:
         return clean.new_ones((1, 1, *clean.shape[-2:]))
-    y = luma(clean)
+    h, w = clean.shape[-2:]
+    small = clean
+    if scale < 0.999:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small = F.interpolate(clean, size=size, mode="area")
+    y = luma(small)
     mean = gaussian_blur(y, sigma)
     var = (gaussian_blur(y * y, sigma) - mean * mean).clamp_min(0.0)
-    return (var.sqrt() / reference).clamp(min=floor, max=1.0)
+    share = (var.sqrt() / reference).clamp(min=floor, max=1.0)
+    if share.shape[-2:] != (h, w):
+        share = F.interpolate(share, size=(h, w), mode="bilinear", align_corners=False)
+    return share
