@@ -45,7 +45,7 @@ from judging import heldout_photos, load_judges, match_face, tune_photos  # noqa
 
 from dladiff_app.core.imageio import load_image, save_image, to_uint8  # noqa: E402
 from dladiff_app.core.presets import preset  # noqa: E402
-from dladiff_app.core.quality import psnr, simulate_sharing  # noqa: E402
+from dladiff_app.core.quality import psnr, simulate_sharing, ssim  # noqa: E402
 from dladiff_app.core.visibility import face_visibility  # noqa: E402
 from dladiff_app.engine.shield import layer2  # noqa: E402
 
@@ -94,21 +94,17 @@ class Photos:
                 if ph.person == person and ph.path != path and emb]
 
 
-def judge_version(version: np.ndarray, clean: np.ndarray, faces, emb, judges, detector
-                  ) -> list[dict[str, float | None]]:
-    """Per clean face: each judge's value for the face at its place in ``version``."""
+def judge_version(version: np.ndarray, clean: np.ndarray, faces, judges, detector
+                  ) -> list[dict[str, np.ndarray | None]]:
+    """Per clean face: each judge's embedding of the face re-detected at its place in
+    ``version`` (None when no face is found there any more)."""
     scale = version.shape[1] / clean.shape[1]
     found = detector.detect(version)
     image8 = np.ascontiguousarray(to_uint8(version))
     out = []
-    for face, ref in zip(faces, emb, strict=True):
+    for face in faces:
         g = match_face(found, face.box, scale)
-        row: dict[str, float | None] = {}
-        for j in judges:
-            row[j.name] = None if g is None else j.compare(ref[j.name], j.embed(image8, g))
-            if g is not None:
-                row[j.name + "@emb"] = j.embed(image8, g)  # type: ignore[assignment]
-        out.append(row)
+        out.append({j.name: None if g is None else j.embed(image8, g) for j in judges})
     return out
 
 
@@ -124,7 +120,7 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
     prot = load_image(saved).pixels
     shared = simulate_sharing(prot)
     versions = {"saved": prot, "shared": shared, "clean_shared": simulate_sharing(pixels)}
-    judged = {k: judge_version(v, pixels, faces, emb, judges, detector)
+    judged = {k: judge_version(v, pixels, faces, judges, detector)
               for k, v in versions.items()}
     others = photos.others(ph.person, ph.path) if len(faces) == 1 else []
     rows = []
@@ -132,18 +128,19 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
         row: dict = {"photo": ph.path.name, "face": i, "person": ph.person}
         for j in judges:
             for k in versions:
-                row[f"{j.name}:{k}"] = judged[k][i][j.name]
+                now = judged[k][i][j.name]
+                row[f"{j.name}:{k}"] = None if now is None else j.compare(emb[i][j.name], now)
             if others:
                 row[f"{j.name}:other_clean"] = float(np.mean(
                     [j.compare(emb[i][j.name], o[j.name]) for o in others]))
-                got = judged["shared"][i].get(j.name + "@emb")
+                got = judged["shared"][i][j.name]
                 row[f"{j.name}:other_shared"] = None if got is None else float(np.mean(
                     [j.compare(got, o[j.name]) for o in others]))
         rows.append(row)
     vis = face_visibility(pixels, prot, [f.box for f in faces])
     return {"photo": ph.path.name, "faces": len(faces), "seconds": round(seconds, 2),
             "s_per_face": round(seconds / max(1, len(faces)), 2),
-            "psnr": round(psnr(pixels, prot), 2),
+            "psnr": round(psnr(pixels, prot), 2), "ssim": round(ssim(pixels, prot), 4),
             "linf": int(np.abs(to_uint8(prot).astype(int) - to_uint8(pixels).astype(int)).max()),
             "face_ssim": None if vis is None else round(vis.ssim, 4),
             "face_de_mean": None if vis is None else round(vis.de_mean, 3),
@@ -273,10 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     out = "\n\n".join(text)
     print(out)
     (args.out / "transfer.md").write_text(out + "\n")
-    for r in results:
-        for row in r["rows"]:
-            for k in [k for k in row if k.endswith("@emb")]:
-                row.pop(k)
     (args.out / "transfer.json").write_text(json.dumps(results, indent=1, default=float))
     return 0
 

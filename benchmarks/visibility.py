@@ -33,24 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from judging import heldout_photos, load_judges, tune_photos  # noqa: E402
 from transfer import Photos, load_encoders, run_photo, shield_options  # noqa: E402
 
-from dladiff_app.core.imageio import load_image  # noqa: E402
 from dladiff_app.core.presets import preset  # noqa: E402
-from dladiff_app.core.quality import ssim  # noqa: E402
 
 
-def summary_row(name: str, results: list[dict], items: list, judges, out_dir: Path,
-                tag: str) -> str:
+def summary_row(name: str, results: list[dict], judges) -> str:
     faces = [row for r in results for row in r["rows"]]
     vis = [r for r in results if r["face_ssim"] is not None]
     w = [r["faces"] for r in vis]
-    whole_ssim = []
-    for r, item in zip(results, items, strict=True):
-        prot = load_image(out_dir / f"{Path(r['photo']).stem}-{tag}.png").pixels
-        whole_ssim.append(ssim(item[1], prot))
     cells = [name, f"{np.average([r['face_ssim'] for r in vis], weights=w):.4f}",
              f"{np.average([r['face_de_mean'] for r in vis], weights=w):.2f}",
              f"{np.average([r['face_de_p95'] for r in vis], weights=w):.2f}",
-             f"{np.mean([r['psnr'] for r in results]):.2f}", f"{np.mean(whole_ssim):.4f}"]
+             f"{np.mean([r['psnr'] for r in results]):.2f}", f"{np.mean([r['ssim'] for r in results]):.4f}"]
     for j in judges:
         got = [row[f"{j.name}:shared"] for row in faces if row[f"{j.name}:shared"] is not None]
         hidden = sum(not j.same(v) for v in got)
@@ -90,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{name}-vis"
         results = [run_photo(item, clean, encoders, judges, detector, settings, opts, args.out,
                              tag) for item in clean.items]
-        lines.append(summary_row(f"{name} ({settings.eps:g}/255)", results, clean.items, judges,
-                                 args.out, tag))
+        lines.append(summary_row(f"{name} ({settings.eps:g}/255)", results, judges))
         print(lines[-1], flush=True)
     text = "\n".join(lines)
     print(text)
