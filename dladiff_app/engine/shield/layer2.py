@@ -89,8 +89,8 @@ class ShieldOptions:
     budget, the smallest share of ``eps`` a flat pixel keeps, and ``texture_reference`` the local
     contrast (luma standard deviation in 1/255) that earns the whole budget; ``soft_budget`` > 0
     uses that map as a penalty of this weight instead of a hard per-pixel bound (at 0.3 it
-    protected as well as the hard bound with a third less colour difference); ``chroma`` scales the colour part of every step (0: steps
-    change luma only).
+    protected as well as the hard bound with a third less colour difference); ``chroma``
+    scales the colour part of every step (0: steps change luma only).
     """
 
     flip: float = 0.5
