@@ -29,12 +29,14 @@ from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.device import DeviceInfo
 from dladiff_app.engine.shield import pgd
 from dladiff_app.engine.shield import surrogate as sg
+from dladiff_app.engine.shield.driver import Ball, Constant, Driver, Phase, PhaseResult
 from dladiff_app.engine.shield.dual import DYN, PRIOR, dual_loss
+from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
 from dladiff_app.engine.shield.memory import StepDown, size_multiple
 from dladiff_app.engine.shield.precision import grad_scaler_for, pixel_scale_for
 from dladiff_app.engine.shield.prior_cache import PriorCache, prior_cache_key
 from dladiff_app.engine.shield.resize import to_working
-from dladiff_app.engine.shield.views import CENTRE_ONLY, View, ViewPolicy, to_view
+from dladiff_app.engine.shield.views import CENTRE_ONLY, ViewPolicy
 
 Progress = Callable[[str, int, int], None]
 __all__ = ["DYN", "PRIOR", "Layer1Result", "Layer1Stats", "Layer1Surrogates",
@@ -239,7 +241,6 @@ def protect_album_layer1(
     album = StepDown(sur, n, micro_batch or (min(n, 4) if dev.type == "cuda" else 1), size,
                      dev_name, notify)
     policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
-    use_views = policy != CENTRE_ONLY
     stats = Layer1Stats(working_size=size, attacker_views=policy.describe())
     pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
@@ -310,59 +311,22 @@ def protect_album_layer1(
     opt_refresh = sg.make_optimizer(sur, PRIOR, lora_lr)
 
     x_adv = [pgd.random_start(x, eps, gen_start) for x in clean]
-    n_prompts = int(sur.text_embeddings.shape[0])
+    term = DualSurrogateTerm(sur, album, weights, pixel_scale, gen_pgd, policy=policy,
+                             view_gen=gen_view)
+    lora_done = 0
 
-    def dual_gradient(views: list[list[View]], prompts: list[torch.Tensor] | None
-                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Gradients of the album's dual loss (each photo's views averaged) per photo."""
-        size_now = album.size
-        grads: list[torch.Tensor] = [torch.zeros_like(x) for x in x_adv]
-        loss_sum = torch.zeros((), device=dev)
-        for idx in album.chunks():
-            xs = [x_adv[i].detach().to(dev).requires_grad_(True) for i in idx]
-            if views:
-                crops = [to_view(x, size_now, v)
-                         for i, x in zip(idx, xs, strict=True) for v in views[i]]
-                rows = [i for i in idx for _ in views[i]]
-            else:
-                crops, rows = [to_working(x, size_now) for x in xs], list(idx)
-            draw = sg.NoiseDraw.draw(sur, len(rows), size_now, gen_pgd, prompts=None
-                                     if prompts is None else torch.cat([prompts[i] for i in idx]))
-            # Mean over the chunk's views = mean over its photos (each has as many views).
-            loss = dual_loss(sur, torch.cat(crops), draw, weights)
-            for i, g in zip(idx, pixel_scale.grad(loss * (len(idx) / n), xs), strict=True):
-                grads[i] = g.detach().to(home)
-            loss_sum = loss_sum + loss.detach() * len(idx)
-        return grads, loss_sum / n
-
-    pgd_done = lora_done = 0
-    for k in range(1, rounds + 1):
-        round_losses: list[torch.Tensor] = []
-        t_round = time.perf_counter()
-        for _ in range(p_steps):
-            tick()
-            step_views: list[list[View]] = []
-            prompts: list[torch.Tensor] | None = None
-            if use_views:  # drawn before the retry: a step-down repeats the same views
-                step_views = [policy.draw(int(x.shape[-2]), int(x.shape[-1]), album.size,
-                                          gen_view) for x in x_adv]
-                if policy.prompts:  # one instance prompt per view
-                    prompts = [torch.randint(0, n_prompts, (len(v),), generator=gen_view)
-                               for v in step_views]
-            grads, loss_value = album.retry(partial(dual_gradient, step_views, prompts))
-            x_adv = [pgd.signed_step(x, g, c, alpha=alpha, eps=eps)
-                     for x, g, c in zip(x_adv, grads, clean, strict=True)]
-            round_losses.append(loss_value)
-            pgd_done += 1
-            report("layer1_pgd", pgd_done, rounds * p_steps)
-        if round_losses:
-            values = read(round_losses)  # also waits for the round's steps to finish
-            stats.pgd_seconds += time.perf_counter() - t_round
+    def between_rounds(k: int, driver: Driver, result: PhaseResult) -> None:
+        """After PGD round ``k``: the round's curves, then ADFT's S_dyn update on the current
+        protected photos and, on refresh rounds, S_prior's on the clean ones."""
+        nonlocal lora_done, prior_done
+        if result.steps:
+            values = result.losses[term.name]
+            stats.pgd_seconds += result.seconds
             stats.pgd_loss.extend(values)
             stats.dual_loss_per_round.append(sum(values) / len(values))
         if k == rounds:
-            break  # a last S_dyn update could no longer change the photos
-        adv_moments = _Moments(sur, [x.detach() for x in x_adv])
+            return  # a last S_dyn update could no longer change the photos
+        adv_moments = _Moments(sur, [x.detach() for x in driver.xs])
         lora_losses = []
         t_phase = time.perf_counter()
         for _ in range(f_steps):
@@ -382,6 +346,14 @@ def protect_album_layer1(
                 report("prior", prior_done, prior_total)
             stats.prior_loss.extend(read(refresh_losses))
             stats.prior_seconds += time.perf_counter() - t_phase
+
+    # METHOD.md's ADFT order as a schedule: PGD rounds on the dual term (maximised, so its
+    # weight is negative: the driver descends) with the LoRA updates between them.
+    driver = Driver(x_adv, [Ball(c, eps) for c in clean], [term], Constant(alpha),
+                    cancel=cancel, progress=partial(report, "layer1_pgd"))
+    driver.run([Phase(p_steps, {term.name: -1.0}, after=partial(between_rounds, k))
+                for k in range(1, rounds + 1)])
+    x_adv = driver.xs
 
     stats.working_size = album.size
     stats.micro_batch = album.micro_batch
