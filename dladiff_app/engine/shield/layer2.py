@@ -17,7 +17,6 @@ Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1] on one device, fu
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -27,38 +26,40 @@ import torch.nn.functional as F
 
 from dladiff_app.core.errors import ModelMissingError
 from dladiff_app.core.presets import ProtectionSettings
-from dladiff_app.engine.faces.align import gaussian_blur
 from dladiff_app.engine.faces.score import similarity
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
+from dladiff_app.engine.shield.driver import Box, CosineDecay, Driver, Phase
 from dladiff_app.engine.shield.eot import EotConfig
 from dladiff_app.engine.shield.face_region import (
     FaceRegion,
     face_regions,
     feathered_mask,
-    jitter_face,
     merge_boxes,
     region_for,
     shift_face,
 )
+from dladiff_app.engine.shield.face_term import (
+    P_SAVED,
+    P_SHARED,
+    FaceIdentityTerm,
+    RegionPixels,
+    identity_term,
+)
 from dladiff_app.engine.shield.face_views import (
     SHARE_LONG_SIDE,
     FaceCrop,
-    ViewDraw,
-    draw_view,
-    make_view,
     share_scale,
-    view_scale,
     work_scale,
 )
 from dladiff_app.engine.shield.perceptual import texture_budget
-from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
+from dladiff_app.engine.shield.pgd import grid_bounds
 
 log = logging.getLogger(__name__)
+__all__ = ["FIRST_RELEASE", "NO_FACE_WARNING", "P_SAVED", "P_SHARED", "Layer2Result",
+           "ShieldOptions", "clean_embeddings", "identity_term", "identity_value",
+           "layer2_loss", "protect_faces"]
 
 NO_FACE_WARNING = "No face found: the zero-shot shield was skipped for this photo."
-# Share of steps that see the photo exactly as shared (1080 px, JPEG q75) and as saved; the
-# rest see a random EOT transformation (when EOT is on).
-P_SHARED, P_SAVED = 0.4, 0.2
 # Side of a face's own crop over the face's extent: holds the encoders' chips (checked by
 # exact_regions) and the feathered mask, which ends at 2 box sides.
 OWN_CONTEXT = 2.0
@@ -143,19 +144,6 @@ def clean_embeddings(image: torch.Tensor, faces: Sequence[Face],
     """Embeddings of the clean faces: ``result[i][encoder.name]`` is (D,), detached."""
     with torch.no_grad():
         return [{e.name: e.embed(image, f).detach() for e in encoders} for f in faces]
-
-
-def identity_term(encoder: IdentityEncoder, emb: torch.Tensor, target: torch.Tensor
-                  ) -> torch.Tensor:
-    """How much ``emb`` is still ``target``'s identity, in the encoder's own metric, 1 at the
-    clean face and lower when it moves away: cosine similarity, or ``1 - d / threshold`` for a
-    Euclidean encoder (0 at dlib's "different person" line): the judge's metric is the one
-    optimised, so the perturbation is spent on what the judge measures."""
-    if encoder.metric == "euclidean":
-        # The small constant keeps the gradient finite (zero) at d = 0.
-        d = torch.sqrt(((emb.flatten() - target.flatten()) ** 2).sum() + 1e-12)
-        return 1.0 - d / float(encoder.threshold)
-    return F.cosine_similarity(emb.flatten(), target.flatten(), dim=0)
 
 
 def layer2_loss(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[IdentityEncoder],
@@ -273,98 +261,6 @@ def _face_crops(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[I
     return regions, crops
 
 
-def _perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, clean: torch.Tensor,
-                         share: torch.Tensor, mask: torch.Tensor, eps: float,
-                         opts: ShieldOptions) -> torch.Tensor:
-    """The identity gradient reshaped for visibility: its colour part scaled by
-    ``opts.chroma``, and with a soft budget the gradient of ``sum(((x - clean) / (eps *
-    share))^2)`` added at ``opts.soft_budget`` times the identity gradient's L1 size (both
-    L1-normalised, so the weight is a ratio whatever the loss scale)."""
-    if opts.chroma != 1.0:
-        grey = grad.mean(dim=1, keepdim=True)
-        grad = grey + opts.chroma * (grad - grey)
-    if opts.soft_budget > 0:
-        pen = 2.0 * (x - clean) / (eps * share) ** 2 * (mask > 0)
-        g1 = float(torch.linalg.vector_norm(grad, ord=1))
-        p1 = float(torch.linalg.vector_norm(pen, ord=1))
-        if p1 > 0:
-            grad = grad + opts.soft_budget * (g1 / p1) * pen
-    return grad
-
-
-def _alpha(step: int, total: int, alpha: float) -> float:
-    """Cosine decay from ``ALPHA_PEAK * alpha`` to ``ALPHA_FLOOR * alpha``: big steps find the
-    direction, small ones settle on the 8-bit grid."""
-    t = step / max(1, total - 1)
-    lo, hi = ALPHA_FLOOR * alpha, ALPHA_PEAK * alpha
-    return lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * t))
-
-
-def _pgd_loop(total: int, regions: Sequence[FaceRegion], crops: Sequence[Sequence[FaceCrop]],
-              states: list, encoders: Sequence[IdentityEncoder],
-              targets: Sequence[Mapping[str, torch.Tensor]], weights: Mapping[str, float] | None,
-              opts: ShieldOptions, gen: torch.Generator, eot_cfg: EotConfig | None,
-              alpha: float, eps: float, cancel: _Cancel | None,
-              progress: Callable[[int, int], None] | None) -> int:
-    """The PGD steps of :func:`protect_faces` on ``states`` (updated in place); returns the
-    number of steps done."""
-    done = 0
-    for step in range(total):
-        if cancel is not None:
-            cancel.check()
-        draw = draw_view(gen, eot_cfg, P_SHARED, P_SAVED)
-        flip = bool(float(torch.rand((), generator=gen)) < opts.flip)
-        a_t = _alpha(step, total, alpha)
-        active = ([encoders[step % len(encoders)]] if opts.one_encoder_per_step
-                  else list(encoders))
-        for region, rcrops, state in zip(regions, crops, states, strict=True):
-            _step_region(region, rcrops, state, active, targets, weights, opts, gen, draw,
-                         flip, a_t, eps)
-        done = step + 1
-        if progress is not None:
-            progress(done, total)
-    return done
-
-
-def _step_region(region: FaceRegion, rcrops: Sequence[FaceCrop], state: tuple,
-                 encoders: Sequence[IdentityEncoder],
-                 targets: Sequence[Mapping[str, torch.Tensor]],
-                 weights: Mapping[str, float] | None, opts: ShieldOptions,
-                 gen: torch.Generator, draw: ViewDraw, flip: bool, a_t: float,
-                 eps: float) -> None:
-    """One signed-gradient step with momentum on one region's crop (``state``, in place)."""
-    _, mask, _, _, x_lo, x_hi, x, momentum, clean_c, share = state
-    leaf = x.requires_grad_(True)
-    loss = leaf.new_zeros(())
-    for i, fc in zip(region.faces, rcrops, strict=True):
-        x0, y0, x1, y1 = fc.box
-        whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
-        sub = leaf if whole else leaf[..., y0:y1, x0:x1]
-        # Seen through the 8-bit file; a downscaled view averages the rounding away.
-        if view_scale(fc, draw) >= 0.999:
-            sub = quantise_ste(sub)
-        view, vface = make_view(sub, fc, draw)
-        vface = jitter_face(vface, gen, opts.jitter)
-        for enc in encoders:
-            wk = 1.0 if weights is None else float(weights.get(enc.name, 1.0))
-            if wk != 0.0:
-                emb = enc.embed(view, vface, flip=True) if flip else enc.embed(view, vface)
-                loss = loss + wk * identity_term(enc, emb, targets[i][enc.name])
-    grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
-    x.requires_grad_(False)
-    if grad is None:
-        return
-    with torch.no_grad():
-        if opts.grad_blur > 0:
-            grad = gaussian_blur(grad, opts.grad_blur, mode="reflect")
-        grad = _perceptual_gradient(grad, x, clean_c, share, mask, eps, opts)
-        # MI-FGSM: L1-normalised gradients accumulate, the sign of the sum steps.
-        l1 = float(torch.linalg.vector_norm(grad, ord=1)) / grad.numel()
-        momentum.mul_(MOMENTUM).add_(grad, alpha=1.0 / max(l1, 1e-20))
-        x.addcmul_(momentum.sign(), mask, value=-a_t)
-        torch.clamp(x, x_lo, x_hi, out=x)
-
-
 def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[Face],
                   encoders: list[IdentityEncoder], settings: ProtectionSettings, *,
                   weights: dict[str, float] | None = None, steps: int | None = None,
@@ -415,7 +311,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     regions, crops = _face_crops(image, faces, encoders, targets)
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
-    states = []
+    boxes, pixels, starts, finals = [], [], [], []
     for region in regions:
         clean_c = region.crop(image)
         start_c = region.crop(start).clone()
@@ -428,21 +324,25 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         # The photo is x = start + mask * (y - start) with y in the ball [lo, hi]: x itself is
         # optimised, in the box that y's ball maps to (a step of y by a is one of x by
         # mask * a), so that no step spends full-resolution passes on the blend.
-        x_lo = start_c + mask * (lo - start_c)
-        x_hi = start_c + mask * (hi - start_c)
+        boxes.append(Box(start_c + mask * (lo - start_c), start_c + mask * (hi - start_c),
+                         step_mask=mask))
+        pixels.append(RegionPixels(clean_c, share, mask))
         # Random start: at delta = 0 the gradient through an encoder's warp can be exactly 0.
         noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
-        x = start_c + mask * (y - start_c)
-        states.append((start_c, mask, lo, hi, x_lo, x_hi, x, torch.zeros_like(x), clean_c,
-                       share))
+        starts.append(start_c + mask * (y - start_c))
+        finals.append((start_c, mask, lo, hi))
 
-    done = _pgd_loop(total, regions, crops, states, encoders, targets, weights, opts, gen,
-                     eot_cfg, alpha, eps, cancel, progress)
+    term = FaceIdentityTerm(regions, crops, pixels, encoders, targets, weights, opts, gen,
+                            eot_cfg, eps)
+    driver = Driver(starts, boxes, [term], CosineDecay(ALPHA_PEAK * alpha, ALPHA_FLOOR * alpha),
+                    momentum=MOMENTUM, cancel=cancel, progress=progress)
+    driver.run([Phase(total, {term.name: 1.0})])
+    done = driver.done
 
     protected = start.clone()
     with torch.no_grad():
-        for region, (start_c, mask, lo, hi, _, _, x, *_) in zip(regions, states, strict=True):
+        for region, (start_c, mask, lo, hi), x in zip(regions, finals, driver.xs, strict=True):
             q = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
             # Where the mask is 0 the photo is layer 1's, bit for bit.
             x0, y0, x1, y1 = region.box
