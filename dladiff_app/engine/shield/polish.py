@@ -30,7 +30,14 @@ import torch
 
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
-from dladiff_app.engine.shield.eot import TransformParams, apply_transform, sample_transform
+from dladiff_app.engine.shield.driver import Box, Constant, Driver, Phase
+from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
+from dladiff_app.engine.shield.eot import (
+    EotConfig,
+    TransformParams,
+    apply_transform,
+    sample_transform,
+)
 from dladiff_app.engine.shield.face_region import FaceRegion
 from dladiff_app.engine.shield.layer1 import Layer1Surrogates
 from dladiff_app.engine.shield.layer2 import (
@@ -39,7 +46,9 @@ from dladiff_app.engine.shield.layer2 import (
     exact_regions,
     layer2_loss,
 )
+from dladiff_app.engine.shield.memory import StepDown
 from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
+from dladiff_app.engine.shield.precision import pixel_scale_for
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +73,37 @@ class PolishResult:
     dual_last: float
 
 
-def _normalised(grad: torch.Tensor) -> torch.Tensor:
-    scale = grad.abs().mean()
-    return grad / scale if float(scale) > 0 else grad
+class PhotoIdentityTerm:
+    """The polish's identity term: :func:`layer2_loss` on the face regions of the whole photo
+    seen through its 8-bit file (straight-through rounding), with one random sharing
+    transformation per step when ``eot_cfg`` is given (drawn from ``gen``). One variable, the
+    (1, 3, H, W) photo; no gradient (None) when there is no face."""
 
+    name = "identity"
 
-def _identity_loss(view: torch.Tensor, regions: Sequence[FaceRegion],
-                   encoders: Sequence[IdentityEncoder],
-                   targets: Sequence[Mapping[str, torch.Tensor]],
-                   transform: TransformParams | None) -> torch.Tensor:
-    total = view.new_zeros(())
-    for region in regions:
-        crop = region.crop(view)
-        if transform is not None:
-            crop = apply_transform(crop, transform)
-        total = total + layer2_loss(crop, region.local_faces, encoders,
-                                    [targets[i] for i in region.faces])
-    return total
+    def __init__(self, regions: Sequence[FaceRegion], encoders: Sequence[IdentityEncoder],
+                 targets: Sequence[Mapping[str, torch.Tensor]], eot_cfg: EotConfig | None,
+                 gen: torch.Generator) -> None:
+        self.regions, self.encoders, self.targets = regions, encoders, targets
+        self.eot_cfg, self.gen = eot_cfg, gen
+
+    def loss(self, view: torch.Tensor, transform: TransformParams | None) -> torch.Tensor:
+        total = view.new_zeros(())
+        for region in self.regions:
+            crop = region.crop(view)
+            if transform is not None:
+                crop = apply_transform(crop, transform)
+            total = total + layer2_loss(crop, region.local_faces, self.encoders,
+                                        [self.targets[i] for i in region.faces])
+        return total
+
+    def gradients(self, xs: Sequence[torch.Tensor], step: int
+                  ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        transform = sample_transform(self.eot_cfg, self.gen) if self.eot_cfg is not None else None
+        leaf = xs[0].detach().clone().requires_grad_(True)
+        loss = self.loss(quantise_ste(leaf), transform)
+        grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
+        return [grad], loss.detach()
 
 
 def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
@@ -115,33 +138,23 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     h, w = clean.shape[-2:]
     eot_cfg = eot_config_for(w, h) if settings.eot else None
 
+    identity = PhotoIdentityTerm(regions, encoders, targets, eot_cfg, gen_eot)
+
     def identity_now(image: torch.Tensor) -> float:
         # (1, 3, H, W) [0, 1] -> identity loss of the 8-bit file it would be written as.
         with torch.no_grad():
-            return float(_identity_loss(torch.round(image * 255.0) / 255.0, regions, encoders,
-                                        targets, None))
+            return float(identity.loss(torch.round(image * 255.0) / 255.0, None))
 
     before = identity_now(x)
-    dual_seen: list[float] = []
-    done = 0
-    for step in range(total):
-        if cancel is not None:
-            cancel.check()
-        transform = sample_transform(eot_cfg, gen_eot) if eot_cfg is not None else None
-        x_id = x.clone().requires_grad_(True)
-        id_loss = _identity_loss(quantise_ste(x_id), regions, encoders, targets, transform)
-        g_id = (torch.autograd.grad(id_loss, x_id)[0] if id_loss.requires_grad
-                else torch.zeros_like(x))
-        x_dual = x.clone().requires_grad_(True)
-        dual = surrogates.dual_loss(quantise_ste(x_dual), gen_dual)
-        (g_dual,) = torch.autograd.grad(dual, x_dual)
-        dual_seen.append(float(dual.detach()))
-        direction = _normalised(g_id) - dual_weight * _normalised(g_dual.to(x.device))
-        with torch.no_grad():
-            x = torch.minimum(torch.maximum(x - alpha * direction.sign(), lo), hi)
-        done = step + 1
-        if progress is not None:
-            progress(done, total)
+    sur = surrogates.sur
+    dual = DualSurrogateTerm(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
+                             surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
+    # Identity down, the surrogates' loss up: each gradient normalised, the sign of the sum.
+    driver = Driver([x], [Box(lo, hi)], [identity, dual], Constant(alpha), cancel=cancel,
+                    progress=progress)
+    (result,) = driver.run([Phase(total, {identity.name: 1.0, dual.name: -dual_weight})])
+    x, done = driver.xs[0], driver.done
+    dual_seen = result.losses.get(dual.name, [])
     protected = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
     after = identity_now(protected)
     log.info("Polish: %d steps, identity %.4f -> %.4f, dual loss %s", done, before, after,
