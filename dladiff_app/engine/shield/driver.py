@@ -28,10 +28,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from dladiff_app.engine.shield.pgd import ball_bounds, grid_bounds
 
 
 class Cancel(Protocol):
@@ -74,14 +76,11 @@ class Ball:
     step_mask: None = None
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.clamp(self.clean - self.eps, min=0.0),
-                torch.clamp(self.clean + self.eps, max=1.0))
+        return ball_bounds(self.clean, self.eps)
 
 
 def grid_box(clean: torch.Tensor, eps: float | torch.Tensor) -> Box:
     """The 8-bit-grid budget box (:func:`pgd.grid_bounds`) around ``clean``."""
-    from dladiff_app.engine.shield.pgd import grid_bounds
-
     return Box(*grid_bounds(clean, eps))
 
 
@@ -237,14 +236,3 @@ class Driver:
                      else torch.addcmul(x, sign, box.step_mask, value=-alpha))
             lo, hi = box.bounds()
             self.xs[i] = torch.clamp(moved, lo, hi)
-
-
-@dataclass
-class Trace:
-    """Loss curves a caller collects from :class:`PhaseResult`s (per term name)."""
-
-    losses: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, result: PhaseResult) -> None:
-        for name, values in result.losses.items():
-            self.losses.setdefault(name, []).extend(values)

@@ -22,9 +22,14 @@ def project(x_adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tenso
     The two constraints are both per-pixel intervals, so clamping to their intersection is the
     exact Euclidean projection.
     """
-    low = torch.clamp(clean - eps, min=0.0)
-    high = torch.clamp(clean + eps, max=1.0)
+    low, high = ball_bounds(clean, eps)
     return torch.minimum(torch.maximum(x_adv, low), high)
+
+
+def ball_bounds(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) of ``||x - clean||_inf <= eps`` intersected with [0, 1], shaped like
+    ``clean``."""
+    return torch.clamp(clean - eps, min=0.0), torch.clamp(clean + eps, max=1.0)
 
 
 def random_start(

@@ -30,7 +30,7 @@ import torch
 
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
-from dladiff_app.engine.shield.driver import Box, Constant, Driver, Phase
+from dladiff_app.engine.shield.driver import Constant, Driver, Phase, grid_box
 from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
 from dladiff_app.engine.shield.eot import (
     EotConfig,
@@ -150,7 +150,7 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     dual = DualSurrogateTerm(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
                              surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
     # Identity down, the surrogates' loss up: each gradient normalised, the sign of the sum.
-    driver = Driver([x], [Box(lo, hi)], [identity, dual], Constant(alpha), cancel=cancel,
+    driver = Driver([x], [grid_box(clean, eps)], [identity, dual], Constant(alpha), cancel=cancel,
                     progress=progress)
     (result,) = driver.run([Phase(total, {identity.name: 1.0, dual.name: -dual_weight})])
     x, done = driver.xs[0], driver.done
