@@ -247,10 +247,6 @@ def protect_album_layer1(
     gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (
         torch.Generator().manual_seed(seed + k) for k in range(6))
 
-    def tick() -> None:
-        if cancel is not None:
-            cancel.check()
-
     def report(stage: str, step: int, total: int) -> None:
         if progress is not None:
             progress(stage, step, total)
@@ -278,32 +274,36 @@ def protect_album_layer1(
         })
 
     cached = cache.load(cache_key(size)) if cache is not None else None
-    prior_total = (0 if cached is not None else settings.prior_steps) \
-        + len(refresh_rounds) * f_steps
-    prior_done = 0
+    done = {"prior": 0, "layer1_lora": 0}
+    totals = {"prior": (0 if cached is not None else settings.prior_steps)
+              + len(refresh_rounds) * f_steps, "layer1_lora": (rounds - 1) * f_steps}
 
-    def train(name: str, opt: torch.optim.Optimizer, fixed: _Moments,
-              gen: torch.Generator) -> torch.Tensor:
-        return album.retry(lambda: sg.lora_step_cached(
-            sur, name, opt, fixed.batches(album.size, album.chunks()), gen, album.size, scaler))
+    def lora_phase(stage: str, name: str, opt: torch.optim.Optimizer, fixed: _Moments,
+                   gen: torch.Generator, steps: int) -> tuple[list[float], float]:
+        """``steps`` updates of adapter ``name`` on the ``fixed`` images; returns the losses
+        (read once, after the phase: the one host synchronisation) and the seconds taken."""
+        losses = []
+        t_phase = time.perf_counter()
+        for _ in range(steps):
+            if cancel is not None:
+                cancel.check()
+            losses.append(album.retry(lambda: sg.lora_step_cached(
+                sur, name, opt, fixed.batches(album.size, album.chunks()), gen, album.size,
+                scaler)))
+            done[stage] += 1
+            report(stage, done[stage], totals[stage])
+        values = [float(v) for v in torch.stack(losses).tolist()] if losses else []
+        return values, time.perf_counter() - t_phase
 
-    def read(values: list[torch.Tensor]) -> list[float]:
-        # The one host synchronisation of a phase: losses are read after it, not per step.
-        return [float(v) for v in torch.stack(values).tolist()] if values else []
+    def prior_phase(opt: torch.optim.Optimizer, gen: torch.Generator, steps: int) -> None:
+        values, seconds = lora_phase("prior", PRIOR, opt, clean_moments, gen, steps)
+        stats.prior_loss.extend(values)
+        stats.prior_seconds += seconds
 
     if cached is not None:
         sg.load_lora_state(sur, PRIOR, cached)
     else:
-        opt_prior = sg.make_optimizer(sur, PRIOR, lora_lr)
-        prior_losses = []
-        t_phase = time.perf_counter()
-        for _ in range(settings.prior_steps):
-            tick()
-            prior_losses.append(train(PRIOR, opt_prior, clean_moments, gen_prior))
-            prior_done += 1
-            report("prior", prior_done, prior_total)
-        stats.prior_loss.extend(read(prior_losses))
-        stats.prior_seconds += time.perf_counter() - t_phase
+        prior_phase(sg.make_optimizer(sur, PRIOR, lora_lr), gen_prior, settings.prior_steps)
         if cache is not None:
             cache.save(cache_key(album.size), sg.lora_state(sur, PRIOR))
     # Refreshes start a fresh optimiser so a cached prior (whose Adam moments are not kept)
@@ -313,12 +313,10 @@ def protect_album_layer1(
     x_adv = [pgd.random_start(x, eps, gen_start) for x in clean]
     term = DualSurrogateTerm(sur, album, weights, pixel_scale, gen_pgd, policy=policy,
                              view_gen=gen_view)
-    lora_done = 0
 
     def between_rounds(k: int, driver: Driver, result: PhaseResult) -> None:
         """After PGD round ``k``: the round's curves, then ADFT's S_dyn update on the current
         protected photos and, on refresh rounds, S_prior's on the clean ones."""
-        nonlocal lora_done, prior_done
         if result.steps:
             values = result.losses[term.name]
             stats.pgd_seconds += result.seconds
@@ -327,25 +325,11 @@ def protect_album_layer1(
         if k == rounds:
             return  # a last S_dyn update could no longer change the photos
         adv_moments = _Moments(sur, [x.detach() for x in driver.xs])
-        lora_losses = []
-        t_phase = time.perf_counter()
-        for _ in range(f_steps):
-            tick()
-            lora_losses.append(train(DYN, opt_dyn, adv_moments, gen_dyn))
-            lora_done += 1
-            report("layer1_lora", lora_done, (rounds - 1) * f_steps)
-        stats.lora_loss.extend(read(lora_losses))
-        stats.lora_seconds += time.perf_counter() - t_phase
+        values, seconds = lora_phase("layer1_lora", DYN, opt_dyn, adv_moments, gen_dyn, f_steps)
+        stats.lora_loss.extend(values)
+        stats.lora_seconds += seconds
         if k in refresh_rounds:
-            refresh_losses = []
-            t_phase = time.perf_counter()
-            for _ in range(f_steps):
-                tick()
-                refresh_losses.append(train(PRIOR, opt_refresh, clean_moments, gen_refresh))
-                prior_done += 1
-                report("prior", prior_done, prior_total)
-            stats.prior_loss.extend(read(refresh_losses))
-            stats.prior_seconds += time.perf_counter() - t_phase
+            prior_phase(opt_refresh, gen_refresh, f_steps)
 
     # METHOD.md's ADFT order as a schedule: PGD rounds on the dual term (maximised, so its
     # weight is negative: the driver descends) with the LoRA updates between them.
