@@ -103,3 +103,15 @@ def test_texture_budget_follows_local_contrast() -> None:
     busy = (torch.rand((1, 3, 32, 32), generator=g) > 0.5).float()
     assert float(texture_budget(busy, 0.3)[..., 4:-4, 4:-4].min()) == 1.0
     assert np.isfinite(texture_budget(busy, 0.3).numpy()).all()
+
+
+def test_colour_jitter_changes_the_views_reproducibly(astronaut) -> None:  # type: ignore[no-untyped-def]
+    img, faces = astronaut
+    opts = ShieldOptions(colour_jitter=0.2)
+    plain = protect_faces(img, None, faces, [BoxEncoder()], SETTINGS, steps=6,
+                          options=replace(opts, colour_jitter=0.0)).protected
+    a = protect_faces(img, None, faces, [BoxEncoder()], SETTINGS, steps=6, options=opts).protected
+    b = protect_faces(img, None, faces, [BoxEncoder()], SETTINGS, steps=6, options=opts).protected
+    assert torch.equal(a, b)
+    assert not torch.equal(a, plain)
+    assert float((a - img).abs().max()) <= SETTINGS.eps / 255 + 1e-6

@@ -29,6 +29,7 @@ from torch import nn
 from dladiff_app.core.errors import ModelIntegrityError
 from dladiff_app.engine.faces.dlib_chip import CHIP_PADDING, CHIP_SIZE, extract_face_chip
 from dladiff_app.engine.faces.dlib_dat import load_face_resnet_arrays
+from dladiff_app.engine.faces.gradient_decay import decay
 from dladiff_app.engine.faces.types import Face
 
 # (channels, downsamples) per residual block, from the input side.
@@ -67,7 +68,7 @@ class _Block(nn.Module):
         self.conv_b = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_b(F.relu(self.conv_a(x)))
+        y = self.conv_b(decay(F.relu(self.conv_a(x))))
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
         return F.relu(_padded_add(y, shortcut))
 

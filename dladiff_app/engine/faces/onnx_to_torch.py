@@ -30,6 +30,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError, UnsupportedOnnxOp
+from dladiff_app.engine.faces.gradient_decay import current_gamma, decay, residual_branches
 
 Tensor = torch.Tensor
 _OpFn = Callable[[list[Tensor | None], dict[str, Any]], Tensor | tuple[Tensor, ...]]
@@ -532,6 +533,20 @@ class OnnxModule(nn.Module):
             [name for name in ins if last_use.get(name) == i and name not in self.output_names]
             for i, (_, ins, _, _) in enumerate(self._nodes)
         ]
+        self._branches = residual_branches(
+            [(op, ins, outs) for op, ins, outs, _ in self._nodes], set(consts), ("Add",))
+
+    def _decayed(self, i: int, node: _Node, env: dict[str, Tensor]) -> _Node:
+        # A residual branch's input to its Add goes through gradient_decay.decay (a no-op
+        # unless a transfer attack asked for it).
+        k = self._branches.get(i)
+        if k is None or current_gamma() == 1.0:
+            return node
+        alias = f"__branch_{i}"
+        env[alias] = decay(env[node[1][k]])
+        ins = list(node[1])
+        ins[k] = alias
+        return (node[0], ins, node[2], node[3])
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if len(inputs) != len(self.input_names):
@@ -539,7 +554,8 @@ class OnnxModule(nn.Module):
         env: dict[str, Tensor] = dict(self._host_consts)
         env.update((name, getattr(self, buf)) for name, buf in self._const_names.items())
         env.update(zip(self.input_names, inputs, strict=True))
-        for node, release in zip(self._nodes, self._release, strict=True):
+        for i, (node, release) in enumerate(zip(self._nodes, self._release, strict=True)):
+            node = self._decayed(i, node, env)
             for name, value in zip(node[2], _run_node(node, env, self.source), strict=False):
                 if name:
                     env[name] = value

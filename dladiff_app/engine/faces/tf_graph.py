@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
+from dladiff_app.engine.faces.gradient_decay import current_gamma, decay, residual_branches
 
 Tensor = torch.Tensor
 
@@ -398,6 +399,9 @@ class TfGraphModule(nn.Module):
         ]
         if not self._steps:
             raise ModelIntegrityError(f"{source}: the graph has no operations")
+        self._branches = residual_branches(
+            [(op, ins, [name]) for op, ins, name, _ in self._steps], set(consts),
+            ("Add", "AddV2"))
         self.output_name = output or self._steps[-1][2]
         known = {n.name for n in nodes}
         if self.output_name not in known:
@@ -414,9 +418,14 @@ class TfGraphModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         env: dict[str, Tensor] = {self.input_name: x}
-        for op, inputs, name, attrs in self._steps:
+        decaying = current_gamma() != 1.0
+        for i, (op, inputs, name, attrs) in enumerate(self._steps):
+            values = [self._value(n, env) for n in inputs]
+            k = self._branches.get(i) if decaying else None
+            if k is not None:  # a residual branch's gradient is scaled (gradient_decay)
+                values[k] = decay(values[k])
             try:
-                env[name] = _OPS[op]([self._value(i, env) for i in inputs], attrs)
+                env[name] = _OPS[op](values, attrs)
             except NotImplementedError as exc:
                 raise UnsupportedTfOp(self.source, [f"{op} ({name}: {exc})"]) from exc
             if name == self.output_name:

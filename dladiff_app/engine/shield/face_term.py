@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dladiff_app.engine.faces.align import gaussian_blur
+from dladiff_app.engine.faces.gradient_decay import residual_gradient_decay
 from dladiff_app.engine.faces.types import IdentityEncoder
 from dladiff_app.engine.shield.eot import EotConfig
 from dladiff_app.engine.shield.face_region import FaceRegion, jitter_face
@@ -119,16 +120,17 @@ class FaceIdentityTerm:
         for region, rcrops, px, x in zip(self.regions, self.crops, self.pixels, xs,
                                          strict=True):
             leaf = x.detach().requires_grad_(True)
-            loss = leaf.new_zeros(())
-            for i, fc in zip(region.faces, rcrops, strict=True):
-                x0, y0, x1, y1 = fc.box
-                whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
-                loss = self.face_loss(loss, leaf if whole else leaf[..., y0:y1, x0:x1], fc,
-                                      self.targets[i], seen)
-            if not loss.requires_grad:
-                grads.append(None)
-                continue
-            grad = torch.autograd.grad(loss, leaf)[0]
+            with residual_gradient_decay(self.opts.skip_gradient):
+                loss = leaf.new_zeros(())
+                for i, fc in zip(region.faces, rcrops, strict=True):
+                    x0, y0, x1, y1 = fc.box
+                    whole = (x0, y0, x1, y1) == (0, 0, region.width, region.height)
+                    loss = self.face_loss(loss, leaf if whole else leaf[..., y0:y1, x0:x1], fc,
+                                          self.targets[i], seen)
+                if not loss.requires_grad:
+                    grads.append(None)
+                    continue
+                grad = torch.autograd.grad(loss, leaf)[0]
             total = total + loss.detach()
             with torch.no_grad():
                 if self.opts.grad_blur > 0:
@@ -155,6 +157,11 @@ class FaceIdentityTerm:
             sub = quantise_ste(sub)
         view, vface = make_view(sub, fc, seen.draw)
         vface = jitter_face(vface, self.gen, self.opts.jitter)
+        if self.opts.colour_jitter > 0:
+            # Contrast and brightness as another camera pipeline or a filter would set them.
+            u = torch.rand(2, generator=self.gen) * 2 - 1
+            view = view * (1.0 + self.opts.colour_jitter * float(u[0])) \
+                + 0.5 * self.opts.colour_jitter * float(u[1])
         for enc in seen.encoders:
             wk = 1.0 if self.weights is None else float(self.weights.get(enc.name, 1.0))
             if wk != 0.0:

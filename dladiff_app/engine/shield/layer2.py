@@ -84,7 +84,13 @@ class ShieldOptions:
     own face alignment; ``one_encoder_per_step`` cycles through the encoders, one per step
     (about half the cost of two encoders per step, measured no weaker); ``grad_blur``, a
     Gaussian sigma (pixels) smoothing each step's gradient (translation invariance; off: it
-    raised the colour difference for little transfer).
+    raised the colour difference for little transfer); ``colour_jitter``, the size of a random
+    contrast (1 +- a) and brightness (+- a/2) change of every view, standing for another camera
+    pipeline or a filter; ``skip_gradient``, the factor on the gradient through every residual
+    branch of an encoder (:mod:`faces.gradient_decay`; below 1 it favours the skip paths that
+    networks of a family share). Tried and dropped (tuning photos, README): linear
+    backpropagation through SFace's last activations, a larger share of steps for dlib or for the
+    ArcFace-family encoders, Nesterov look-ahead.
 
     Visibility (see :mod:`perceptual`): ``texture_floor`` < 1 turns on the texture-masking
     budget, the smallest share of ``eps`` a flat pixel keeps, and ``texture_reference`` the local
@@ -102,11 +108,14 @@ class ShieldOptions:
     texture_reference: float = 6.0
     soft_budget: float = 0.3
     chroma: float = 0.3
+    colour_jitter: float = 0.0
+    skip_gradient: float = 1.0
 
 
 # The zero-shot shield as the first release shipped it: every lever neutral.
 FIRST_RELEASE = ShieldOptions(flip=0.0, jitter=0.0, one_encoder_per_step=False, grad_blur=0.0,
-                              texture_floor=1.0, soft_budget=0.0, chroma=1.0)
+                              texture_floor=1.0, soft_budget=0.0, chroma=1.0, colour_jitter=0.0,
+                              skip_gradient=1.0)
 
 
 class _Cancel(Protocol):
