@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         photos = [p for p in photos if p.path.name in args.only]
     settings = preset(args.preset)
+    # The first release's shield ran the preset's own step count, whatever --steps says.
+    first_release = settings
     if args.steps:
         settings = settings.with_overrides(layer2_steps=args.steps)
     opts = shield_options(args.shield)
@@ -253,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.out, f"{settings.preset}-all"))
         if args.baseline:
             base.append(run_photo(item, clean, load_encoders(["dlib"]), judges, detector,
-                                  settings, BASELINE, args.out, f"{settings.preset}-baseline"))
+                                  first_release, BASELINE, args.out,
+                                  f"{settings.preset}-baseline"))
     text = [report(results, judges, "attack: " + head)]
     if base:
         text.append(report(base, judges, "first release's shield (dlib only, no options), same "

@@ -196,24 +196,18 @@ def _encoder_notices(store: ModelStore | None,
                      encoders: Sequence[IdentityEncoder]) -> tuple[str, ...]:
     """What the user should know about the offline ensemble: without SFace (the offline
     ArcFace-family model), the zero-shot shield fools dlib but much less the ArcFace models
-    that attack tools use; FaceNet (optional, installed on request) is named with how to install
-    it, since it is the only other offline model family."""
-    names = {e.name for e in encoders}
-    if {"sface", "facenet"} <= names:
+    that attack tools use. FaceNet, optional, is not announced on every job: on the tuning
+    photos it added little for 1.6x the time (README, "Decisions"); the model list and the
+    README say how to add it."""
+    if "sface" in {e.name for e in encoders}:
         return ()
     from dladiff_app.engine.faces import registry
 
     statuses = {s.name: s for s in registry.encoder_statuses(store or _default_store())}
-    notices = []
-    if "sface" not in names and "sface" in statuses:
-        status = statuses["sface"]
-        detail = status.reason if not status.available else "it was not selected"
-        notices.append(
-            f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
+    if "sface" not in statuses:
+        return ()
+    status = statuses["sface"]
+    detail = status.reason if not status.available else "it was not selected"
+    return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
             "zero-shot shield runs with the other models, but protects less against the "
-            "ArcFace models that attack tools use.")
-    if "facenet" not in names and "facenet" in statuses and not statuses["facenet"].available:
-        notices.append("The zero-shot shield runs without FaceNet, an optional offline face "
-                       "model of a second family (not ArcFace) that widens the set of models "
-                       f"it attacks: {statuses['facenet'].reason}")
-    return tuple(notices)
+            "ArcFace models that attack tools use.",)

@@ -116,8 +116,10 @@ def test_shared_copy_is_a_different_person_at_low(dlib_stack, tmp_path: Path) ->
     from dladiff_app.core.quality import simulate_sharing
 
     photo = real_photos.astronaut()
-    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=30, tmp_path=tmp_path,
-                                           preset_name="low")
+    # Low's own step count: the default skip gradient trades some of dlib's margin (white-box)
+    # for transfer to ArcFace models, so fewer steps than the product runs would not tell.
+    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=preset("low").layer2_steps,
+                                           tmp_path=tmp_path, preset_name="low")
     clean8 = real_photos.as_uint8(photo)
     assert 0 < np.abs(saved8.astype(np.int16) - clean8.astype(np.int16)).max() <= 4
     shared8 = real_photos.as_uint8(simulate_sharing(saved8))
@@ -136,7 +138,7 @@ def test_big_face_is_protected_through_downscaled_views(dlib_stack, tmp_path: Pa
     small = real_photos.as_uint8(real_photos.astronaut())
     photo = np.asarray(Image.fromarray(small).resize((2048, 2048), Image.Resampling.LANCZOS),
                        dtype=np.float32) / 255.0
-    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=25, tmp_path=tmp_path)
+    faces, res, saved8 = _protect_and_save(dlib_stack, photo, steps=50, tmp_path=tmp_path)
     distances = _check_file(dlib_stack, photo, faces, res, saved8)
     assert all(d is None or d >= 0.6 for d in distances), distances
     detector, _, rec = dlib_stack
