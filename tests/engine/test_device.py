@@ -23,7 +23,7 @@ def test_auto_falls_back_to_cpu_with_reason(monkeypatch: pytest.MonkeyPatch) -> 
     assert info.reason == "CUDA not available: using CPU; the fine-tuning shield will be slow"
     assert info.autocast_dtype is None and info.base_dtype == torch.float32
     assert info.param_dtype == torch.float32
-    assert "threads" in info.name and (info.memory_bytes or 0) > 0
+    assert "thread" in info.name and (info.memory_bytes or 0) > 0  # "1 thread" or "N threads"
     torch.zeros(2, device=info.torch_device)  # the device string is usable
 
 
