@@ -83,21 +83,33 @@ class NoFaceError(DladiffError):
     """No face was found in a photo where one is needed."""
 
 
-class UnsupportedOnnxOp(ModelMissingError):
-    """An ONNX model uses operators our torch converter does not implement; names them and the file.
+class UnsupportedOps(ModelMissingError):
+    """A model file uses operations our torch reader does not implement; names them and the
+    file. A ``ModelMissingError`` because, to the user, the differentiable model is not
+    available (the file itself may still run in its own runtime)."""
 
-    A subclass of ``ModelMissingError`` because, to the user, the differentiable model is not
-    available (the file itself may still run in onnxruntime).
-    """
+    kind = "model operation(s)"
 
     def __init__(self, path: Path | str, ops: list[str]) -> None:
         self.path = Path(path)
         self.ops = sorted(set(ops))
         super().__init__(
             f"{self.path.name}: cannot be converted to a differentiable torch model because it "
-            f"uses unsupported ONNX operator(s) {', '.join(self.ops)}; use another recognizer "
-            "file or report these operator names."
+            f"uses unsupported {self.kind} {', '.join(self.ops)}; use another model file or "
+            "report these names."
         )
+
+
+class UnsupportedOnnxOp(UnsupportedOps):
+    """An ONNX model uses operators our converter does not implement."""
+
+    kind = "ONNX operator(s)"
+
+
+class UnsupportedTfOp(UnsupportedOps):
+    """A frozen TensorFlow graph uses ops (or tensor types) our reader does not implement."""
+
+    kind = "TensorFlow op(s)"
 
 
 class JobConflictError(DladiffError):

