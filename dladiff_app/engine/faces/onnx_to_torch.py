@@ -540,7 +540,7 @@ class OnnxModule(nn.Module):
         # A residual branch's input to its Add goes through gradient_decay.decay (a no-op
         # unless a transfer attack asked for it).
         k = self._branches.get(i)
-        if k is None or current_gamma() == 1.0:
+        if k is None:
             return node
         alias = f"__branch_{i}"
         env[alias] = decay(env[node[1][k]])
@@ -554,8 +554,10 @@ class OnnxModule(nn.Module):
         env: dict[str, Tensor] = dict(self._host_consts)
         env.update((name, getattr(self, buf)) for name, buf in self._const_names.items())
         env.update(zip(self.input_names, inputs, strict=True))
+        decaying = current_gamma() != 1.0
         for i, (node, release) in enumerate(zip(self._nodes, self._release, strict=True)):
-            node = self._decayed(i, node, env)
+            if decaying:
+                node = self._decayed(i, node, env)
             for name, value in zip(node[2], _run_node(node, env, self.source), strict=False):
                 if name:
                     env[name] = value

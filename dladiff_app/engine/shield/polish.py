@@ -47,7 +47,7 @@ from dladiff_app.engine.shield.layer2 import (
     layer2_loss,
 )
 from dladiff_app.engine.shield.memory import StepDown
-from dladiff_app.engine.shield.pgd import grid_bounds, quantise_ste
+from dladiff_app.engine.shield.pgd import quantise_ste
 from dladiff_app.engine.shield.precision import pixel_scale_for
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     eps, alpha = settings.eps / 255.0, settings.step2 / 255.0
     total = settings.polish_steps if steps is None else int(steps)
     clean = clean.detach().float()
-    lo, hi = grid_bounds(clean, eps)
+    box = grid_box(clean, eps)
+    lo, hi = box.bounds()
     x = torch.minimum(torch.maximum(current.detach().float(), lo), hi)
     seed = settings.seed if generator_seed is None else int(generator_seed)
     gen_eot, gen_dual = torch.Generator().manual_seed(seed + 101), \
@@ -150,7 +151,7 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     dual = DualSurrogateTerm(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
                              surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
     # Identity down, the surrogates' loss up: each gradient normalised, the sign of the sum.
-    driver = Driver([x], [grid_box(clean, eps)], [identity, dual], Constant(alpha), cancel=cancel,
+    driver = Driver([x], [box], [identity, dual], Constant(alpha), cancel=cancel,
                     progress=progress)
     (result,) = driver.run([Phase(total, {identity.name: 1.0, dual.name: -dual_weight})])
     x, done = driver.xs[0], driver.done
