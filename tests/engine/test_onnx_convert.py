@@ -81,3 +81,38 @@ def test_unsupported_op_variant_is_a_typed_error_on_first_use(tmp_path: Path) ->
     module = onnx_to_torch(path)
     with pytest.raises(UnsupportedOnnxOp, match=r"same.onnx.*Conv \(Conv auto_pad SAME"):
         module(torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_split_expand_reduce_l2_match_onnxruntime(tmp_path: Path, opset: int) -> None:
+    """EdgeFace's cross-covariance attention uses Split (sizes as an attribute before opset 13,
+    as an input from 13), ReduceL2 and Expand (a normalisation): the converted graph matches
+    onnxruntime and stays differentiable."""
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(np.array([1, 1, 4, 6], np.int64), "shape")]
+    if opset >= 13:
+        inits.append(onnx.numpy_helper.from_array(np.array([2, 1], np.int64), "sizes"))
+        split = h.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1)
+    else:
+        split = h.make_node("Split", ["x"], ["a", "b"], axis=1, split=[2, 1])
+    nodes = [
+        split,
+        h.make_node("ReduceL2", ["a"], ["n"], axes=[1], keepdims=1),
+        h.make_node("Max", ["n", "eps"], ["nc"]),
+        h.make_node("Expand", ["nc", "shape"], ["ne"]),
+        h.make_node("Div", ["b", "ne"], ["y"]),
+    ]
+    inits.append(onnx.numpy_helper.from_array(np.array(1e-6, np.float32), "eps"))
+    graph = h.make_graph(
+        nodes, "xca",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 6])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 4, 6])],
+        inits,
+    )
+    path = tmp_path / f"xca{opset}.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)]), str(path))
+    module = onnx_to_torch(path)
+    assert verify_against_onnxruntime(path, module, n=2) <= 1e-5
+    x = torch.rand(1, 3, 4, 6, requires_grad=True)
+    module(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

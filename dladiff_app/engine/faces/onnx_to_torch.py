@@ -264,6 +264,8 @@ def _reduce(kind: str) -> _OpFn:
             if a.get("noop_with_empty_axes", 0):
                 return inp
             axes = list(range(inp.dim()))
+        if kind == "l2":
+            return torch.linalg.vector_norm(inp, ord=2, dim=tuple(axes), keepdim=keep)
         fn = {"mean": torch.mean, "sum": torch.sum}[kind]
         return fn(inp, dim=tuple(axes), keepdim=keep)
 
@@ -346,6 +348,28 @@ def _dropout(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
     return inp, torch.ones_like(inp, dtype=torch.bool)
 
 
+def _expand(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
+    inp, shape = x[0], x[1]
+    assert inp is not None and shape is not None
+    # ONNX broadcasts both ways: a 1 in ``shape`` keeps the input's size.
+    return inp.expand(torch.broadcast_shapes(inp.shape, tuple(int(v) for v in shape.tolist())))
+
+
+def _split(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
+    inp = x[0]
+    assert inp is not None
+    axis = a.get("axis", 0)
+    # The sizes: an attribute up to opset 12, an optional second input from 13, else equal parts.
+    sizes = a.get("split")
+    if sizes is None and len(x) > 1 and x[1] is not None:
+        sizes = [int(v) for v in x[1].tolist()]
+    if sizes is None:
+        if "num_outputs" not in a:
+            raise NotImplementedError("equal parts without num_outputs")
+        return tuple(torch.tensor_split(inp, int(a["num_outputs"]), dim=axis))
+    return tuple(torch.split(inp, list(sizes), dim=axis))
+
+
 def _div(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
     p, q = x[0], x[1]
     assert p is not None and q is not None
@@ -401,6 +425,9 @@ _OPS: dict[str, _OpFn] = {
     "MaxPool": _pool("max"),
     "ReduceMean": _reduce("mean"),
     "ReduceSum": _reduce("sum"),
+    "ReduceL2": _reduce("l2"),
+    "Expand": _expand,
+    "Split": _split,
     "Softmax": lambda x, a: torch.softmax(x[0], a.get("axis", -1)),  # type: ignore[arg-type]
     "Pad": _pad,
 }
