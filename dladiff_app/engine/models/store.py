@@ -137,8 +137,10 @@ class ModelStore:
                 installed = package_folder(spec)
             except ModelMissingError as exc:
                 return ModelStatus(model_id, False, None, spec.size_bytes, "missing", str(exc))
+            # The distribution's name (what pip installs), which may differ from the import's.
+            package = spec.extra.get("pip_name", spec.source)
             return ModelStatus(model_id, True, installed, spec.size_bytes, "package",
-                               f"installed Python package {spec.source}")
+                               f"installed Python package {package}")
         folder = self.model_dir(model_id)
         marker = self._marker(model_id)
         if marker is not None:
