@@ -272,7 +272,7 @@ def encoder_label(name: str) -> str:
         return f"CLIP ({name})"
     if key.startswith("sface"):
         return "SFace"
-    return name
+    return {"edgeface": "EdgeFace", "facenet": "FaceNet"}.get(key, name)
 
 
 def badge_text(score: IdentityScore) -> str:

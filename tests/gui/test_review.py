@@ -107,6 +107,7 @@ def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photo
 
     assert encoder_label("dlib") == "dlib face recognition"
     assert encoder_label("antelopev2") == "ArcFace (antelopev2)"
+    assert encoder_label("edgeface") == "EdgeFace"
     assert encoder_label("mystery") == "mystery"
     window = make_window()
     window.add_paths(photos[:1])
