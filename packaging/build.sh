@@ -49,6 +49,9 @@ assert "layer2" in photo["layers_done"], photo["layers_done"]
 assert photo["linf"] and photo["linf"] > 0, "the frozen engine did not change the photo"
 scores = [s for s in photo["scores"] if s["value"] is not None]
 assert scores, "no identity score was measured by the frozen engine"
+# The offline models bundled as package data are found frozen, not only in a checkout.
+missing = {"dlib", "sface", "edgeface"} - {s["encoder"] for s in scores}
+assert not missing, f"the frozen engine did not use {sorted(missing)}"
 print(f"frozen CLI protected {protected.name}: "
       + ", ".join(f"{s['encoder']} {s['verdict']} ({s['value']:.3f})" for s in scores))
 PY

