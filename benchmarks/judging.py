@@ -118,12 +118,29 @@ class DlibJudge:
         return v < self.threshold
 
 
+def _edgeface_judge() -> OnnxJudge | None:
+    """EdgeFace in onnxruntime on the installed package's file (None when not installed)."""
+    from dladiff_app.core.errors import ModelMissingError
+    from dladiff_app.engine.faces import edgeface
+
+    try:
+        path = edgeface.package_model_path()
+    except ModelMissingError:
+        return None
+    # White-box: the default ensemble attacks its port. The line is the app's, not tuned here.
+    return OnnxJudge("edgeface", path, edgeface.EDGEFACE_THRESHOLD, "nchw", 127.5, 127.5, False)
+
+
 def load_judges() -> list:
-    """dlib and SFace (white-box: the shield attacks their ports) and the held-out judges."""
+    """dlib, SFace and EdgeFace when installed (white-box: the shield attacks their ports) and
+    the held-out judges."""
     from dladiff_app.engine.faces.sface import package_model_path
 
     judges: list = [DlibJudge(),
                     OnnxJudge("sface", package_model_path(), 0.363, "nchw", 0.0, 1.0, False)]
+    edgeface = _edgeface_judge()
+    if edgeface is not None:
+        judges.append(edgeface)
     # Lines from ../shared/judges/README.md (measured there, not tuned here).
     for name, line in (("facelib_mobilenet_int8", 0.53), ("facelib_mobilenetv2_int8", 0.43)):
         path = JUDGES_DIR / f"{name}.onnx"

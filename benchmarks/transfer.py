@@ -1,10 +1,10 @@
 """Does the zero-shot shield fool face models it never saw? White-box and held-out figures.
 
 For every photo of a set: detect faces (dlib HOG, as the app), protect them with the zero-shot
-shield (the encoders given, default every offline one: dlib + SFace), write the 8-bit PNG, read it
-back, and judge the file as written and that file after sharing (JPEG q75 + 1080 px long side)
-with real runtimes (``judging.py``): dlib and SFace (white-box: the shield attacks their ports)
-and the held-out judges of ``../shared/judges`` (never attacked). Per face and judge:
+shield (the encoders given, default the shipped offline ensemble: dlib + SFace + EdgeFace), write
+the 8-bit PNG, read it back, and judge the file as written and that file after sharing (JPEG q75 +
+1080 px long side) with real runtimes (``judging.py``): dlib, SFace and EdgeFace (white-box: the
+shield attacks their ports) and the held-out judges of ``../shared/judges`` (never attacked). Per face and judge:
 
 - the clean face against the protected face re-detected at its place (cosine, or dlib distance),
   saved and shared, and the clean photo shared as a reference;
@@ -51,9 +51,13 @@ from dladiff_app.engine.shield import layer2  # noqa: E402
 
 
 def load_encoders(names: list[str]) -> list:
-    from dladiff_app.engine.faces.registry import available_encoders
+    from dladiff_app.engine.faces.registry import available_encoders, encoder_from_path
 
-    encoders = available_encoders(names=names)
+    # A name that is a file (an ONNX recognizer) is loaded from that file.
+    files = [n for n in names if Path(n).is_file()]
+    named = [n for n in names if n not in files]
+    encoders = (available_encoders(names=named) if named else []) + \
+        [encoder_from_path(f) for f in files]
     for enc in encoders:
         enc.eval()
         for p in enc.parameters():
@@ -70,7 +74,11 @@ def shield_options(pairs: list[str]) -> layer2.ShieldOptions:
         if key not in kinds:
             raise SystemExit(f"unknown shield option {key!r}; known: {', '.join(kinds)}")
         kind = kinds[key]
-        opts = replace(opts, **{key: kind(float(value)) if kind is not str else value})
+        if kind is bool:
+            parsed: object = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            parsed = kind(float(value)) if kind is not str else value
+        opts = replace(opts, **{key: parsed})
     return opts
 
 
@@ -187,7 +195,7 @@ def report(results: list[dict], judges, title: str) -> str:
                 cells.append(cell)
             lines.append(f"| {row['photo']} | {row['face']} | " + " | ".join(cells) + " |")
     lines += ["", "| judge | line | hidden after sharing | mean after sharing | clean shared "
-              "(ref) | other: protected / clean |", "|---|---|---|---|---|---|"]
+              "(ref) | other photos: protected / clean (hidden) |", "|---|---|---|---|---|---|"]
     for j in judges:
         rows = [row for r in results for row in r["rows"]]
         sh = [row[f"{j.name}:shared"] for row in rows]
@@ -198,8 +206,10 @@ def report(results: list[dict], judges, title: str) -> str:
         lost = len(sh) - len(got)
         oth = [(row[f"{j.name}:other_shared"], row[f"{j.name}:other_clean"]) for row in rows
                if row.get(f"{j.name}:other_shared") is not None]
-        other = (f"{np.mean([o[0] for o in oth]):.3f} / {np.mean([o[1] for o in oth]):.3f}"
-                 if oth else "n/a")
+        # The attack tool's question: does the protected face still match the person's other
+        # photos? Hidden = past the line against them.
+        other = (f"{np.mean([o[0] for o in oth]):.3f} / {np.mean([o[1] for o in oth]):.3f} "
+                 f"({sum(not j.same(o[0]) for o in oth)}/{len(oth)} hidden)" if oth else "n/a")
         lines.append(f"| {j.name}{' (held-out)' if j.held_out else ''} | {j.threshold} | "
                      f"{hidden}/{len(sh)}{f' ({lost} lost)' if lost else ''} | "
                      f"{np.mean(got) if got else float('nan'):.3f} | "
@@ -218,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", choices=("tune", "heldout"), default="heldout")
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--steps", type=int, default=None, help="zero-shot steps (default: preset)")
-    ap.add_argument("--encoders", nargs="*", default=["dlib", "sface"])
+    ap.add_argument("--encoders", nargs="*", default=["dlib", "sface", "edgeface"],
+                    help="encoder names, or paths of ONNX recognizers to add as encoders")
+    ap.add_argument("--seed", type=int, default=None, help="the shield's seed (default: preset)")
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
     ap.add_argument("--leave-one-out", action="store_true")
     ap.add_argument("--baseline", action="store_true",
@@ -240,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     first_release = settings
     if args.steps:
         settings = settings.with_overrides(layer2_steps=args.steps)
+    if args.seed is not None:
+        # Another draw of the random start, views and jitter: a single run's noise level.
+        settings = settings.with_overrides(seed=args.seed)
     opts = shield_options(args.shield)
     detector = DlibDetector()
     judges = load_judges()

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--set", choices=("tune", "heldout"), default="heldout")
     ap.add_argument("--presets", nargs="*", default=["low", "medium", "high"])
-    ap.add_argument("--encoders", nargs="*", default=["dlib", "sface"])
+    ap.add_argument("--encoders", nargs="*", default=["dlib", "sface", "edgeface"])
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/visibility"))
     ap.add_argument("--threads", type=int, default=1)
