@@ -134,10 +134,11 @@ def _edgeface_judge() -> OnnxJudge | None:
 def load_judges() -> list:
     """dlib, SFace and EdgeFace when installed (white-box: the shield attacks their ports) and
     the held-out judges."""
-    from dladiff_app.engine.faces.sface import package_model_path
+    from dladiff_app.engine.faces.sface import SFACE_THRESHOLD, package_model_path
 
     judges: list = [DlibJudge(),
-                    OnnxJudge("sface", package_model_path(), 0.363, "nchw", 0.0, 1.0, False)]
+                    OnnxJudge("sface", package_model_path(), SFACE_THRESHOLD, "nchw", 0.0, 1.0,
+                              False)]
     edgeface = _edgeface_judge()
     if edgeface is not None:
         judges.append(edgeface)

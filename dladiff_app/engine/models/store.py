@@ -68,6 +68,14 @@ def package_folder(spec: ModelSpec) -> Path:
         f"{spec.title} ({spec.size_text()}) is not installed: run `{pip_command(spec)}`.")
 
 
+def package_file(model_id: str) -> Path:
+    """The one model file of python_package model ``model_id`` inside its installed package
+    (SFace's, EdgeFace's, FaceNet's); raises ``ModelMissingError`` saying how to install."""
+    spec = get_spec(model_id)
+    (file_name,) = spec.files
+    return package_folder(spec) / file_name
+
+
 def pip_command(spec: ModelSpec) -> str:
     """How to install a python_package model: its distribution name (which may differ from the
     import name in ``source``), the version pinned, and any extra pip arguments."""

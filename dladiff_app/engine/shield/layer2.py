@@ -102,7 +102,7 @@ class ShieldOptions:
     the colour part of every step (0: steps change luma only). Tried and dropped in session 4
     (tuning photos, README): a smooth 3x3 field of colour gains, dropout on SFace's activations
     ("ghost" surrogates), a reverse (identity-restoring) probe before each step, full-strength
-    colour steps, a 2 px gradient blur.
+    colour steps, a 2 px gradient blur, fewer turns for dlib, no skip gradient on EdgeFace.
     """
 
     flip: float = 0.5
