@@ -43,6 +43,36 @@ def tune_photos(folder: Path) -> list[Photo]:
             Photo(images / "Tom_Hanks_54745.png", "hanks")]
 
 
+# Places of three of t1's faces (x, y of the centre), cut out with a 300 px square.
+_T1_LARGE = ((515, 362), (786, 417), (935, 150))
+
+
+def tune_large_photos(folder: Path) -> list[Photo]:
+    """Large faces for tuning: the tuning photos' faces enlarged (Lanczos), so that an attack
+    tool's 112 px crop downsamples them about 3x as it does a portrait's (the held-out Obama
+    photos): three of t1's faces (300 px squares, 2.5x), the astronaut (3x) and Tom Hanks
+    (3x). Enlarged photos are smoother than real ones (less texture for the budget); they stand
+    for the geometry of a large face, not for its skin."""
+    from PIL import Image
+
+    base = tune_photos(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[Photo] = []
+    t1 = Image.open(base[0].path).convert("RGB")
+    for i, (cx, cy) in enumerate(_T1_LARGE):
+        x0, y0 = max(0, cx - 150), max(0, cy - 150)
+        crop = t1.crop((x0, y0, x0 + 300, y0 + 300)).resize((750, 750), Image.LANCZOS)
+        path = folder / f"t1_face{i}_x2.5.png"
+        crop.save(path)
+        out.append(Photo(path, None))
+    for ph, name in ((base[1], "astronaut_x3.png"), (base[2], "hanks_x3.png")):
+        im = Image.open(ph.path).convert("RGB")
+        path = folder / name
+        im.resize((im.width * 3, im.height * 3), Image.LANCZOS).save(path)
+        out.append(Photo(path, None))
+    return out
+
+
 def heldout_photos() -> list[Photo]:
     """The held-out set (benchmarks/photos/heldout, README there): never tuned on."""
     return [Photo(p, p.stem.rstrip("0123456789")) for p in sorted(HELDOUT_DIR.glob("*.jpg"))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ import torch
 
 from dladiff_app.engine.faces.align import (
     ARCFACE_TEMPLATE_112,
+    antialiased_warps,
     estimate_similarity,
     norm_crop_matrix,
     transform_points,
     warp_affine,
+    warp_antialias_factor,
 )
 
 
@@ -92,3 +95,28 @@ def test_crop_outside_the_photo_is_black_and_connected() -> None:
     out = warp_affine(img, m, 16)
     assert out.shape == (1, 3, 16, 16) and out.abs().sum() == 0
     out.sum().backward()
+
+
+def test_antialiased_warps_sets_this_threads_default() -> None:
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand((1, 3, 300, 300), generator=g)
+    m = np.array([[0.3, 0.01, 2.0], [-0.01, 0.3, 1.0]])
+    plain = warp_affine(img, m, 64)
+    with antialiased_warps(1.0):
+        assert warp_antialias_factor() == 1.0
+        assert torch.equal(warp_affine(img, m, 64), warp_affine(img, m, 64, antialias=True))
+        with antialiased_warps(0.0):
+            assert torch.equal(warp_affine(img, m, 64), plain)
+        seen: list[float] = []
+        worker = threading.Thread(target=lambda: seen.append(warp_antialias_factor()))
+        worker.start()
+        worker.join()
+        assert seen == [0.0]  # another thread's warps are its own business
+        with antialiased_warps(2.0):
+            # A stronger pre-blur leaves less of the noise: a smaller spread around the mean.
+            assert float(warp_affine(img, m, 64)[..., 4:-4, 4:-4].std()) < \
+                float(warp_affine(img, m, 64, antialias=True)[..., 4:-4, 4:-4].std())
+    assert warp_antialias_factor() == 0.0
+    assert torch.equal(warp_affine(img, m, 64), plain)
+    with pytest.raises(ValueError), antialiased_warps(-1.0):
+        pass

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from dladiff_app.engine.faces.align import warp_antialias_factor
 from dladiff_app.engine.shield.layer2 import FIRST_RELEASE, ShieldOptions, protect_faces
 from dladiff_app.engine.shield.perceptual import texture_budget
 from tests.engine.test_layer2 import PLAIN, SETTINGS, BoxEncoder
@@ -115,3 +116,30 @@ def test_colour_jitter_changes_the_views_reproducibly(astronaut) -> None:  # typ
     assert torch.equal(a, b)
     assert not torch.equal(a, plain)
     assert float((a - img).abs().max()) <= SETTINGS.eps / 255 + 1e-6
+
+
+class FactorEncoder(CountingEncoder):
+    """Records the warp antialiasing in force at each embedding, with and without grad."""
+
+    def __init__(self) -> None:
+        super().__init__("a")
+        self.grad_factors: list[float] = []
+        self.score_factors: list[float] = []
+
+    def embed(self, image, face, flip=False):  # type: ignore[no-untyped-def]
+        seen = self.grad_factors if image.requires_grad else self.score_factors
+        seen.append(warp_antialias_factor())
+        return super().embed(image, face, flip)
+
+
+def test_gradient_steps_see_antialiased_crops_and_scores_the_exact_one(astronaut) -> None:  # type: ignore[no-untyped-def]
+    img, faces = astronaut
+    enc = FactorEncoder()
+    protect_faces(img, None, faces, [enc], PLAIN, steps=4, options=ShieldOptions(antialias=1.5))
+    assert enc.grad_factors == [1.5] * 4
+    # What the user is told is measured on the crop the real encoder takes.
+    assert enc.score_factors and set(enc.score_factors) == {0.0}
+    assert warp_antialias_factor() == 0.0
+    first = FactorEncoder()
+    protect_faces(img, None, faces, [first], PLAIN, steps=4, options=FIRST_RELEASE)
+    assert first.grad_factors == [0.0] * 4

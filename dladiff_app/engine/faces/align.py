@@ -13,6 +13,9 @@ the face's size, not the photo's megapixels.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -97,6 +100,28 @@ def antialias_sigma(matrix: np.ndarray) -> float:
     return max(0.0, (1.0 / scale - 1.0) / 2.0) if scale > 0 else 0.0
 
 
+_state = threading.local()
+
+
+@contextmanager
+def antialiased_warps(factor: float = 1.0) -> Iterator[None]:
+    """Within the block, every :func:`warp_affine` on this thread pre-blurs with ``factor``
+    times :func:`antialias_sigma` (0: not at all), unless asked for ``antialias=True``."""
+    if factor < 0:
+        raise ValueError(f"factor must be >= 0, got {factor}")
+    before = warp_antialias_factor()
+    _state.factor = float(factor)
+    try:
+        yield
+    finally:
+        _state.factor = before
+
+
+def warp_antialias_factor() -> float:
+    """The factor :func:`antialiased_warps` set on this thread (0 outside any block)."""
+    return float(getattr(_state, "factor", 0.0))
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float, mode: str = "replicate") -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W), radius 3 sigma, differentiable. ``mode``: the
     border padding (``replicate`` for antialiasing a crop, ``reflect`` for EOT blur)."""
@@ -136,7 +161,8 @@ def warp_affine(
     inv = np.linalg.inv(fwd)[:2]
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
     src = transform_points(corners, inv)
-    sigma = antialias_sigma(matrix) if antialias else 0.0
+    factor = 1.0 if antialias else warp_antialias_factor()
+    sigma = factor * antialias_sigma(matrix) if factor > 0 else 0.0
     margin = 1 + (math.ceil(3 * sigma) if sigma > 0 else 0)
     x0 = max(0, math.floor(src[:, 0].min()) - margin)
     y0 = max(0, math.floor(src[:, 1].min()) - margin)

@@ -91,8 +91,8 @@ class ArcFaceEncoder(nn.Module):
         self.threshold = float(threshold)
         self.input_size = int(dims[2])
         self.input_mean, self.input_std = normalisation or input_normalisation(model)
-        # The warp must equal the crop the real encoder sees (cv2, no antialiasing); the option
-        # exists for robustness experiments only.
+        # The warp must equal the crop the real encoder sees (cv2, no antialiasing); the shield
+        # antialiases its gradient steps with ``align.antialiased_warps`` instead.
         self.antialias = antialias
         self.net = OnnxModule(model, source=str(path)).eval()
 

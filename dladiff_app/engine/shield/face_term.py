@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dladiff_app.engine.faces.align import gaussian_blur
+from dladiff_app.engine.faces.align import antialiased_warps, gaussian_blur
 from dladiff_app.engine.faces.gradient_decay import residual_gradient_decay
 from dladiff_app.engine.faces.types import IdentityEncoder
 from dladiff_app.engine.shield.eot import EotConfig
@@ -120,7 +120,8 @@ class FaceIdentityTerm:
         for region, rcrops, px, x in zip(self.regions, self.crops, self.pixels, xs,
                                          strict=True):
             leaf = x.detach().requires_grad_(True)
-            with residual_gradient_decay(self.opts.skip_gradient):
+            with residual_gradient_decay(self.opts.skip_gradient), \
+                    antialiased_warps(self.opts.antialias):
                 loss = leaf.new_zeros(())
                 for i, fc in zip(region.faces, rcrops, strict=True):
                     x0, y0, x1, y1 = fc.box
