@@ -78,6 +78,21 @@ def heldout_photos() -> list[Photo]:
     return [Photo(p, p.stem.rstrip("0123456789")) for p in sorted(HELDOUT_DIR.glob("*.jpg"))]
 
 
+PHOTO_SETS = ("tune", "tune-large", "heldout")
+
+
+def photo_set(name: str, folder: Path) -> list[Photo]:
+    """The photos of set ``name`` (one of ``PHOTO_SETS``); generated ones are written to
+    ``folder``."""
+    if name == "tune":
+        return tune_photos(folder)
+    if name == "tune-large":
+        return tune_large_photos(folder)
+    if name == "heldout":
+        return heldout_photos()
+    raise ValueError(f"unknown photo set {name!r}; known: {', '.join(PHOTO_SETS)}")
+
+
 def _norm_crop(image8: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
     from insightface.utils.face_align import norm_crop
 

@@ -41,13 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from judging import (  # noqa: E402
-    heldout_photos,
-    load_judges,
-    match_face,
-    tune_large_photos,
-    tune_photos,
-)
+from judging import PHOTO_SETS, load_judges, match_face, photo_set  # noqa: E402
 
 from dladiff_app.core.imageio import load_image, save_image, to_uint8  # noqa: E402
 from dladiff_app.core.presets import preset  # noqa: E402
@@ -231,7 +225,7 @@ def report(results: list[dict], judges, title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("tune", "tune-large", "heldout"), default="heldout")
+    ap.add_argument("--set", choices=PHOTO_SETS, default="heldout")
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--steps", type=int, default=None, help="zero-shot steps (default: preset)")
     ap.add_argument("--encoders", nargs="*", default=["dlib", "sface", "edgeface"],
@@ -250,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
 
     args.out.mkdir(parents=True, exist_ok=True)
-    photos = (tune_photos(args.out / "inputs") if args.set == "tune"
-              else tune_large_photos(args.out / "inputs") if args.set == "tune-large"
-              else heldout_photos())
+    photos = photo_set(args.set, args.out / "inputs")
     if args.only:
         photos = [p for p in photos if p.path.name in args.only]
     settings = preset(args.preset)

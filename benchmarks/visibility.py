@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from judging import heldout_photos, load_judges, tune_photos  # noqa: E402
+from judging import PHOTO_SETS, load_judges, photo_set  # noqa: E402
 from transfer import Photos, load_encoders, run_photo, shield_options  # noqa: E402
 
 from dladiff_app.core.presets import preset  # noqa: E402
@@ -54,7 +54,7 @@ def summary_row(name: str, results: list[dict], judges) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--set", choices=("tune", "heldout"), default="heldout")
+    ap.add_argument("--set", choices=PHOTO_SETS, default="heldout")
     ap.add_argument("--presets", nargs="*", default=["low", "medium", "high"])
     ap.add_argument("--encoders", nargs="*", default=["dlib", "sface", "edgeface"])
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from dladiff_app.engine.faces.dlib_detect import DlibDetector
 
     args.out.mkdir(parents=True, exist_ok=True)
-    photos = tune_photos(args.out / "inputs") if args.set == "tune" else heldout_photos()
+    photos = photo_set(args.set, args.out / "inputs")
     detector = DlibDetector()
     judges = load_judges()
     encoders = load_encoders(args.encoders)
