@@ -89,14 +89,19 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return pts @ m[:, :2].T + m[:, 2]
 
 
+def _shrink(matrix: np.ndarray) -> float:
+    """The output/source scale of a (2, 3) similarity ``matrix``."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return math.sqrt(abs(float(np.linalg.det(m[:, :2]))))
+
+
 def antialias_sigma(matrix: np.ndarray) -> float:
     """Gaussian pre-blur (source pixels) for a warp that shrinks the image.
 
     With ``s`` the output/source scale of ``matrix``, sigma = max(0, (1/s - 1) / 2): the
     default of skimage's ``resize(anti_aliasing=True)``. 0 when the warp does not downscale.
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    scale = math.sqrt(abs(float(np.linalg.det(m[:, :2]))))
+    scale = _shrink(matrix)
     return max(0.0, (1.0 / scale - 1.0) / 2.0) if scale > 0 else 0.0
 
 
@@ -150,7 +155,8 @@ def warp_affine(
     ``image``'s dtype; gradients reach exactly the source pixels the bilinear samples touch.
 
     ``antialias=True`` blurs the source region with :func:`antialias_sigma` before sampling,
-    so a face much larger than the crop does not alias. It no longer equals cv2/insightface
+    so a face much larger than the crop does not alias (when the warp shrinks k >= 2 times, a
+    k x k box average and a Gaussian on the pooled crop with the same total variance). It no longer equals cv2/insightface
     (which alias): keep it off when the crop must match what a real encoder sees.
     """
     w, h = (out_size, out_size) if isinstance(out_size, int) else out_size
@@ -163,7 +169,10 @@ def warp_affine(
     src = transform_points(corners, inv)
     factor = 1.0 if antialias else warp_antialias_factor()
     sigma = factor * antialias_sigma(matrix) if factor > 0 else 0.0
-    margin = 1 + (math.ceil(3 * sigma) if sigma > 0 else 0)
+    # A box average over the whole factor of the shrink comes first (cheap forward and backward
+    # on a big face); a Gaussian on the smaller crop makes up the rest of the variance.
+    k = max(1, int(1.0 / _shrink(matrix))) if sigma > 0 else 1
+    margin = 1 + (math.ceil(3 * sigma) + k if sigma > 0 else 0)
     x0 = max(0, math.floor(src[:, 0].min()) - margin)
     y0 = max(0, math.floor(src[:, 1].min()) - margin)
     x1 = min(width, math.floor(src[:, 0].max()) + 2 + margin)
@@ -172,11 +181,18 @@ def warp_affine(
         # The crop lies entirely outside the photo: all border, still connected to the graph.
         return image[:, :, :1, :1].sum() * 0.0 + image.new_zeros(n, c, h, w)
     crop = image[:, :, y0:y1, x0:x1]
+    k = min(k, y1 - y0, x1 - x0)  # a sliver at the photo's edge: no bigger box than it has
+    if k > 1:
+        crop = F.avg_pool2d(crop[..., : (y1 - y0) // k * k, : (x1 - x0) // k * k], k)
+        # A k-pixel box has variance (k^2 - 1) / 12; the rest, in pooled pixels.
+        sigma = math.sqrt(max(0.0, sigma**2 - (k * k - 1) / 12.0)) / k
     if sigma > 0:
         crop = gaussian_blur(crop, sigma)
-    ch, cw = y1 - y0, x1 - x0
+    ch, cw = crop.shape[-2:]
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pts = transform_points(np.stack([u.ravel(), v.ravel()], axis=1), inv) - [x0, y0]
+    # Pooled pixel j covers crop pixels kj .. kj + k - 1: its centre is at kj + (k - 1) / 2.
+    pts = (pts - (k - 1) / 2.0) / k
     # align_corners=False: normalised -1/+1 are the outer edges, so pixel i's centre is at
     # (2i + 1)/size - 1, exactly OpenCV's integer-centre convention.
     gx = (2.0 * pts[:, 0] + 1.0) / cw - 1.0
