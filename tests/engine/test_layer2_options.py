@@ -143,3 +143,21 @@ def test_gradient_steps_see_antialiased_crops_and_scores_the_exact_one(astronaut
     first = FactorEncoder()
     protect_faces(img, None, faces, [first], PLAIN, steps=4, options=FIRST_RELEASE)
     assert first.grad_factors == [0.0] * 4
+
+
+def test_the_joint_polish_takes_its_identity_gradient_through_antialiased_crops(astronaut) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.engine.shield.layer2 import clean_embeddings, exact_regions
+    from dladiff_app.engine.shield.polish import PhotoIdentityTerm
+
+    img, faces = astronaut
+    enc = FactorEncoder()
+    targets = clean_embeddings(img, faces, [enc])
+    regions = exact_regions(img, faces, [enc], targets)
+    term = PhotoIdentityTerm(regions, [enc], targets, None, torch.Generator().manual_seed(0))
+    enc.grad_factors.clear()
+    enc.score_factors.clear()
+    grads, _ = term.gradients([img], 0)
+    assert grads[0] is not None and enc.grad_factors == [ShieldOptions().antialias]
+    with torch.no_grad():
+        term.loss(img, None)
+    assert enc.score_factors[-1] == 0.0

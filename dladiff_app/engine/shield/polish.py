@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.faces.align import antialiased_warps
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
 from dladiff_app.engine.shield.driver import Constant, Driver, Phase, grid_box
 from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
@@ -41,6 +42,7 @@ from dladiff_app.engine.shield.eot import (
 from dladiff_app.engine.shield.face_region import FaceRegion
 from dladiff_app.engine.shield.layer1 import Layer1Surrogates
 from dladiff_app.engine.shield.layer2 import (
+    ShieldOptions,
     clean_embeddings,
     eot_config_for,
     exact_regions,
@@ -77,15 +79,17 @@ class PhotoIdentityTerm:
     """The polish's identity term: :func:`layer2_loss` on the face regions of the whole photo
     seen through its 8-bit file (straight-through rounding), with one random sharing
     transformation per step when ``eot_cfg`` is given (drawn from ``gen``). One variable, the
-    (1, 3, H, W) photo; no gradient (None) when there is no face."""
+    (1, 3, H, W) photo; no gradient (None) when there is no face. Gradients see the encoders'
+    crops pre-blurred by ``antialias`` (as layer 2's steps do, ``ShieldOptions.antialias``);
+    :meth:`loss` alone measures on the exact crops."""
 
     name = "identity"
 
     def __init__(self, regions: Sequence[FaceRegion], encoders: Sequence[IdentityEncoder],
                  targets: Sequence[Mapping[str, torch.Tensor]], eot_cfg: EotConfig | None,
-                 gen: torch.Generator) -> None:
+                 gen: torch.Generator, antialias: float = ShieldOptions().antialias) -> None:
         self.regions, self.encoders, self.targets = regions, encoders, targets
-        self.eot_cfg, self.gen = eot_cfg, gen
+        self.eot_cfg, self.gen, self.antialias = eot_cfg, gen, antialias
 
     def loss(self, view: torch.Tensor, transform: TransformParams | None) -> torch.Tensor:
         total = view.new_zeros(())
@@ -101,8 +105,9 @@ class PhotoIdentityTerm:
                   ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         transform = sample_transform(self.eot_cfg, self.gen) if self.eot_cfg is not None else None
         leaf = xs[0].detach().clone().requires_grad_(True)
-        loss = self.loss(quantise_ste(leaf), transform)
-        grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
+        with antialiased_warps(self.antialias):
+            loss = self.loss(quantise_ste(leaf), transform)
+            grad = torch.autograd.grad(loss, leaf)[0] if loss.requires_grad else None
         return [grad], loss.detach()
 
 
