@@ -96,9 +96,9 @@ class ShieldOptions:
     sample. Through the pre-blurred crop every step's gradient is smooth at the crop's scale,
     so the perturbation survives any sampling. Scores are still taken on the exact crop. On the
     large-face tuning photos (``transfer.py --set tune-large``, two seeds) factor 2 lowered the
-    held-out-style MobileNet cosine 0.462 -> 0.382 and MobileNetV2 0.643 -> 0.569 with the face
-    SSIM 0.965 -> 0.966; small faces (``--set tune``), which no crop shrinks, did not move
-    (factors 1, 1.5 and 3 measured weaker). Tried and dropped (tuning photos, README): linear
+    held-out-style MobileNet cosine 0.462 -> 0.384 and MobileNetV2 0.643 -> 0.578 with the face
+    SSIM 0.965 -> 0.967; small faces (``--set tune``), which no crop shrinks, did not move
+    (factors 1, 1.5 and 3 measured weaker; a 0.5 px blur floor on every crop, no gain). Tried and dropped (tuning photos, README): linear
     backpropagation through SFace's last activations, a larger share of steps for dlib or for the
     ArcFace-family encoders, Nesterov look-ahead.
 
