@@ -156,8 +156,9 @@ def warp_affine(
 
     ``antialias=True`` blurs the source region with :func:`antialias_sigma` before sampling,
     so a face much larger than the crop does not alias (when the warp shrinks k >= 2 times, a
-    k x k box average and a Gaussian on the pooled crop with the same total variance). It no longer equals cv2/insightface
-    (which alias): keep it off when the crop must match what a real encoder sees.
+    k x k box average and a Gaussian on the pooled crop with the same total variance). It no
+    longer equals cv2/insightface (which alias): keep it off when the crop must match what a
+    real encoder sees.
     """
     w, h = (out_size, out_size) if isinstance(out_size, int) else out_size
     if image.dim() != 4:

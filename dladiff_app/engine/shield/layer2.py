@@ -98,9 +98,10 @@ class ShieldOptions:
     large-face tuning photos (``transfer.py --set tune-large``, two seeds) factor 2 lowered the
     held-out-style MobileNet cosine 0.462 -> 0.384 and MobileNetV2 0.643 -> 0.578 with the face
     SSIM 0.965 -> 0.967; small faces (``--set tune``), which no crop shrinks, did not move
-    (factors 1, 1.5 and 3 measured weaker; a 0.5 px blur floor on every crop, no gain). Tried and dropped (tuning photos, README): linear
-    backpropagation through SFace's last activations, a larger share of steps for dlib or for the
-    ArcFace-family encoders, Nesterov look-ahead.
+    (factors 1, 1.5 and 3 measured weaker; a 0.5 px blur floor on every crop, no gain). Tried
+    and dropped (tuning photos, README): linear backpropagation through SFace's last
+    activations, a larger share of steps for dlib or for the ArcFace-family encoders, Nesterov
+    look-ahead.
 
     Visibility (see :mod:`perceptual`): ``texture_floor`` < 1 turns on the texture-masking
     budget, the smallest share of ``eps`` a flat pixel keeps, and ``texture_reference`` the local
