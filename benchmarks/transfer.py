@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder names, or paths of ONNX recognizers to add as encoders")
     ap.add_argument("--seed", type=int, default=None, help="the shield's seed (default: preset)")
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
+    ap.add_argument("--face-ssim", type=float, default=None,
+                    help="face SSIM target of the shield (default: the preset's)")
     ap.add_argument("--leave-one-out", action="store_true")
     ap.add_argument("--baseline", action="store_true",
                     help="also time the first release's shield (dlib only, no transfer or "
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         # Another draw of the random start, views and jitter: a single run's noise level.
         settings = settings.with_overrides(seed=args.seed)
+    if args.face_ssim is not None:
+        settings = settings.with_overrides(face_ssim=args.face_ssim)
     opts = shield_options(args.shield)
     detector = DlibDetector()
     judges = load_judges()

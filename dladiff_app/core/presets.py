@@ -33,6 +33,9 @@ class ProtectionSettings:
     ``layer1_pgd_steps`` PGD steps alternate with ``layer1_lora_steps`` LoRA steps of the dynamic
     surrogate per round; ``prior_steps`` pre-fine-tune the prior surrogate on the clean photos.
     ``alpha1``/``alpha2`` are PGD step sizes in 1/255 units (None: eps/10 and eps/20).
+    ``face_ssim`` is how much of each face's look the zero-shot shield may change, as the luma
+    SSIM of the face box widened 1.5x (:mod:`core.visibility`; None: :func:`face_ssim_for_eps`
+    of ``eps``, so that a stronger budget may also be more visible).
     """
 
     preset: str = "medium"
@@ -49,6 +52,7 @@ class ProtectionSettings:
     alpha2: float | None = None
     eot: bool = True
     seed: int = 0
+    face_ssim: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 32:
@@ -59,6 +63,13 @@ class ProtectionSettings:
                 raise ValueError(f"{name} must be >= 0")
         if self.prior_refresh_every < 1:
             raise ValueError("prior_refresh_every must be >= 1")
+        if self.face_ssim is not None and not 0.5 <= self.face_ssim < 1.0:
+            raise ValueError(f"face_ssim must be in [0.5, 1), got {self.face_ssim}")
+
+    @property
+    def face_ssim_target(self) -> float:
+        """The face SSIM the zero-shot shield steers every face to (see ``face_ssim``)."""
+        return self.face_ssim if self.face_ssim is not None else face_ssim_for_eps(self.eps)
 
     @property
     def step1(self) -> float:
@@ -85,6 +96,23 @@ class ProtectionSettings:
         d = asdict(self)
         d["layers"] = self.layers.value
         return d
+
+
+# Face SSIM each budget may cost (luma SSIM of the face box widened 1.5x), piecewise linear in
+# eps through the presets' points. Medium's 0.972 keeps a margin over the 0.97 that issue 13
+# set as "invisible at the default strength"; Low stays less visible and High more, so the
+# presets keep their order in both protection and visibility.
+FACE_SSIM_POINTS = ((4.0, 0.985), (8.0, 0.972), (12.0, 0.958))
+
+
+def face_ssim_for_eps(eps: float) -> float:
+    """The face SSIM target of a budget of ``eps``/255 (:data:`FACE_SSIM_POINTS`, extended
+    with the end slopes and kept in [0.9, 0.995])."""
+    pts = FACE_SSIM_POINTS
+    i = 0 if eps <= pts[1][0] else 1
+    (e0, s0), (e1, s1) = pts[i], pts[i + 1]
+    value = s0 + (s1 - s0) * (eps - e0) / (e1 - e0)
+    return min(0.995, max(0.9, value))
 
 
 # METHOD.md table: eps, layer-1 PGD steps (K x p), prior LoRA steps, layer-2 steps.

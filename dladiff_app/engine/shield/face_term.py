@@ -34,6 +34,7 @@ from dladiff_app.engine.shield.face_views import (
     view_scale,
 )
 from dladiff_app.engine.shield.pgd import quantise_ste
+from dladiff_app.engine.shield.ssim_target import SsimController
 
 if TYPE_CHECKING:
     from dladiff_app.engine.shield.layer2 import ShieldOptions
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 # Share of steps that see the photo exactly as shared (1080 px, JPEG q75) and as saved; the
 # rest see a random EOT transformation (when EOT is on).
 P_SHARED, P_SAVED = 0.4, 0.2
+# Steps between two measures of the faces' SSIM (the controller's gain and the SSIM penalty's
+# gradient are kept in between): a measure costs about a third of an encoder's step on a
+# large face, and x moves by one small step at a time.
+SSIM_EVERY = 2
 
 
 def identity_term(encoder: IdentityEncoder, emb: torch.Tensor, target: torch.Tensor
@@ -76,21 +81,37 @@ class StepView:
 
 
 def perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, px: RegionPixels, eps: float,
-                        opts: ShieldOptions) -> torch.Tensor:
+                        opts: ShieldOptions, gain: torch.Tensor | None = None,
+                        ssim_grad: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
     """The identity gradient reshaped for visibility: its colour part scaled by
     ``opts.chroma``, and with a soft budget the gradient of ``sum(((x - clean) / (eps *
     share))^2)`` added at ``opts.soft_budget`` times the identity gradient's L1 size (both
     L1-normalised, so the weight is a ratio whatever the loss scale). The ratio of the two
     norms is taken in float64 and rounded to float32, as a Python float scalar would be, and
-    stays on the device."""
+    stays on the device. ``gain`` (0-d, optional) multiplies the soft budget's weight: the
+    face-SSIM controller's (:mod:`ssim_target`). ``ssim_grad``: the gradient of the faces'
+    lost SSIM and the (1, 1, h, w) mask of the boxes it was measured on; inside them,
+    ``opts.ssim_penalty`` of the penalty's luma part is that gradient instead (scaled to the
+    same L1 size), so that the change goes where SSIM, the figure the preset promises, does not
+    see it."""
     if opts.chroma != 1.0:
         grey = grad.mean(dim=1, keepdim=True)
         grad = grey + opts.chroma * (grad - grey)
     if opts.soft_budget > 0:
         pen = 2.0 * (x - px.clean) / (eps * px.share) ** 2 * (px.mask > 0)
+        if opts.ssim_penalty > 0 and ssim_grad is not None:
+            sp, inside = ssim_grad
+            grey = pen.mean(dim=1, keepdim=True).expand_as(pen) * inside
+            sp1 = torch.linalg.vector_norm(sp, ord=1)
+            tp1 = torch.linalg.vector_norm(grey, ord=1)
+            sp = sp * torch.where(sp1 > 0, tp1 / sp1, torch.zeros_like(sp1))
+            pen = pen + opts.ssim_penalty * (sp - grey)
         g1 = torch.linalg.vector_norm(grad, ord=1).double()
         p1 = torch.linalg.vector_norm(pen, ord=1).double()
         ratio = torch.where(p1 > 0, g1 / p1, torch.zeros_like(g1)) * opts.soft_budget
+        if gain is not None:
+            ratio = ratio * gain.double()
         grad = grad + ratio.to(grad.dtype) * pen
     return grad
 
@@ -99,7 +120,8 @@ class FaceIdentityTerm:
     """Layer 2's identity loss on the face regions (variables: the regions' crops, in
     ``regions`` order). ``crops[r]``: the own crops of region ``r``'s faces; ``targets[i]``:
     face ``i``'s clean embeddings by encoder name; ``weights`` by encoder name (missing: 1,
-    0: never evaluated). ``gen``: the CPU generator of the views, coins and jitter."""
+    0: never evaluated). ``gen``: the CPU generator of the views, coins and jitter.
+    ``controllers``: one face-SSIM controller per region, or None for the fixed weight."""
 
     name = "identity"
 
@@ -107,8 +129,14 @@ class FaceIdentityTerm:
                  pixels: Sequence[RegionPixels], encoders: Sequence[IdentityEncoder],
                  targets: Sequence[Mapping[str, torch.Tensor]],
                  weights: Mapping[str, float] | None, opts: ShieldOptions,
-                 gen: torch.Generator, eot_cfg: EotConfig | None, eps: float) -> None:
+                 gen: torch.Generator, eot_cfg: EotConfig | None, eps: float,
+                 controllers: Sequence[SsimController] | None = None) -> None:
         self.regions, self.crops, self.pixels = regions, crops, pixels
+        self.controllers = controllers
+        self.inside = ([c.inside(p.clean) for c, p in zip(controllers, pixels, strict=True)]
+                       if controllers is not None else [])
+        self.gains: list[torch.Tensor | None] = [None] * len(regions)
+        self.ssim_grads: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(regions)
         self.encoders, self.targets, self.weights = encoders, targets, weights
         self.opts, self.gen, self.eot_cfg, self.eps = opts, gen, eot_cfg, eps
 
@@ -117,8 +145,8 @@ class FaceIdentityTerm:
         seen = self.step_view(step)
         grads: list[torch.Tensor | None] = []
         total = torch.zeros((), device=xs[0].device)
-        for region, rcrops, px, x in zip(self.regions, self.crops, self.pixels, xs,
-                                         strict=True):
+        for r, (region, rcrops, px, x) in enumerate(zip(self.regions, self.crops, self.pixels,
+                                                        xs, strict=True)):
             leaf = x.detach().requires_grad_(True)
             with residual_gradient_decay(self.opts.skip_gradient), \
                     antialiased_warps(self.opts.antialias):
@@ -136,8 +164,23 @@ class FaceIdentityTerm:
             with torch.no_grad():
                 if self.opts.grad_blur > 0:
                     grad = gaussian_blur(grad, self.opts.grad_blur, mode="reflect")
-                grads.append(perceptual_gradient(grad, x, px, self.eps, self.opts))
+                if self.controllers is not None and step % SSIM_EVERY == 0:
+                    self.measure_visibility(r, x)
+                grads.append(perceptual_gradient(grad, x, px, self.eps, self.opts,
+                                                 self.gains[r], self.ssim_grads[r]))
         return grads, total
+
+    def measure_visibility(self, r: int, x: torch.Tensor) -> None:
+        """Region ``r``'s face SSIM: the controller's new gain and, with the SSIM penalty on,
+        its gradient (kept for the next SSIM_EVERY steps)."""
+        assert self.controllers is not None
+        ctl = self.controllers[r]
+        if self.opts.ssim_penalty > 0:
+            value, sp = ctl.measure(x)
+            self.ssim_grads[r] = (sp, self.inside[r])
+        else:
+            value = ctl.ssim(x)
+        self.gains[r] = ctl.update(x, value) if self.opts.face_ssim_control else None
 
     # The two functions below are how a step sees the faces (view, mirror, jitter, encoders).
 

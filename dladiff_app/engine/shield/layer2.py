@@ -53,6 +53,7 @@ from dladiff_app.engine.shield.face_views import (
 )
 from dladiff_app.engine.shield.perceptual import texture_budget
 from dladiff_app.engine.shield.pgd import grid_bounds
+from dladiff_app.engine.shield.ssim_target import SsimController
 
 log = logging.getLogger(__name__)
 __all__ = ["FIRST_RELEASE", "NO_FACE_WARNING", "P_SAVED", "P_SHARED", "Layer2Result",
@@ -127,12 +128,15 @@ class ShieldOptions:
     colour_jitter: float = 0.2
     skip_gradient: float = 0.5
     antialias: float = 2.0
+    face_ssim_control: bool = True
+    ssim_penalty: float = 0.5
 
 
 # The zero-shot shield as the first release shipped it: every lever neutral.
 FIRST_RELEASE = ShieldOptions(flip=0.0, jitter=0.0, one_encoder_per_step=False, grad_blur=0.0,
                               texture_floor=1.0, soft_budget=0.0, chroma=1.0, colour_jitter=0.0,
-                              skip_gradient=1.0, antialias=0.0)
+                              skip_gradient=1.0, antialias=0.0, face_ssim_control=False,
+                              ssim_penalty=0.0)
 
 
 class _Cancel(Protocol):
@@ -337,7 +341,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     regions, crops = _face_crops(image, faces, encoders, targets)
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
-    boxes, pixels, starts, finals = [], [], [], []
+    boxes, pixels, starts, finals, controllers = [], [], [], [], []
     for region in regions:
         clean_c = region.crop(image)
         start_c = region.crop(start).clone()
@@ -353,6 +357,10 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         boxes.append(Box(start_c + mask * (lo - start_c), start_c + mask * (hi - start_c),
                          step_mask=mask))
         pixels.append(RegionPixels(clean_c, share, mask))
+        if (opts.face_ssim_control or opts.ssim_penalty > 0) and opts.soft_budget > 0:
+            controllers.append(SsimController(clean_c, [tuple(map(float, f.box))
+                                                       for f in region.local_faces],
+                                              settings.face_ssim_target))
         # Random start: at delta = 0 the gradient through an encoder's warp can be exactly 0.
         noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
@@ -360,7 +368,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         finals.append((start_c, mask, lo, hi))
 
     term = FaceIdentityTerm(regions, crops, pixels, encoders, targets, weights, opts, gen,
-                            eot_cfg, eps)
+                            eot_cfg, eps, controllers or None)
     driver = Driver(starts, boxes, [term], CosineDecay(ALPHA_PEAK * alpha, ALPHA_FLOOR * alpha),
                     momentum=MOMENTUM, cancel=cancel, progress=progress)
     driver.run([Phase(total, {term.name: 1.0})])
