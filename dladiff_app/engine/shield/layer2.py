@@ -115,6 +115,15 @@ class ShieldOptions:
     (tuning photos, README): a smooth 3x3 field of colour gains, dropout on SFace's activations
     ("ghost" surrogates), a reverse (identity-restoring) probe before each step, full-strength
     colour steps, a 2 px gradient blur, fewer turns for dlib, no skip gradient on EdgeFace.
+    ``face_ssim_control`` turns the soft budget's fixed weight into one that steers every
+    face to its preset's face SSIM (``ProtectionSettings.face_ssim_target``, see
+    :mod:`ssim_target`): the same promise of visibility on every photo, where one weight left
+    a group photo of small faces past it and smooth large faces well under it.
+    ``ssim_penalty``: inside the measured face boxes, this share of the penalty's luma part is
+    the gradient of the faces' lost SSIM itself (session 6, tuning photos at face SSIM 0.972:
+    MobileNet 0.474 -> 0.416 and 0.441 -> 0.385 on the small and large faces, dE 0.8 -> 1.0
+    and 0.9 -> 1.2; 1.0 took a photo's dE past 2.0). Dropped in session 6: the texture map
+    measured with the face at 112 px.
     """
 
     flip: float = 0.5
