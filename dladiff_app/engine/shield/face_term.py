@@ -133,8 +133,6 @@ class FaceIdentityTerm:
                  controllers: Sequence[SsimController] | None = None) -> None:
         self.regions, self.crops, self.pixels = regions, crops, pixels
         self.controllers = controllers
-        self.inside = ([c.inside(p.clean) for c, p in zip(controllers, pixels, strict=True)]
-                       if controllers is not None else [])
         self.gains: list[torch.Tensor | None] = [None] * len(regions)
         self.ssim_grads: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(regions)
         self.encoders, self.targets, self.weights = encoders, targets, weights
@@ -177,7 +175,7 @@ class FaceIdentityTerm:
         ctl = self.controllers[r]
         if self.opts.ssim_penalty > 0:
             value, sp = ctl.measure(x)
-            self.ssim_grads[r] = (sp, self.inside[r])
+            self.ssim_grads[r] = (sp, ctl.inside)
         else:
             value = ctl.ssim(x)
         self.gains[r] = ctl.update(x, value) if self.opts.face_ssim_control else None

@@ -9,7 +9,9 @@ weight into a per-region multiplier that follows the face's luma SSIM, measured 
 Gaussian window of sigma 1.5, data range 1): above the target the penalty relaxes and the face
 gets more of the budget; below it the penalty tightens. A smooth face that would have been left
 well under its visibility budget is then protected with what the budget allows, and a group
-photo of small textured faces no longer goes past it.
+photo of small textured faces no longer goes past it. :meth:`SsimController.measure` also
+gives the gradient of that SSIM, which layer 2's soft penalty uses inside the face boxes
+(``ShieldOptions.ssim_penalty``).
 
 Tensor contract: region crops (1, 3, h, w) float32 RGB in [0, 1]; boxes are (x0, y0, x1, y1)
 slice bounds in the crop; everything stays on the crop's device, nothing is read back.
@@ -76,17 +78,12 @@ class SsimReference:
         return (num / den).mean()
 
 
-def luma_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of the BT.601 luma of two (1, 3, h, w) crops (h, w >= 11), ``b`` the
-    reference (see :class:`SsimReference`)."""
-    return SsimReference(b).ssim(a)
-
-
 class SsimController:
     """A multiplier on one region's soft-budget weight that steers the region's face SSIM to
     ``target``. ``boxes``: the faces' detector boxes in the region's coordinates; the SSIM is
     the area-weighted mean over their widened boxes (those under 11 px are not measured; with
-    none left the multiplier stays 1). ``clean``: the region's clean crop."""
+    none left the multiplier stays 1). ``clean``: the region's clean crop. ``inside``:
+    (1, 1, h, w) mask of the measured boxes (1 inside)."""
 
     def __init__(self, clean: torch.Tensor, boxes: Sequence[Sequence[float]],
                  target: float) -> None:
@@ -98,6 +95,9 @@ class SsimController:
         area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects)
         self.shares = [(x1 - x0) * (y1 - y0) / area for x0, y0, x1, y1 in rects]
         self.log_m = torch.zeros((), device=clean.device)
+        self.inside = clean.new_zeros((1, 1, h, w))
+        for x0, y0, x1, y1 in rects:
+            self.inside[..., y0:y1, x0:x1] = 1.0
 
     def ssim(self, x: torch.Tensor) -> torch.Tensor:
         """The region's face SSIM of ``x`` against the clean crop (0-d; 1 without a face)."""
@@ -106,13 +106,6 @@ class SsimController:
                                                 strict=True):
             total = total + share * ref.ssim(x[..., y0:y1, x0:x1])
         return total
-
-    def inside(self, like: torch.Tensor) -> torch.Tensor:
-        """(1, 1, h, w) mask of the measured face boxes (1 inside), shaped like ``like``."""
-        m = like.new_zeros((1, 1, *like.shape[-2:]))
-        for x0, y0, x1, y1 in self.rects:
-            m[..., y0:y1, x0:x1] = 1.0
-        return m
 
     def measure(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The face SSIM of ``x`` (0-d, detached) and its gradient's negative with respect to
