@@ -67,8 +67,11 @@ def test_edgeface_matches_onnxruntime_on_real_faces(edgeface) -> None:  # type: 
         edgeface, photo, faces,
         lambda crop: ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None],
         lambda x: session.run(None, {"data": x})[0])
-    # The converted network on the same input: float rounding only.
+    # The converted network on the same input: float rounding only. It runs the exported
+    # LayerNorm and GELU chains as single ops (``onnx_fusion``): every one of them is fused.
     assert worst_net < 1e-4
+    kinds = {op for op, *_ in edgeface.net._nodes}
+    assert {"dladiff.LayerNorm", "dladiff.Gelu"} <= kinds and not {"Erf", "Sqrt"} & kinds
     # Our differentiable warp of the full photo vs insightface's cv2 norm_crop: same identity.
     assert worst_cos > 0.995
 

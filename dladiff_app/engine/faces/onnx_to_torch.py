@@ -31,6 +31,7 @@ from torch import nn
 
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError, UnsupportedOnnxOp
 from dladiff_app.engine.faces.gradient_decay import current_gamma, decay, residual_branches
+from dladiff_app.engine.faces.onnx_fusion import FUSED_OPS, fuse
 
 Tensor = torch.Tensor
 _OpFn = Callable[[list[Tensor | None], dict[str, Any]], Tensor | tuple[Tensor, ...]]
@@ -71,6 +72,11 @@ def _conv(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
     pads = a.get("pads", [0] * 2 * n)
     sym, f_pad = _same_pads(pads, n)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    if n == 2 and inp.device.type == "cpu":
+        # Channels-last lets oneDNN take every 2-D conv (NCHW sends the 1x1 ones to a slower
+        # path at batch 1): measured 7% (SFace) and 15% (EdgeFace) less time forward and back
+        # on one thread. The result is the same tensor up to float rounding, in NHWC strides.
+        inp = inp.contiguous(memory_format=torch.channels_last)
     if not sym:
         inp = F.pad(inp, f_pad)
     return conv(
@@ -351,8 +357,17 @@ def _dropout(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
 def _expand(x: list[Tensor | None], a: dict[str, Any]) -> Tensor:
     inp, shape = x[0], x[1]
     assert inp is not None and shape is not None
-    # ONNX broadcasts both ways: a 1 in ``shape`` keeps the input's size.
-    return inp.expand(torch.broadcast_shapes(inp.shape, tuple(int(v) for v in shape.tolist())))
+    # ONNX broadcasts both ways: a 1 in ``shape`` keeps the input's size. (Not with
+    # torch.broadcast_shapes: its first call imports sympy, 0.7 s inside the first photo.)
+    want = [int(v) for v in shape.tolist()]
+    have = [1] * (len(want) - inp.dim()) + list(inp.shape)
+    want = [1] * (len(have) - len(want)) + want
+    out = []
+    for h, w in zip(have, want, strict=True):
+        if h != w and 1 not in (h, w):
+            raise ValueError(f"Expand: shape {want} does not broadcast with {list(inp.shape)}")
+        out.append(w if h == 1 else h)
+    return inp.expand(out)
 
 
 def _split(x: list[Tensor | None], a: dict[str, Any]) -> tuple[Tensor, ...]:
@@ -492,7 +507,7 @@ def _run_node(node: tuple[str, list[str], list[str], dict[str, Any]], env: dict[
     op, ins, _, attrs = node
     args: list[Tensor | None] = [env[n] if n else None for n in ins]
     try:
-        result = _OPS[op](args, attrs)
+        result = (_OPS.get(op) or FUSED_OPS[op])(args, attrs)
     except NotImplementedError as exc:  # a variant of a known op: typed, names the file
         raise UnsupportedOnnxOp(source, [f"{op} ({exc})"]) from exc
     return result if isinstance(result, tuple) else (result,)
@@ -535,6 +550,7 @@ class OnnxModule(nn.Module):
             else:
                 nodes.append(node)
         nodes = _fold_batchnorm(nodes, consts, {v.name for v in graph.output})
+        nodes = fuse(nodes, consts, {v.name for v in graph.output})
         used = {name for _, ins, _, _ in nodes for name in ins}
         used |= {v.name for v in graph.output}
         # Float constants are buffers (they follow .to(device)); integer ones (shapes, axes,
