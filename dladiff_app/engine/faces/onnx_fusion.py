@@ -83,9 +83,16 @@ class _Graph:
             axes = [int(v) for v in self.consts[ins[1]].reshape(-1).tolist()]
         return list(axes or []) == [-1] and bool(attrs.get("keepdims", 1))
 
-    def channel_vector(self, name: str | None) -> bool:
-        t = None if name is None else self.consts.get(name)
-        return t is not None and t.is_floating_point() and t.numel() == t.shape[-1]
+    def per_channel(self, name: str, op: str) -> tuple[int, str] | None:
+        """(index, constant) of the one ``op`` node reading ``name`` with a float constant of
+        one value per channel (last axis) as its other input."""
+        i = self.only_reader(name, op)
+        c = None if i is None else self.other(i, name)
+        t = None if c is None else self.consts.get(c)
+        if i is None or c is None or t is None or not t.is_floating_point() \
+                or t.numel() != t.shape[-1]:
+            return None
+        return i, c
 
 
 def _match_layer_norm(g: _Graph, i: int) -> tuple[list[int], Node] | None:
@@ -119,20 +126,15 @@ def _match_layer_norm(g: _Graph, i: int) -> tuple[list[int], Node] | None:
         return None
     chain = [i, sub, pow_, var, add, sqrt, div]
     out, weight, bias = g.nodes[div][2][0], "", ""
-    mul = g.only_reader(out, "Mul")
-    w = None if mul is None else g.other(mul, out)
-    if mul is not None and g.channel_vector(w):
-        assert w is not None
-        chain.append(mul)
-        out, weight = g.nodes[mul][2][0], w
-        badd = g.only_reader(out, "Add")
-        b = None if badd is None else g.other(badd, out)
-        if badd is not None and g.channel_vector(b):
-            assert b is not None
-            chain.append(badd)
-            out, bias = g.nodes[badd][2][0], b
-    if bias and not weight:
-        return None
+    # The affine part, when there is one: times a weight, then plus a bias (per channel).
+    scaled = g.per_channel(out, "Mul")
+    if scaled is not None:
+        chain.append(scaled[0])
+        out, weight = g.nodes[scaled[0]][2][0], scaled[1]
+        shifted = g.per_channel(out, "Add")
+        if shifted is not None:
+            chain.append(shifted[0])
+            out, bias = g.nodes[shifted[0]][2][0], shifted[1]
     return chain, (LAYER_NORM, [x, weight, bias], [out], {"epsilon": eps})
 
 
