@@ -161,7 +161,7 @@ BASELINE = layer2.FIRST_RELEASE
 WARM_UP_STEPS = 3
 
 
-def warm_up(items, encoders, settings, opts, first_release) -> None:
+def warm_up(items, encoders, settings, opts, first_release, first_encoders) -> None:
     """A few untimed steps of each shield on the first photo with faces: a process pays some
     costs once (lazy imports, oneDNN kernels built for each shape, the allocator's growth), and
     without this the first photo's time carries them for whichever shield happens to run
@@ -173,7 +173,7 @@ def warm_up(items, encoders, settings, opts, first_release) -> None:
         layer2.protect_faces(clean.contiguous(), None, faces, encoders, settings,
                              steps=WARM_UP_STEPS, options=opts)
         if first_release is not None:
-            layer2.protect_faces(clean.contiguous(), None, faces, load_encoders(["dlib"]),
+            layer2.protect_faces(clean.contiguous(), None, faces, first_encoders,
                                  first_release, steps=WARM_UP_STEPS, options=BASELINE)
         return
 
@@ -288,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.layer2_steps} steps), encoders {'+'.join(e.name for e in encoders)}, "
             f"options {opts}, {args.threads} thread(s), load average {load:.2f}")
     results, base = [], []
-    warm_up(clean.items, encoders, settings, opts, first_release if args.baseline else None)
+    # The first release's ensemble (dlib alone), loaded once for every photo's baseline run.
+    first_encoders = load_encoders(["dlib"]) if args.baseline else []
+    warm_up(clean.items, encoders, settings, opts, first_release if args.baseline else None,
+            first_encoders)
     for item in clean.items:
         results.append(run_photo(item, clean, encoders, judges, detector, settings, opts,
                                  args.out, f"{settings.preset}-all"))
         if args.baseline:
-            base.append(run_photo(item, clean, load_encoders(["dlib"]), judges, detector,
+            base.append(run_photo(item, clean, first_encoders, judges, detector,
                                   first_release, BASELINE, args.out,
                                   f"{settings.preset}-baseline"))
     text = [report(results, judges, "attack: " + head)]
