@@ -161,3 +161,31 @@ def test_the_joint_polish_takes_its_identity_gradient_through_antialiased_crops(
     with torch.no_grad():
         term.loss(img, None)
     assert enc.score_factors[-1] == 0.0
+
+
+def test_the_optimiser_momentum_comes_from_the_options(astronaut, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.engine.shield import layer2
+
+    img, faces = astronaut
+    seen: list[float | None] = []
+
+    class SpyDriver(layer2.Driver):
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            seen.append(kwargs["momentum"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(layer2, "Driver", SpyDriver)
+    enc = BoxEncoder()
+    protect_faces(img, None, faces, [enc], PLAIN, steps=2)
+    protect_faces(img, None, faces, [enc], PLAIN, steps=2, options=FIRST_RELEASE)
+    plain = protect_faces(img, None, faces, [enc], PLAIN, steps=3,
+                          options=ShieldOptions(momentum=0.0))
+    again = protect_faces(img, None, faces, [enc], PLAIN, steps=3,
+                          options=ShieldOptions(momentum=0.0))
+    heavy = protect_faces(img, None, faces, [enc], PLAIN, steps=3,
+                          options=ShieldOptions(momentum=0.9))
+    # The shipped shield remembers less than the first release did (0.75, its baseline).
+    assert seen == [ShieldOptions().momentum, 0.75, 0.0, 0.0, 0.9]
+    assert ShieldOptions().momentum < FIRST_RELEASE.momentum
+    assert torch.equal(plain.protected, again.protected)
+    assert not torch.equal(plain.protected, heavy.protected)

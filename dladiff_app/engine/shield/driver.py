@@ -158,8 +158,8 @@ def combine(parts: Sequence[tuple[float, torch.Tensor | None]]) -> torch.Tensor 
 class Driver:
     """Signed-gradient descent on ``xs`` inside ``boxes`` (one per variable), with ``terms``
     by name and the step size ``schedule`` over the whole run. ``momentum``: None, or the
-    MI-FGSM decay (0.75 in layer 2). ``progress(done, total)`` after every step, counted over
-    all phases of :meth:`run`."""
+    MI-FGSM decay (layer 2's ``ShieldOptions.momentum``). ``progress(done, total)`` after
+    every step, counted over all phases of :meth:`run`."""
 
     def __init__(self, xs: Sequence[torch.Tensor], boxes: Sequence[Box | Ball],
                  terms: Sequence[Term], schedule: Schedule, *, momentum: float | None = None,
