@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder names, or paths of ONNX recognizers to add as encoders")
     ap.add_argument("--seed", type=int, default=None, help="the shield's seed (default: preset)")
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
+    ap.add_argument("--alpha2", type=float, default=None,
+                    help="the shield's PGD step scale in 1/255 (default: the preset's, eps/20)")
     ap.add_argument("--face-ssim", type=float, default=None,
                     help="face SSIM target of the shield (default: the preset's)")
     ap.add_argument("--leave-one-out", action="store_true")
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_overrides(seed=args.seed)
     if args.face_ssim is not None:
         settings = settings.with_overrides(face_ssim=args.face_ssim)
+    if args.alpha2 is not None:
+        settings = settings.with_overrides(alpha2=args.alpha2)
     opts = shield_options(args.shield)
     detector = DlibDetector()
     judges = load_judges()
