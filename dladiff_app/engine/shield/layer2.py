@@ -135,7 +135,8 @@ class ShieldOptions:
     weaker than 0.75 (session 7). Tried and dropped in session 8: momentum on the identity
     gradient alone with the penalty added after it (within noise of 0.3, more colour
     difference), random spectral gains on the encoders' crops (spectrum simulation; weaker at
-    rho 0.5 and 0.15), a smaller random start, antialias factor 3, and a coarse step grid for
+    rho 0.5 and 0.15), a smaller random start, antialias factor 3, steps on the sum of every
+    encoder's latest gradient (weaker than the turn's own encoder), and a coarse step grid for
     large faces (steps signed on a grid of 160 cells across the face box: a gain on the
     enlarged tuning faces that the held-out portraits did not show, at 1.65x the first
     release's time).
