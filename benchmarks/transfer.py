@@ -48,6 +48,7 @@ from dladiff_app.core.imageio import load_image, save_image, to_uint8  # noqa: E
 from dladiff_app.core.presets import preset  # noqa: E402
 from dladiff_app.core.quality import psnr, simulate_sharing, ssim  # noqa: E402
 from dladiff_app.core.visibility import face_visibility  # noqa: E402
+from dladiff_app.engine.faces.score import to_tensor  # noqa: E402
 from dladiff_app.engine.shield import layer2  # noqa: E402
 
 
@@ -120,7 +121,7 @@ def judge_version(version: np.ndarray, clean: np.ndarray, faces, judges, detecto
 def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, out_dir: Path,
               tag: str) -> dict:
     ph, pixels, faces, emb = item
-    clean = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].contiguous()
+    clean = to_tensor(pixels).contiguous()
     t0 = time.perf_counter()
     res = layer2.protect_faces(clean, None, faces, encoders, settings, options=opts)
     seconds = time.perf_counter() - t0
@@ -161,20 +162,22 @@ BASELINE = layer2.FIRST_RELEASE
 WARM_UP_STEPS = 3
 
 
-def warm_up(items, encoders, settings, opts, first_release, first_encoders) -> None:
+def warm_up(items, encoders, settings, opts, baseline=None) -> None:
     """A few untimed steps of each shield on the first photo with faces: a process pays some
     costs once (lazy imports, oneDNN kernels built for each shape, the allocator's growth), and
     without this the first photo's time carries them for whichever shield happens to run
-    first. The app pays them once per session, not per face."""
+    first. The app pays them once per session, not per face. ``baseline``: the first
+    release's (settings, encoders), or None when it is not timed."""
     for _, pixels, faces, _ in items:
         if not faces:
             continue
-        clean = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
-        layer2.protect_faces(clean.contiguous(), None, faces, encoders, settings,
-                             steps=WARM_UP_STEPS, options=opts)
-        if first_release is not None:
-            layer2.protect_faces(clean.contiguous(), None, faces, first_encoders,
-                                 first_release, steps=WARM_UP_STEPS, options=BASELINE)
+        clean = to_tensor(pixels).contiguous()
+        layer2.protect_faces(clean, None, faces, encoders, settings, steps=WARM_UP_STEPS,
+                             options=opts)
+        if baseline is not None:
+            first_settings, first_encoders = baseline
+            layer2.protect_faces(clean, None, faces, first_encoders, first_settings,
+                                 steps=WARM_UP_STEPS, options=BASELINE)
         return
 
 
@@ -294,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     results, base = [], []
     # The first release's ensemble (dlib alone), loaded once for every photo's baseline run.
     first_encoders = load_encoders(["dlib"]) if args.baseline else []
-    warm_up(clean.items, encoders, settings, opts, first_release if args.baseline else None,
-            first_encoders)
+    warm_up(clean.items, encoders, settings, opts,
+            (first_release, first_encoders) if args.baseline else None)
     for item in clean.items:
         results.append(run_photo(item, clean, encoders, judges, detector, settings, opts,
                                  args.out, f"{settings.preset}-all"))
