@@ -42,6 +42,7 @@ from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, Protec
 from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.services import JobSummary
 from dladiff_app.core.visibility_words import change_level
 
@@ -203,6 +204,9 @@ def results_table(results: list[PhotoResult]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(s.same_person is not None for r in results
+           for s in (*r.scores, *r.scores_after_sharing)):
+        lines.append(UNSEEN_MODELS_NOTE)
     return "\n".join(lines)
 
 

@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
 _LAYER_TEXT = {
     "layer1": "Fine-tuning shield: a perturbation over the whole album that makes DreamBooth/LoRA "
               "training on these photos learn the wrong thing.",
-    "layer2": "Zero-shot shield: the face region was changed so identity encoders used by "
-              "IP-Adapter/InstantID/PhotoMaker-style tools see a different person.",
+    "layer2": "Zero-shot shield: the face region was changed so that face-recognition models, "
+              "like those IP-Adapter/InstantID/PhotoMaker-style tools use, see a different "
+              "person.",
     "polish": "Joint polish: a few final steps keeping both shields inside the same budget.",
 }
 
@@ -144,7 +146,8 @@ def render_report(manifest: dict[str, Any],
             f"{_settings_sentence(manifest)} Device: {escape(manifest['device']['name'])}. "
             f"DLADiff {escape(manifest['app_version'])}, {escape(manifest['created'])}.</p>"
             "<p>Identity scores compare the original with the protected file as written: "
-            "&ldquo;different person&rdquo; means the encoder no longer recognises the face.</p>")
+            "&ldquo;different person&rdquo; means the encoder no longer recognises the face. "
+            f"{escape(UNSEEN_MODELS_NOTE)}</p>")
     warned = ""
     if unprotected:
         warned = ("<h2>Not protected</h2><p class='failed'>These photos are <strong>not "

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE, encoder_label
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
 DIFF_GAIN = 10.0
@@ -260,21 +261,6 @@ SHIELD_NAMES = {"layer1": "fine-tuning shield", "layer2": "zero-shot shield",
                 "polish": "joint polish"}
 
 
-def encoder_label(name: str) -> str:
-    """A person-readable name for an identity encoder id (unknown ids are shown as they are)."""
-    key = name.lower()
-    if key.startswith("dlib"):
-        return "dlib face recognition"
-    for pack in ("buffalo_l", "antelopev2"):
-        if key in (pack, f"arcface_{pack}"):
-            return f"ArcFace ({pack})"
-    if "clip" in key:
-        return f"CLIP ({name})"
-    if key.startswith("sface"):
-        return "SFace"
-    return {"edgeface": "EdgeFace", "facenet": "FaceNet"}.get(key, name)
-
-
 def badge_text(score: IdentityScore) -> str:
     encoder = encoder_label(score.encoder)
     if score.value is None:
@@ -292,6 +278,13 @@ def badge_colour(score: IdentityScore) -> str:
     if score.same_person is None:
         return "#6b7280"
     return "#b91c1c" if score.same_person else "#15803d"
+
+
+def _faces_of(result: PhotoResult) -> list[FaceResult]:
+    """Every face's scores; a single-face result keeps them on the photo itself."""
+    if result.per_face:
+        return list(result.per_face)
+    return [FaceResult((0, 0, 0, 0), result.scores, result.scores_after_sharing)]
 
 
 def face_colour(face: FaceResult) -> str:
@@ -407,6 +400,12 @@ class CompareView(QWidget):
         self.quality = QLabel()
         self.quality.setAccessibleName("Image quality")
         self.quality.setWordWrap(True)
+        # What the verdicts can promise, under them whenever there are any.
+        self.score_scope = QLabel(UNSEEN_MODELS_NOTE)
+        self.score_scope.setAccessibleName("What the identity scores mean")
+        self.score_scope.setWordWrap(True)
+        self.score_scope.setStyleSheet("color: palette(mid);")
+        self.score_scope.hide()
         self.face_change = QLabel()
         self.face_change.setAccessibleName("Change on the face")
         self.face_change.setWordWrap(True)
@@ -451,6 +450,7 @@ class CompareView(QWidget):
         self.scores_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scores_scroll.setMaximumHeight(200)
         layout.addWidget(self.scores_scroll)
+        layout.addWidget(self.score_scope)
         layout.addWidget(self.face_change)
         layout.addLayout(quality_row)
 
@@ -513,8 +513,12 @@ class CompareView(QWidget):
             self.quality.setText("")
             self.figures.setText("")
             self.face_change.hide()
+            self.score_scope.hide()
             self._fit_scores()
             return
+        self.score_scope.setVisible(any(
+            s.same_person is not None for f in _faces_of(result)
+            for s in (*f.scores, *f.scores_after_sharing)))
         if len(result.per_face) > 1:
             self._face_badges(result)
         else:

@@ -27,9 +27,10 @@ from PySide6.QtWidgets import (
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE, encoder_label
 from dladiff_app.core.services import FacePreview, ProtectService
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
-from dladiff_app.gui.compare_view import array_to_qimage, badge_colour, encoder_label
+from dladiff_app.gui.compare_view import array_to_qimage, badge_colour
 from dladiff_app.gui.engine_thread import EngineThread
 
 ZOOMS = (1, 3)
@@ -187,6 +188,7 @@ class FacePreviewDialog(QDialog):
         self.scores.setText(" · ".join(
             f"<span style='color:{badge_colour(s)}'>{encoder_label(s.encoder)}: "
             f"{s.verdict}</span>" for s in result.scores) or "No identity model measured it.")
+        self.scores.setToolTip(UNSEEN_MODELS_NOTE if result.scores else "")
         others = result.faces_in_photo - 1
         self.note.setText(
             f"A preview: {result.steps} of the {result.full_steps} steps a real run takes per "

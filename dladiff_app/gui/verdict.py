@@ -1,9 +1,12 @@
 """One sentence per album after a run: which attacks it is protected against and which not.
 
 Built from the measured results only: the zero-shot claim counts the faces that every identity
-model read as a different person after the sharing transform (JPEG + resize), the fine-tuning
-claim is made only when the fine-tuning shield ran on every photo of the album. A zero-shot-only
-album is said to be not protected against fine-tuning, in those words.
+model read as a different person after the sharing transform (JPEG + resize), names those
+models, and says that face models the shield never saw may still recognise some (the models
+that score are the ones the shield attacked: a measured "different person" from them is not a
+promise about the others, ``core.score_words``); the fine-tuning claim is made only when the
+fine-tuning shield ran on every photo of the album. A zero-shot-only album is said to be not
+protected against fine-tuning, in those words.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
+from dladiff_app.core.score_words import model_list
 
 ZERO_SHOT = "one-photo tools (IP-Adapter, InstantID, PuLID)"
 FINE_TUNING = "fine-tuning (DreamBooth/LoRA)"
@@ -57,8 +61,13 @@ def album_verdict(results: list[PhotoResult]) -> AlbumVerdict:
         zs_text = (f"protected against {ZERO_SHOT}" if n_hidden == n_measured > 0
                    and len(zs_photos) == len(results)
                    else f"partly protected against {ZERO_SHOT}")
+        names = [s.encoder for f in faces for s in (*f.scores, *f.scores_after_sharing)
+                 if s.same_person is not None]
         zs_text += (f": {n_hidden} of {n_measured} faces read as a different person after "
                     "JPEG/resize")
+        if names:
+            zs_text += (f" by {model_list(names)}, the face models the shield worked against "
+                        "(models it never saw may still recognise some)")
         if len(zs_photos) < len(results):
             missing = len(results) - len(zs_photos)
             zs_text += f" ({missing} photo{'s' if missing != 1 else ''} without the shield)"

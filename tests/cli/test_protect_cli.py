@@ -164,6 +164,13 @@ def test_results_table_lists_each_encoder_saved_and_shared() -> None:
     assert "barely visible (ΔE 1.6, SSIM 0.981)" in table[2]
     assert "barely visible" not in table[3]
     assert table[4].split()[:3] == ["sky.png", "0", "-"] and table[4].endswith("-")
+    # Verdicts come with what they cannot promise; a table without any verdict has no note.
+    from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
+
+    assert table[5] == UNSEEN_MODELS_NOTE and len(table) == 6
+    unscored = PhotoResult(source="/in/sky.png", output="/out/sky-protected.png", width=10,
+                           height=10, seconds=1.0, faces=0)
+    assert UNSEEN_MODELS_NOTE not in results_table([unscored])
 
 
 def test_photos_without_a_face_exit_3_and_are_named(tmp_path: Path,

@@ -156,6 +156,9 @@ def test_album_end_to_end_with_bad_files(tiny_sd_dir: Path, tmp_path: Path,
     assert doc["models"]["sd_pipeline"]["path"] == str(tiny_sd_dir)
     html = (out / "anna" / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") == 6
+    from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
+
+    assert UNSEEN_MODELS_NOTE in html  # the verdicts come with what they cannot promise
     journal = Journal(out)
     assert journal.problems() == []
     # A second run into the same folder must not mix jobs; a resume redoes nothing.

@@ -99,6 +99,9 @@ def test_finished_album_says_what_it_is_protected_against_and_opens(
     texts = [label.text() for label in window.verdict_labels]
     assert len(texts) == 2 and texts[0].startswith("alice: protected against one-photo tools")
     assert "2 of 2 faces read as a different person after JPEG/resize" in texts[0]
+    # The models that judged are named, and so is what they cannot promise.
+    assert ("by ArcFace (buffalo_l) and dlib face recognition, the face models the shield "
+            "worked against (models it never saw may still recognise some)") in texts[0]
     assert all("not protected against fine-tuning (DreamBooth/LoRA)" in t for t in texts)
     out = Path(window.batch.entry(photos[0].resolve()).result.output).parent
     window.open_folder_buttons[0].click()

@@ -103,12 +103,15 @@ def test_album_total_leaves_out_files_that_are_not_photos(qtbot, make_window, ph
 
 
 def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photos) -> None:  # type: ignore[no-untyped-def]
-    from dladiff_app.gui.compare_view import encoder_label
+    from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE, encoder_label, model_list
 
     assert encoder_label("dlib") == "dlib face recognition"
     assert encoder_label("antelopev2") == "ArcFace (antelopev2)"
     assert encoder_label("edgeface") == "EdgeFace"
     assert encoder_label("mystery") == "mystery"
+    assert model_list(["dlib", "sface_int8", "dlib", "edgeface"]) == \
+        "dlib face recognition, SFace and EdgeFace"
+    assert model_list(["sface"]) == "SFace" and model_list([]) == ""
     window = make_window()
     window.add_paths(photos[:1])
     window.protect()
@@ -117,6 +120,13 @@ def test_viewer_names_encoders_and_the_difference_half(qtbot, make_window, photo
     window.show_selected_in_viewer()
     assert window.viewer.canvas.after_label == "After"
     assert "done: zero-shot shield" in window.viewer.quality.text()
+    # Under the verdicts: what they can promise (they come from the attacked models).
+    assert window.viewer.score_scope.isVisibleTo(window.viewer)
+    assert window.viewer.score_scope.text() == UNSEEN_MODELS_NOTE
+    assert "never saw" in UNSEEN_MODELS_NOTE
+    window.viewer.clear()
+    assert not window.viewer.score_scope.isVisibleTo(window.viewer)
+    window.show_selected_in_viewer()
     window.viewer.diff_toggle.setChecked(True)
     assert window.viewer.canvas.after_label.startswith("Difference")
     window.viewer.diff_toggle.setChecked(False)
