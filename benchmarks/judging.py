@@ -73,12 +73,37 @@ def tune_large_photos(folder: Path) -> list[Photo]:
     return out
 
 
+# Long side of the canvas the wide set puts each enlarged face on: a platform's 1080 px share
+# then shrinks it 0.47x, as it does the held-out biden.jpg (2204 px) and obama3.jpg (2333 px).
+_WIDE_CANVAS = 2300
+
+
+def tune_large_wide_photos(folder: Path) -> list[Photo]:
+    """A diagnostic set: the enlarged tuning faces (``tune_large_photos``), each in the middle
+    of a flat canvas of its mean colour, 2300 px tall. The face's pixels are the same; only the
+    platform's downscale of the whole photo changes (about 0.47x instead of none), which tells
+    whether the held-out photos that a share shrinks are easier because of that geometry."""
+    from PIL import Image
+
+    out: list[Photo] = []
+    for ph in tune_large_photos(folder):
+        im = Image.open(ph.path).convert("RGB")
+        fill = tuple(int(v) for v in np.asarray(im).reshape(-1, 3).mean(axis=0))
+        width = max(im.width, int(_WIDE_CANVAS * 0.6))
+        canvas = Image.new("RGB", (width, _WIDE_CANVAS), fill)
+        canvas.paste(im, ((width - im.width) // 2, (_WIDE_CANVAS - im.height) // 2))
+        path = folder / f"wide_{ph.path.name}"
+        canvas.save(path)
+        out.append(Photo(path, None))
+    return out
+
+
 def heldout_photos() -> list[Photo]:
     """The held-out set (benchmarks/photos/heldout, README there): never tuned on."""
     return [Photo(p, p.stem.rstrip("0123456789")) for p in sorted(HELDOUT_DIR.glob("*.jpg"))]
 
 
-PHOTO_SETS = ("tune", "tune-large", "heldout")
+PHOTO_SETS = ("tune", "tune-large", "tune-large-wide", "heldout")
 
 
 def photo_set(name: str, folder: Path) -> list[Photo]:
@@ -88,6 +113,8 @@ def photo_set(name: str, folder: Path) -> list[Photo]:
         return tune_photos(folder)
     if name == "tune-large":
         return tune_large_photos(folder)
+    if name == "tune-large-wide":
+        return tune_large_wide_photos(folder)
     if name == "heldout":
         return heldout_photos()
     raise ValueError(f"unknown photo set {name!r}; known: {', '.join(PHOTO_SETS)}")

@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shield", nargs="*", default=[], help="ShieldOptions overrides key=value")
     ap.add_argument("--alpha2", type=float, default=None,
                     help="the shield's PGD step scale in 1/255 (default: the preset's, eps/20)")
+    ap.add_argument("--eps", type=float, default=None,
+                    help="L-inf budget in 1/255 (default: the preset's); the face SSIM target "
+                         "and step count stay the preset's, the step scale follows the budget "
+                         "(eps/20) as a custom budget's does in the app")
     ap.add_argument("--face-ssim", type=float, default=None,
                     help="face SSIM target of the shield (default: the preset's)")
     ap.add_argument("--leave-one-out", action="store_true")
@@ -281,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         # Another draw of the random start, views and jitter: a single run's noise level.
         settings = settings.with_overrides(seed=args.seed)
+    if args.eps is not None:
+        # The preset's face SSIM target, not the new budget's: only the budget changes.
+        settings = settings.with_overrides(eps=args.eps, face_ssim=settings.face_ssim_target)
     if args.face_ssim is not None:
         settings = settings.with_overrides(face_ssim=args.face_ssim)
     if args.alpha2 is not None:
@@ -292,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     clean = Photos(photos, detector, judges)
     load = os.getloadavg()[0]
     head = (f"set {args.set}, preset {settings.preset} (eps {settings.eps}/255, "
-            f"{settings.layer2_steps} steps), encoders {'+'.join(e.name for e in encoders)}, "
+            f"{settings.layer2_steps} steps of {settings.step2:g}/255, face SSIM target "
+            f"{settings.face_ssim_target:g}), encoders {'+'.join(e.name for e in encoders)}, "
             f"options {opts}, {args.threads} thread(s), load average {load:.2f}")
     results, base = [], []
     # The first release's ensemble (dlib alone), loaded once for every photo's baseline run.
