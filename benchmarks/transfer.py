@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from judging import PHOTO_SETS, load_judges, match_face, photo_set  # noqa: E402
+from shading import face_shading  # noqa: E402
 
 from dladiff_app.core.imageio import load_image, save_image, to_uint8  # noqa: E402
 from dladiff_app.core.presets import preset  # noqa: E402
@@ -148,6 +149,7 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
                     [j.compare(got, o[j.name]) for o in others]))
         rows.append(row)
     vis = face_visibility(pixels, prot, [f.box for f in faces])
+    shade = face_shading(pixels, prot, [f.box for f in faces])
     return {"photo": ph.path.name, "faces": len(faces), "seconds": round(seconds, 2),
             "s_per_face": round(seconds / max(1, len(faces)), 2),
             "psnr": round(psnr(pixels, prot), 2), "ssim": round(ssim(pixels, prot), 4),
@@ -155,6 +157,8 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
             "face_ssim": None if vis is None else round(vis.ssim, 4),
             "face_de_mean": None if vis is None else round(vis.de_mean, 3),
             "face_de_p95": None if vis is None else round(vis.de_p95, 3),
+            "face_shade": None if shade is None else round(shade[0], 3),
+            "face_ssim4": None if shade is None else round(shade[1], 4),
             "rows": rows}
 
 
@@ -236,12 +240,13 @@ def report(results: list[dict], judges, title: str) -> str:
                      f"{hidden}/{len(sh)}{f' ({lost} lost)' if lost else ''} | "
                      f"{np.mean(got) if got else float('nan'):.3f} | "
                      f"{np.mean(ref) if ref else float('nan'):.3f} | {other} |")
+    # shade / SSIM 4x: benchmarks/shading.py (the smooth shading the face SSIM misses).
     lines += ["", "| photo | faces | s/face | PSNR | max change | face SSIM | face dE mean | "
-              "face dE p95 |", "|---|---|---|---|---|---|---|---|"]
+              "face dE p95 | face shade | face SSIM 4x |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['photo']} | {r['faces']} | {r['s_per_face']} | {r['psnr']} | "
                      f"{r['linf']}/255 | {r['face_ssim']} | {r['face_de_mean']} | "
-                     f"{r['face_de_p95']} |")
+                     f"{r['face_de_p95']} | {r['face_shade']} | {r['face_ssim4']} |")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ For each preset, every photo of the set is protected by the zero-shot shield as 
 (``benchmarks/transfer.py``'s ``run_photo``), and the file as written is measured:
 
 - on the faces (box widened 1.5x): SSIM on luma, mean and 95th-percentile CIEDE2000
-  (about 2.3 is a just-noticeable difference);
+  (about 2.3 is a just-noticeable difference), and the smooth shading that SSIM misses
+  (``shading.py``: the low-passed luma change and the SSIM at a 4x downscale);
 - on the whole photo: PSNR and SSIM;
 - beside it, the protection of the same files after sharing (JPEG q75 + 1080 px): the share of
   faces past each judge's same-person line and the mean similarity, white-box and held-out.
@@ -43,6 +44,8 @@ def summary_row(name: str, results: list[dict], judges) -> str:
     cells = [name, f"{np.average([r['face_ssim'] for r in vis], weights=w):.4f}",
              f"{np.average([r['face_de_mean'] for r in vis], weights=w):.2f}",
              f"{np.average([r['face_de_p95'] for r in vis], weights=w):.2f}",
+             f"{np.average([r['face_shade'] for r in vis], weights=w):.2f}",
+             f"{np.average([r['face_ssim4'] for r in vis], weights=w):.4f}",
              f"{np.mean([r['psnr'] for r in results]):.2f}", f"{np.mean([r['ssim'] for r in results]):.4f}"]
     for j in judges:
         got = [row[f"{j.name}:shared"] for row in faces if row[f"{j.name}:shared"] is not None]
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     encoders = load_encoders(args.encoders)
     clean = Photos(photos, detector, judges)
     opts = shield_options(args.shield)
-    head = ["preset", "face SSIM", "face dE mean", "face dE p95", "PSNR", "SSIM"]
+    head = ["preset", "face SSIM", "face dE mean", "face dE p95", "face shade",
+            "face SSIM 4x", "PSNR", "SSIM"]
     head += [f"{j.name}{' (held-out)' if j.held_out else ''} hidden (mean)" for j in judges]
     head.append("s/face")
     lines = [f"## visibility and protection, set {args.set}, encoders "
