@@ -404,7 +404,8 @@ class CompareView(QWidget):
         self.score_scope = QLabel(UNSEEN_MODELS_NOTE)
         self.score_scope.setAccessibleName("What the identity scores mean")
         self.score_scope.setWordWrap(True)
-        self.score_scope.setStyleSheet("color: palette(mid);")
+        # Darker than the figures' grey: this sentence is part of the result, not a detail.
+        self.score_scope.setStyleSheet("color: #4b5563;")
         self.score_scope.hide()
         self.face_change = QLabel()
         self.face_change.setAccessibleName("Change on the face")

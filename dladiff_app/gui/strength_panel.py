@@ -153,8 +153,11 @@ class StrengthPanel(QGroupBox):
         self.zeroshot = QCheckBox("Zero-shot shield")
         self.zeroshot.setAccessibleName("Zero-shot shield")
         self.zeroshot.setChecked(True)
-        zeroshot_help = QLabel("Hides your face from the identity encoders that one-photo tools "
-                               "(IP-Adapter, InstantID, PuLID) copy.")
+        # "Hides" would promise more than is measured: models the shield never saw still
+        # recognise some faces (README, Known limits).
+        zeroshot_help = QLabel("Changes your face so that face-recognition models, like the "
+                               "ones one-photo tools (IP-Adapter, InstantID, PuLID) copy faces "
+                               "with, see someone else.")
         for label in (finetune_help, zeroshot_help):
             label.setWordWrap(True)
             label.setStyleSheet("color: palette(mid); margin-left: 22px;")
