@@ -80,6 +80,16 @@ class PhotoResult:
     warnings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def scored_faces(self) -> list[FaceResult]:
+        """Every face with its scores: ``per_face`` for a group photo; a single face's scores
+        live on the photo itself (returned as one face without a box); none when nothing was
+        scored."""
+        if self.per_face:
+            return list(self.per_face)
+        if self.scores or self.scores_after_sharing:
+            return [FaceResult((0, 0, 0, 0), self.scores, self.scores_after_sharing)]
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["scores"] = [s.to_dict() for s in self.scores]

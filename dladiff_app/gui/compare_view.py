@@ -280,13 +280,6 @@ def badge_colour(score: IdentityScore) -> str:
     return "#b91c1c" if score.same_person else "#15803d"
 
 
-def _faces_of(result: PhotoResult) -> list[FaceResult]:
-    """Every face's scores; a single-face result keeps them on the photo itself."""
-    if result.per_face:
-        return list(result.per_face)
-    return [FaceResult((0, 0, 0, 0), result.scores, result.scores_after_sharing)]
-
-
 def face_colour(face: FaceResult) -> str:
     """Red when any encoder still sees the same person (on the file or after sharing), green
     when every measured one sees a different person, grey when nothing could be measured."""
@@ -518,7 +511,7 @@ class CompareView(QWidget):
             self._fit_scores()
             return
         self.score_scope.setVisible(any(
-            s.same_person is not None for f in _faces_of(result)
+            s.same_person is not None for f in result.scored_faces()
             for s in (*f.scores, *f.scores_after_sharing)))
         if len(result.per_face) > 1:
             self._face_badges(result)

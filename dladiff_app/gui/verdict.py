@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
+from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.score_words import model_list
 
 ZERO_SHOT = "one-photo tools (IP-Adapter, InstantID, PuLID)"
@@ -39,19 +39,11 @@ def _hidden(scores: Iterable[IdentityScore]) -> bool | None:
     return not any(s.same_person for s in measured)
 
 
-def _faces(result: PhotoResult) -> list[FaceResult]:
-    if result.per_face:
-        return list(result.per_face)
-    if result.scores or result.scores_after_sharing:
-        return [FaceResult((0, 0, 0, 0), result.scores, result.scores_after_sharing)]
-    return []
-
-
 def album_verdict(results: list[PhotoResult]) -> AlbumVerdict:
     """The verdict of one album's protected photos (all from one output folder)."""
     folder = Path(results[0].output).parent
     zs_photos = [r for r in results if "layer2" in r.layers_done]
-    faces = [f for r in zs_photos for f in _faces(r)]
+    faces = [f for r in zs_photos for f in r.scored_faces()]
     # After sharing is what an attacker downloads; the file as written when sharing lost it.
     hidden = [_hidden(f.scores_after_sharing or f.scores) for f in faces]
     n_hidden, n_measured = sum(h is True for h in hidden), sum(h is not None for h in hidden)
