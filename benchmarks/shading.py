@@ -26,18 +26,20 @@ SHADE_SIGMA = 4.0
 COARSE = 4
 
 
-def _luma255(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])) * 255.0
+def _box_down(x: np.ndarray, k: int) -> np.ndarray:
+    """(h // k, w // k, 3) mean of each k x k block of an (h, w, 3) crop."""
+    h, w = (x.shape[0] // k) * k, (x.shape[1] // k) * k
+    return x[:h, :w].reshape(h // k, k, w // k, k, -1).mean(axis=(1, 3))
 
 
 def face_shading(clean: np.ndarray, protected: np.ndarray, boxes: Sequence[Sequence[float]]
                  ) -> tuple[float, float] | None:
     """(shade, ssim4) of ``protected`` against ``clean`` on the faces (None without a face big
-    enough for a 4x-downscaled SSIM window)."""
+    enough for a 4x-downscaled SSIM window). Luma and SSIM are the face SSIM's own
+    (``core.visibility.luma`` / ``luma_ssim``)."""
     from scipy.ndimage import gaussian_filter
-    from skimage.metrics import structural_similarity
 
-    from dladiff_app.core.visibility import widened_box
+    from dladiff_app.core.visibility import luma, luma_ssim, widened_box
 
     h, w = clean.shape[:2]
     shades, coarse, areas = [], [], []
@@ -45,14 +47,11 @@ def face_shading(clean: np.ndarray, protected: np.ndarray, boxes: Sequence[Seque
         x0, y0, x1, y1 = widened_box(box, w, h)
         if min(x1 - x0, y1 - y0) < 7 * COARSE:
             continue
-        a, b = _luma255(clean[y0:y1, x0:x1]), _luma255(protected[y0:y1, x0:x1])
-        shades.append(float(np.abs(gaussian_filter(b - a, SHADE_SIGMA)).mean()))
-        hh, ww = (a.shape[0] // COARSE) * COARSE, (a.shape[1] // COARSE) * COARSE
-        da = a[:hh, :ww].reshape(hh // COARSE, COARSE, ww // COARSE, COARSE).mean(axis=(1, 3))
-        db = b[:hh, :ww].reshape(hh // COARSE, COARSE, ww // COARSE, COARSE).mean(axis=(1, 3))
-        coarse.append(float(structural_similarity(da, db, data_range=255.0,
-                                                  gaussian_weights=True, sigma=1.5,
-                                                  use_sample_covariance=False)))
+        a, b = clean[y0:y1, x0:x1], protected[y0:y1, x0:x1]
+        shades.append(float(np.abs(gaussian_filter(255.0 * (luma(b) - luma(a)),
+                                                   SHADE_SIGMA)).mean()))
+        coarse.append(luma_ssim(_box_down(np.asarray(a, dtype=np.float64), COARSE),
+                                _box_down(np.asarray(b, dtype=np.float64), COARSE)))
         areas.append((x1 - x0) * (y1 - y0))
     if not areas:
         return None

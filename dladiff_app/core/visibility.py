@@ -103,8 +103,9 @@ def widened_box(box: Sequence[float], width: int, height: int,
 BAND_ROWS = 256
 
 
-def _luma(x: np.ndarray) -> np.ndarray:
-    """(h, w) float64 BT.601 luma of an (h, w, 3) crop (uint8 or float), band by band."""
+def luma(x: np.ndarray) -> np.ndarray:
+    """(h, w) float64 BT.601 luma in [0, 1] of an (h, w, 3) crop (uint8 or float), band by
+    band."""
     out = np.empty(x.shape[:2], dtype=np.float64)
     for top in range(0, x.shape[0], BAND_ROWS):
         rows = slice(top, top + BAND_ROWS)
@@ -112,10 +113,10 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _luma_ssim(a: np.ndarray, b: np.ndarray) -> float:
+def luma_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (core.quality's) of the luma of two crops, computed by bands: the luma is seen as
     three identical channels without copying it three times."""
-    ya, yb = _luma(a), _luma(b)
+    ya, yb = luma(a), luma(b)
     return banded_quality(np.broadcast_to(ya[..., None], (*ya.shape, 3)),
                           np.broadcast_to(yb[..., None], (*yb.shape, 3)))[1]
 
@@ -139,7 +140,7 @@ def face_visibility(clean: np.ndarray, protected: np.ndarray,
              if r[2] - r[0] >= 11 and r[3] - r[1] >= 11]
     if not rects:
         return None
-    ssims = [_luma_ssim(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) for x0, y0, x1, y1 in rects]
+    ssims = [luma_ssim(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) for x0, y0, x1, y1 in rects]
     areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in rects]
     # Union of the regions: a mask over their bounding rectangle, each pixel claimed once.
     ux0, uy0 = min(r[0] for r in rects), min(r[1] for r in rects)
