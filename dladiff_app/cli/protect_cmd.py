@@ -44,7 +44,7 @@ from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.services import JobSummary
-from dladiff_app.core.visibility_words import change_level
+from dladiff_app.core.visibility_words import change_level, seen_level
 
 HOURS_WARNING_S = 3600.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROTECTED = 0, 1, 2, 3
@@ -175,12 +175,19 @@ def _score_text(score: IdentityScore | None) -> str:
 
 
 def _face_change_cell(r: PhotoResult) -> str:
-    """E.g. "barely visible (ΔE 1.6, SSIM 0.981)": the words and figures of the change on the
-    faces (visible from a colour difference of about 2.3)."""
-    if r.face_de_mean is None:
+    """E.g. "not visible at 100% (0.8 JND, ΔE 1.1, SSIM 0.981)": the words and figures of the
+    change on the faces (the verdict from the predicted visibility; older records without it
+    from the colour difference, visible from about 2.3)."""
+    if r.face_de_mean is None and r.face_jnd is None:
         return "-"
-    ssim = f", SSIM {r.face_ssim:.3f}" if r.face_ssim is not None else ""
-    return f"{change_level(r.face_de_mean)} (ΔE {r.face_de_mean:.1f}{ssim})"
+    figures = [f"{r.face_jnd:.1f} JND"] if r.face_jnd is not None else []
+    if r.face_de_mean is not None:
+        figures.append(f"ΔE {r.face_de_mean:.1f}")
+    if r.face_ssim is not None:
+        figures.append(f"SSIM {r.face_ssim:.3f}")
+    words = (seen_level(r.face_jnd) if r.face_jnd is not None
+             else change_level(r.face_de_mean or 0.0))
+    return f"{words} ({', '.join(figures)})"
 
 
 def results_table(results: list[PhotoResult]) -> str:

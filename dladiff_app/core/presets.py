@@ -53,6 +53,7 @@ class ProtectionSettings:
     eot: bool = True
     seed: int = 0
     face_ssim: float | None = None
+    face_jnd: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 32:
@@ -70,6 +71,11 @@ class ProtectionSettings:
     def face_ssim_target(self) -> float:
         """The face SSIM the zero-shot shield steers every face to (see ``face_ssim``)."""
         return self.face_ssim if self.face_ssim is not None else face_ssim_for_eps(self.eps)
+
+    @property
+    def face_jnd_target(self) -> float:
+        """The visibility (JND at 100%) the zero-shot shield keeps every face at or under."""
+        return self.face_jnd if self.face_jnd is not None else 0.9
 
     @property
     def step1(self) -> float:

@@ -125,11 +125,12 @@ def _photo_section(photo: dict[str, Any], thumbs: tuple[bytes, bytes] | None) ->
 def _visibility_paragraph(photo: dict[str, Any]) -> str:
     """The change on the faces in words, with the figures behind them (absent in manifests
     written before they were measured)."""
-    words = face_change_words(photo.get("face_ssim"), photo.get("face_de_mean"))
+    words = face_change_words(photo.get("face_ssim"), photo.get("face_de_mean"),
+                              photo.get("face_jnd"))
     if not words:
         return ""
     figures = face_change_figures(photo.get("face_ssim"), photo.get("face_de_mean"),
-                                  photo.get("face_de_p95"))
+                                  photo.get("face_de_p95"), photo.get("face_jnd"))
     return f"<p>{escape(words)}. <small>({escape(figures)})</small></p>"
 
 

@@ -74,6 +74,10 @@ class PhotoResult:
     face_ssim: float | None = None
     face_de_mean: float | None = None
     face_de_p95: float | None = None
+    # How visible the change is at 100% on a normal display, as the eye would judge it (the
+    # most visible face; JND units, under 1 is not visible; see engine.visible_diff). This,
+    # not the mean colour difference or SSIM, is the verdict the app states.
+    face_jnd: float | None = None
     # Every face of a group photo, largest first (``scores`` above is the first one's).
     per_face: tuple[FaceResult, ...] = ()
     layers_done: tuple[str, ...] = ()
@@ -106,7 +110,8 @@ def _score_from_dict(d: dict[str, Any]) -> IdentityScore:
 
 _RESULT_FIELDS = ("source", "output", "width", "height", "seconds", "scores",
                   "scores_after_sharing", "psnr", "ssim", "linf", "faces", "per_face",
-                  "layers_done", "warnings", "face_ssim", "face_de_mean", "face_de_p95")
+                  "layers_done", "warnings", "face_ssim", "face_de_mean", "face_de_p95",
+                  "face_jnd")
 
 
 def _face_from_dict(d: dict[str, Any]) -> FaceResult:
@@ -131,7 +136,7 @@ def result_from_record(record: dict[str, Any]) -> PhotoResult:
         psnr=record.get("psnr"), ssim=record.get("ssim"), linf=record.get("linf"),
         faces=int(record.get("faces", 0)),
         face_ssim=record.get("face_ssim"), face_de_mean=record.get("face_de_mean"),
-        face_de_p95=record.get("face_de_p95"),
+        face_de_p95=record.get("face_de_p95"), face_jnd=record.get("face_jnd"),
         per_face=tuple(_face_from_dict(f) for f in record.get("per_face", [])),
         layers_done=tuple(record.get("layers_done", ())),
         warnings=tuple(record.get("warnings", ())),

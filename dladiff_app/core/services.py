@@ -77,6 +77,7 @@ class FacePreview:
     face_ssim: float | None = None
     face_de_mean: float | None = None
     face_de_p95: float | None = None
+    face_jnd: float | None = None
     scores: tuple[IdentityScore, ...] = ()
 
 

@@ -1,10 +1,12 @@
-"""A quick look before a long run: the largest face of one photo, protected with a few steps.
+"""A look before a long run: the largest face of one photo, protected as the real run would.
 
 After choosing a strength, a person wants to see what it does to a face before spending minutes
 or hours on an album. The preview runs the kit's own zero-shot shield (``EngineKit.layer2``,
-what the runner calls) with ``PREVIEW_STEPS`` steps instead of the preset's, on a crop around
-the face only, so it takes seconds and its change has the budget of the real run (the same
-L-inf ball, step sizes and sharing views; fewer steps). Nothing is written.
+what the runner calls) with the preset's own steps, stopping rule and visibility cap, on a crop
+around the face only: it takes seconds to a minute per face on a CPU, and what it shows, the
+look and each face model's verdict, is what the album run will give that face (a preview with
+a fraction of the steps showed "same person" where the run hides the face). Nothing is
+written.
 
 Tensor contract: the photo is (H, W, 3) float32 RGB in [0, 1] (``load_image``); the shield sees
 the crop as (1, 3, h, w) float32 on the CPU, like the runner hands it.
@@ -25,12 +27,10 @@ from dladiff_app.core.imageio import to_uint8
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.core.services import FacePreview
 from dladiff_app.core.visibility import face_visibility
+from dladiff_app.engine.face_results import faces_jnd
 from dladiff_app.engine.runner import EngineKit
 from dladiff_app.engine.shield.face_region import shift_face
 
-# Zero-shot steps of a preview: enough for the random start and the large early steps of the
-# schedule to spend the budget (what the eye judges), a few seconds per face on a CPU.
-PREVIEW_STEPS = 12
 # Side of the crop the shield works on, in face-box sides: room for every encoder's chip and
 # the feathered mask (which ends at 2 box sides), so the crop behaves like the whole photo.
 CONTEXT_SIDES = 3.0
@@ -38,12 +38,11 @@ CONTEXT_SIDES = 3.0
 SHOWN_SIDES = 2.0
 
 
-def preview_settings(settings: ProtectionSettings, steps: int = PREVIEW_STEPS
-                     ) -> ProtectionSettings:
-    """``settings`` for the preview: the zero-shot shield only, ``steps`` steps (never more
-    than the real run's), no polish; budget, step sizes, EOT and seed unchanged."""
+def preview_settings(settings: ProtectionSettings) -> ProtectionSettings:
+    """``settings`` for the preview: the zero-shot shield only (the real run's steps), no
+    polish; budget, step sizes, visibility target, EOT and seed unchanged."""
     return replace(settings, layers=Layers.ZEROSHOT, polish_steps=0,
-                   layer2_steps=max(1, min(steps, settings.layer2_steps or steps)))
+                   layer2_steps=max(1, settings.layer2_steps))
 
 
 def square_around(box: np.ndarray | tuple[float, ...], sides: float, width: int,
@@ -88,6 +87,7 @@ def preview_face(name: str, pixels: np.ndarray, kit: EngineKit, full_steps: int,
     protected8 = to_uint8(out.protected[0].permute(1, 2, 0).numpy())
     box = tuple(float(v) for v in np.asarray(local.box, dtype=np.float64)[:4])
     vis = face_visibility(crop, protected8, [box])
+    jnd = faces_jnd(crop, protected8, [box])
     scores = tuple(kit.score(crop, protected8.astype(np.float32) / np.float32(255.0)))
     sx0, sy0, sx1, sy1 = square_around(box, SHOWN_SIDES, crop.shape[1], crop.shape[0])
     return FacePreview(
@@ -97,4 +97,4 @@ def preview_face(name: str, pixels: np.ndarray, kit: EngineKit, full_steps: int,
         steps=out.steps_done, full_steps=full_steps, seconds=time.monotonic() - started,
         faces_in_photo=len(faces), face_ssim=vis.ssim if vis else None,
         face_de_mean=vis.de_mean if vis else None, face_de_p95=vis.de_p95 if vis else None,
-        scores=scores)
+        face_jnd=jnd, scores=scores)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from dladiff_app.core.results import FaceResult, IdentityScore
 from dladiff_app.core.visibility import FaceVisibility, face_visibility
 from dladiff_app.engine.faces.score import MIN_IOU, box_iou
 from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
+
+if TYPE_CHECKING:
+    import torch
 
 Box = tuple[float, float, float, float]
 # One entry per face of the clean image, largest first: (box in the clean image's pixels, or
@@ -95,6 +99,8 @@ class Measured:
     linf: float
     # How visible the change is on the faces of ``per_face`` (None: no face measured).
     face: FaceVisibility | None = None
+    # The most visible face's predicted visibility at 100% (JND; engine.visible_diff).
+    face_jnd: float | None = None
 
     # The PhotoResult fields of ``face`` (None without a face).
     @property
@@ -174,5 +180,40 @@ def measure_saved(clean: np.ndarray, saved: np.ndarray,
     else:
         scores = tuple(score(clean_view, saved_view))
         scores_shared, per_face = tuple(score(reference, shared)), ()
-    face = face_visibility(clean, saved, [f.box for f in per_face]) if per_face else None
-    return Measured(scores, scores_shared, per_face, *banded_quality(clean, saved), face=face)
+    boxes = [f.box for f in per_face]
+    face = face_visibility(clean, saved, boxes) if per_face else None
+    return Measured(scores, scores_shared, per_face, *banded_quality(clean, saved), face=face,
+                    face_jnd=faces_jnd(clean, saved, boxes) if per_face else None)
+
+
+def _unit_crop(a: np.ndarray, rect: tuple[int, int, int, int]) -> torch.Tensor:
+    """(1, 3, h, w) float32 [0, 1] tensor of ``a[y0:y1, x0:x1]``."""
+    import torch
+
+    from dladiff_app.core.quality import as_unit_float
+
+    x0, y0, x1, y1 = rect
+    part = as_unit_float(a[y0:y1, x0:x1], "image").astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(part)).permute(2, 0, 1)[None]
+
+
+def faces_jnd(clean: np.ndarray, saved: np.ndarray, boxes: Sequence[Box]) -> float | None:
+    """The most visible face's figure (:func:`visible_diff.face_jnd`) of ``saved`` against
+    ``clean`` ((H, W, 3) float [0, 1] or uint8), converting only the faces' regions."""
+    from dladiff_app.core.visibility import widened_box
+    from dladiff_app.engine.visible_diff import FACE_CONTEXT, face_jnd
+
+    h, w = clean.shape[:2]
+    worst = None
+    for box in boxes:
+        # The measure's own context: the box widened 1.5x, plus its pyramid margin.
+        bx0, by0, bx1, by1 = widened_box(box, w, h)
+        x0, y0 = max(0, bx0 - FACE_CONTEXT), max(0, by0 - FACE_CONTEXT)
+        x1, y1 = min(w, bx1 + FACE_CONTEXT), min(h, by1 + FACE_CONTEXT)
+
+        local = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+        value = face_jnd(_unit_crop(clean, (x0, y0, x1, y1)), _unit_crop(saved, (x0, y0, x1, y1)),
+                         [local])
+        if value is not None:
+            worst = value if worst is None else max(worst, value)
+    return worst

@@ -403,7 +403,7 @@ class _Run:
             scores=m.scores, scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
             psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=outcome.faces, layers_done=tuple(done),
             warnings=tuple(warnings), face_ssim=m.face_ssim,
-            face_de_mean=m.face_de_mean, face_de_p95=m.face_de_p95,
+            face_de_mean=m.face_de_mean, face_de_p95=m.face_de_p95, face_jnd=m.face_jnd,
             extra={
                 "sha256": digest, "source_sha256": photo.source_sha256, "preset": s.preset,
                 "eps": s.eps, "layers": s.layers.value,

@@ -226,7 +226,7 @@ class EngineProtectService:
                            scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
                            psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=len(m.per_face),
                            face_ssim=m.face_ssim, face_de_mean=m.face_de_mean,
-                           face_de_p95=m.face_de_p95)
+                           face_de_p95=m.face_de_p95, face_jnd=m.face_jnd)
 
 
     def preview_face(self, source: Path, settings: ProtectionSettings, cancel: CancelToken,

@@ -331,7 +331,8 @@ def quality_figures(result: PhotoResult) -> str:
     if result.linf is not None:
         # Measured on the 8-bit file, so a whole number of levels (float noise aside).
         parts.append(f"max change {result.linf:.0f}/255")
-    face = face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95)
+    face = face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95,
+                            result.face_jnd)
     if face:
         parts.append(face)
     return " · ".join(parts) or "no figures measured"
@@ -534,10 +535,11 @@ class CompareView(QWidget):
     def _show_face_change(self, result: PhotoResult) -> None:
         """How visible the protection is where it matters, in words; the figures behind them
         on hover (and under "Figures")."""
-        words = face_change_words(result.face_ssim, result.face_de_mean)
+        words = face_change_words(result.face_ssim, result.face_de_mean, result.face_jnd)
         self.face_change.setText(words)
         self.face_change.setToolTip(
-            face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95)
+            face_change_figures(result.face_ssim, result.face_de_mean, result.face_de_p95,
+                            result.face_jnd)
             + " (measured on each face widened 1.5×; a colour difference (ΔE2000) of about "
             "2.3 is just noticeable; SSIM 1 means unchanged)" if words else "")
         self.face_change.setVisible(bool(words))

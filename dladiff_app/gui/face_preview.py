@@ -181,10 +181,10 @@ class FacePreviewDialog(QDialog):
         self.result = result
         self.status.setText(f"Done in {result.seconds:.0f} s. Nothing was saved.")
         self._show_images(result)
-        self.words.setText(face_change_words(result.face_ssim, result.face_de_mean)
+        self.words.setText(face_change_words(result.face_ssim, result.face_de_mean, result.face_jnd)
                            or "The change on the face could not be measured.")
         self.words.setToolTip(face_change_figures(result.face_ssim, result.face_de_mean,
-                                                  result.face_de_p95))
+                                                  result.face_de_p95, result.face_jnd))
         self.scores.setText(" · ".join(
             f"<span style='color:{badge_colour(s)}'>{encoder_label(s.encoder)}: "
             f"{s.verdict}</span>" for s in result.scores) or "No identity model measured it.")

@@ -14,7 +14,7 @@ from dladiff_app.core.errors import Cancelled, NoFaceError
 from dladiff_app.core.presets import PRESETS
 from dladiff_app.core.settings import Settings
 from dladiff_app.core.visibility import face_visibility
-from dladiff_app.engine.face_preview import PREVIEW_STEPS, preview_settings
+from dladiff_app.engine.face_preview import preview_settings
 from dladiff_app.engine.services import build_services
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,8 +47,9 @@ def test_preview_protects_the_face_crop_within_the_budget_and_writes_nothing(
                                             lambda done, total: seen.append((done, total)))
     assert _files(tmp_path) == before  # nothing written, not even next to the photo
     assert preview.source == str(photo) and preview.faces_in_photo == 1
-    assert (preview.steps, preview.full_steps) == (PREVIEW_STEPS, medium.layer2_steps)
-    assert seen[-1] == (PREVIEW_STEPS, PREVIEW_STEPS) and len(seen) >= PREVIEW_STEPS
+    # The real run's steps: the preview's verdict is the album's for this face.
+    assert (preview.steps, preview.full_steps) == (medium.layer2_steps, medium.layer2_steps)
+    assert seen[-1] == (medium.layer2_steps, medium.layer2_steps)
     a, b = preview.original, preview.protected
     assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape and a.shape[2] == 3
     # A crop around the face, not the photo; the face box lies inside it.
@@ -62,6 +63,7 @@ def test_preview_protects_the_face_crop_within_the_budget_and_writes_nothing(
     assert vis is not None
     assert (preview.face_ssim, preview.face_de_mean, preview.face_de_p95) == pytest.approx(
         (vis.ssim, vis.de_mean, vis.de_p95), rel=1e-6)
+    assert preview.face_jnd is not None and preview.face_jnd > 0
     assert preview.face_de_mean > 0 and preview.scores
     assert {s.encoder for s in preview.scores} >= {"dlib"}
 
@@ -85,9 +87,10 @@ def test_preview_is_cancellable_and_says_when_there_is_no_face(tmp_path: Path) -
         services.protect.preview_face(sky, PRESETS["low"], CancelToken())
 
 
-def test_preview_settings_keep_the_budget_and_take_fewer_steps() -> None:
+def test_preview_settings_keep_the_budget_and_the_steps() -> None:
     for name, s in PRESETS.items():
         quick = preview_settings(s)
         assert quick.eps == s.eps and quick.step2 == s.step2 and quick.eot == s.eot, name
         assert quick.layers.value == "zeroshot" and quick.polish_steps == 0
-        assert quick.layer2_steps == min(PREVIEW_STEPS, s.layer2_steps)
+        assert quick.layer2_steps == s.layer2_steps
+        assert quick.face_jnd_target == s.face_jnd_target
