@@ -51,6 +51,7 @@ from dladiff_app.core.quality import psnr, simulate_sharing, ssim  # noqa: E402
 from dladiff_app.core.visibility import face_visibility  # noqa: E402
 from dladiff_app.engine.faces.score import to_tensor  # noqa: E402
 from dladiff_app.engine.shield import layer2  # noqa: E402
+from dladiff_app.engine.visible_diff import face_jnd  # noqa: E402
 
 
 def load_encoders(names: list[str]) -> list:
@@ -149,11 +150,13 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
                     [j.compare(got, o[j.name]) for o in others]))
         rows.append(row)
     vis = face_visibility(pixels, prot, [f.box for f in faces])
+    jnd = face_jnd(clean, to_tensor(prot).contiguous(), [f.box for f in faces])
     shade = face_shading(pixels, prot, [f.box for f in faces])
     return {"photo": ph.path.name, "faces": len(faces), "seconds": round(seconds, 2),
             "s_per_face": round(seconds / max(1, len(faces)), 2),
             "psnr": round(psnr(pixels, prot), 2), "ssim": round(ssim(pixels, prot), 4),
             "linf": int(np.abs(to_uint8(prot).astype(int) - to_uint8(pixels).astype(int)).max()),
+            "face_jnd": None if jnd is None else round(jnd, 2),
             "face_ssim": None if vis is None else round(vis.ssim, 4),
             "face_de_mean": None if vis is None else round(vis.de_mean, 3),
             "face_de_p95": None if vis is None else round(vis.de_p95, 3),
@@ -241,11 +244,13 @@ def report(results: list[dict], judges, title: str) -> str:
                      f"{np.mean(got) if got else float('nan'):.3f} | "
                      f"{np.mean(ref) if ref else float('nan'):.3f} | {other} |")
     # shade / SSIM 4x: benchmarks/shading.py (the smooth shading the face SSIM misses).
-    lines += ["", "| photo | faces | s/face | PSNR | max change | face SSIM | face dE mean | "
-              "face dE p95 | face shade | face SSIM 4x |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| photo | faces | s/face | PSNR | max change | visible (JND, worst face) | "
+              "face SSIM | face dE mean | face dE p95 | face shade | face SSIM 4x |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['photo']} | {r['faces']} | {r['s_per_face']} | {r['psnr']} | "
-                     f"{r['linf']}/255 | {r['face_ssim']} | {r['face_de_mean']} | "
+                     f"{r['linf']}/255 | {r['face_jnd']} | {r['face_ssim']} | "
+                     f"{r['face_de_mean']} | "
                      f"{r['face_de_p95']} | {r['face_shade']} | {r['face_ssim4']} |")
     return "\n".join(lines)
 
@@ -265,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="L-inf budget in 1/255 (default: the preset's); the face SSIM target "
                          "and step count stay the preset's, the step scale follows the budget "
                          "(eps/20) as a custom budget's does in the app")
+    ap.add_argument("--face-jnd", type=float, default=None,
+                    help="the visibility target in JND (shield option visibility=jnd)")
     ap.add_argument("--face-ssim", type=float, default=None,
                     help="face SSIM target of the shield (default: the preset's)")
     ap.add_argument("--leave-one-out", action="store_true")
@@ -295,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_overrides(eps=args.eps, face_ssim=settings.face_ssim_target)
     if args.face_ssim is not None:
         settings = settings.with_overrides(face_ssim=args.face_ssim)
+    if args.face_jnd is not None:
+        settings = settings.with_overrides(face_jnd=args.face_jnd)
     if args.alpha2 is not None:
         settings = settings.with_overrides(alpha2=args.alpha2)
     opts = shield_options(args.shield)

@@ -24,15 +24,17 @@ import torch.nn.functional as F
 from dladiff_app.engine.faces.align import antialiased_warps, gaussian_blur
 from dladiff_app.engine.faces.gradient_decay import residual_gradient_decay
 from dladiff_app.engine.faces.types import IdentityEncoder
-from dladiff_app.engine.shield.eot import EotConfig
+from dladiff_app.engine.shield.eot import EotConfig, TransformParams
 from dladiff_app.engine.shield.face_region import FaceRegion, jitter_face
 from dladiff_app.engine.shield.face_views import (
+    SHARED_JPEG_QUALITY,
     FaceCrop,
     ViewDraw,
     draw_view,
     make_view,
     view_scale,
 )
+from dladiff_app.engine.shield.jnd_target import JndController
 from dladiff_app.engine.shield.pgd import quantise_ste
 from dladiff_app.engine.shield.ssim_target import SsimController
 
@@ -46,6 +48,10 @@ P_SHARED, P_SAVED = 0.4, 0.2
 # gradient are kept in between): a measure costs about a third of an encoder's step on a
 # large face, and x moves by one small step at a time.
 SSIM_EVERY = 2
+# The stopping rule: from step STOP_FROM on, every STOP_EVERY steps each region's faces are
+# looked at as saved and as shared; a region whose every face is past every encoder's line by
+# ``ShieldOptions.stop_margin`` takes no more steps (one host read per check).
+STOP_FROM, STOP_EVERY = 20, 10
 
 
 def identity_term(encoder: IdentityEncoder, emb: torch.Tensor, target: torch.Tensor
@@ -100,7 +106,17 @@ def perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, px: RegionPixels, e
         grad = grey + opts.chroma * (grad - grey)
     if opts.soft_budget > 0:
         pen = 2.0 * (x - px.clean) / (eps * px.share) ** 2 * (px.mask > 0)
-        if opts.ssim_penalty > 0 and ssim_grad is not None:
+        if opts.visibility == "jnd" and ssim_grad is not None:
+            # Inside the face boxes the penalty is the visible-difference model's own gradient
+            # (all channels: it knows how little the eye sees of colour), at the L1 size of
+            # the plain penalty it replaces there.
+            vp, inside = ssim_grad
+            plain = pen * inside
+            v1 = torch.linalg.vector_norm(vp, ord=1)
+            p1 = torch.linalg.vector_norm(plain, ord=1)
+            vp = vp * torch.where(v1 > 0, p1 / v1, torch.zeros_like(v1))
+            pen = pen + opts.ssim_penalty * (vp - plain)
+        elif opts.ssim_penalty > 0 and ssim_grad is not None:
             sp, inside = ssim_grad
             grey = pen.mean(dim=1, keepdim=True).expand_as(pen) * inside
             sp1 = torch.linalg.vector_norm(sp, ord=1)
@@ -130,13 +146,17 @@ class FaceIdentityTerm:
                  targets: Sequence[Mapping[str, torch.Tensor]],
                  weights: Mapping[str, float] | None, opts: ShieldOptions,
                  gen: torch.Generator, eot_cfg: EotConfig | None, eps: float,
-                 controllers: Sequence[SsimController] | None = None) -> None:
+                 controllers: Sequence[SsimController] | None = None,
+                 shapers: Sequence[JndController] | None = None) -> None:
         self.regions, self.crops, self.pixels = regions, crops, pixels
         self.controllers = controllers
+        self.shapers = shapers
         self.gains: list[torch.Tensor | None] = [None] * len(regions)
         self.ssim_grads: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(regions)
         self.encoders, self.targets, self.weights = encoders, targets, weights
         self.opts, self.gen, self.eot_cfg, self.eps = opts, gen, eot_cfg, eps
+        self.stopped = [False] * len(regions)
+        self.stopped_at: list[int | None] = [None] * len(regions)
 
     def gradients(self, xs: Sequence[torch.Tensor], step: int
                   ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
@@ -145,6 +165,9 @@ class FaceIdentityTerm:
         total = torch.zeros((), device=xs[0].device)
         for r, (region, rcrops, px, x) in enumerate(zip(self.regions, self.crops, self.pixels,
                                                         xs, strict=True)):
+            if self.stopped[r] or self._stops(r, x, step):
+                grads.append(None)
+                continue
             leaf = x.detach().requires_grad_(True)
             with residual_gradient_decay(self.opts.skip_gradient), \
                     antialiased_warps(self.opts.antialias):
@@ -162,15 +185,48 @@ class FaceIdentityTerm:
             with torch.no_grad():
                 if self.opts.grad_blur > 0:
                     grad = gaussian_blur(grad, self.opts.grad_blur, mode="reflect")
-                if self.controllers is not None and step % SSIM_EVERY == 0:
+                if (self.controllers is not None or self.shapers is not None) \
+                        and step % SSIM_EVERY == 0:
                     self.measure_visibility(r, x)
                 grads.append(perceptual_gradient(grad, x, px, self.eps, self.opts,
                                                  self.gains[r], self.ssim_grads[r]))
         return grads, total
 
+    def _stops(self, r: int, x: torch.Tensor, step: int) -> bool:
+        """The stopping rule (see STOP_EVERY): is region ``r`` done at ``step``?"""
+        margin = self.opts.stop_margin
+        if margin is None or step < STOP_FROM or step % STOP_EVERY:
+            return False
+        region, rcrops = self.regions[r], self.crops[r]
+        draws = (ViewDraw("saved"),
+                 ViewDraw("shared", transform=TransformParams(jpeg_quality=SHARED_JPEG_QUALITY)))
+        worst = x.new_full((), -1e9)
+        with torch.no_grad():
+            for i, fc in zip(region.faces, rcrops, strict=True):
+                x0, y0, x1, y1 = fc.box
+                sub = x[..., y0:y1, x0:x1]
+                for draw in draws:
+                    view, vface = make_view(quantise_ste(sub) if draw.kind == "saved" else sub,
+                                            fc, draw)
+                    for enc in self.encoders:
+                        term = identity_term(enc, enc.embed(view, vface),
+                                             self.targets[i][enc.name])
+                        line = 0.0 if enc.metric == "euclidean" else float(enc.threshold)
+                        worst = torch.maximum(worst, term - (line - margin))
+        if float(worst) < 0.0:
+            self.stopped[r], self.stopped_at[r] = True, step
+        return self.stopped[r]
+
     def measure_visibility(self, r: int, x: torch.Tensor) -> None:
-        """Region ``r``'s face SSIM: the controller's new gain and, with the SSIM penalty on,
-        its gradient (kept for the next SSIM_EVERY steps)."""
+        """Region ``r``'s visibility, kept for the next SSIM_EVERY steps: with the
+        visible-difference model (``shapers``), its gradient, which shapes the penalty inside
+        the faces at a fixed weight (the shield projects the change under the target itself);
+        otherwise the face SSIM controller's new gain and, with the SSIM penalty on, the
+        SSIM's gradient."""
+        if self.shapers is not None:
+            _, vp = self.shapers[r].measure(x)
+            self.ssim_grads[r] = (vp, self.shapers[r].inside)
+            return
         assert self.controllers is not None
         ctl = self.controllers[r]
         if self.opts.ssim_penalty > 0:

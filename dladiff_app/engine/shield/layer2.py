@@ -51,6 +51,7 @@ from dladiff_app.engine.shield.face_views import (
     share_scale,
     work_scale,
 )
+from dladiff_app.engine.shield.jnd_target import JndController, capped
 from dladiff_app.engine.shield.perceptual import texture_budget
 from dladiff_app.engine.shield.pgd import grid_bounds
 from dladiff_app.engine.shield.ssim_target import SsimController
@@ -156,6 +157,10 @@ class ShieldOptions:
     face_ssim_control: bool = True
     ssim_penalty: float = 0.5
     momentum: float = 0.3
+    visibility: str = "ssim"
+    random_start: float = 1.0
+    stop_margin: float | None = None
+    jnd_cap: bool = False
 
 
 # The zero-shot shield as the first release shipped it: every lever neutral.
@@ -187,6 +192,8 @@ class Layer2Result:
     warnings: tuple[str, ...] = ()
     regions: tuple[tuple[int, int, int, int], ...] = ()
     initial_similarity: list[dict[str, float]] = field(default_factory=list)
+    # Per region: the step at which the stopping rule stopped it (None: it ran every step).
+    stopped_at: tuple[int | None, ...] = ()
 
 
 def identity_value(encoder: IdentityEncoder, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -317,6 +324,30 @@ def _face_crops(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[I
     return regions, crops
 
 
+# Steps between two projections of the change under the visibility target.
+PROJECT_EVERY = 2
+
+
+def _phases(total: int, name: str, shapers: Sequence[JndController],
+            starts: Sequence[torch.Tensor]) -> list[Phase]:
+    """The run as driver phases: one phase, or, with a visibility target, phases of
+    PROJECT_EVERY steps each followed by a projection of every region's change under its
+    target: the visible-difference model's figure grows in proportion to the size of the
+    change, so the change is scaled towards ``starts`` by target / figure where it is seen
+    (:meth:`JndController.local_scale`)."""
+    if not shapers:
+        return [Phase(total, {name: 1.0})]
+
+    def project(driver: Driver, _result: object) -> None:
+        with torch.no_grad():
+            for i, (shaper, start) in enumerate(zip(shapers, starts, strict=True)):
+                scale = shaper.local_scale(driver.xs[i])
+                driver.xs[i] = start + (driver.xs[i] - start) * scale
+
+    return [Phase(min(PROJECT_EVERY, total - k), {name: 1.0}, after=project)
+            for k in range(0, total, PROJECT_EVERY)]
+
+
 def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[Face],
                   encoders: list[IdentityEncoder], settings: ProtectionSettings, *,
                   weights: dict[str, float] | None = None, steps: int | None = None,
@@ -368,6 +399,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
     initial = _similarities(start, regions, len(faces), encoders, targets)
 
     boxes, pixels, starts, finals, controllers = [], [], [], [], []
+    shapers: list[JndController] = []
     for region in regions:
         clean_c = region.crop(image)
         start_c = region.crop(start).clone()
@@ -383,31 +415,38 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         boxes.append(Box(start_c + mask * (lo - start_c), start_c + mask * (hi - start_c),
                          step_mask=mask))
         pixels.append(RegionPixels(clean_c, share, mask))
+        local = [tuple(map(float, f.box)) for f in region.local_faces]
         if (opts.face_ssim_control or opts.ssim_penalty > 0) and opts.soft_budget > 0:
-            controllers.append(SsimController(clean_c, [tuple(map(float, f.box))
-                                                       for f in region.local_faces],
-                                              settings.face_ssim_target))
+            controllers.append(SsimController(clean_c, local, settings.face_ssim_target))
+        if opts.visibility == "jnd" or opts.jnd_cap:
+            shapers.append(JndController(clean_c, local, settings.face_jnd_target))
         # Random start: at delta = 0 the gradient through an encoder's warp can be exactly 0.
-        noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
+        noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * (
+            eps * opts.random_start)
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
         starts.append(start_c + mask * (y - start_c))
         finals.append((start_c, mask, lo, hi))
 
     term = FaceIdentityTerm(regions, crops, pixels, encoders, targets, weights, opts, gen,
-                            eot_cfg, eps, controllers or None)
+                            eot_cfg, eps, None if opts.visibility == "jnd" else controllers or None,
+                            shapers if opts.visibility == "jnd" and shapers else None)
     driver = Driver(starts, boxes, [term], CosineDecay(ALPHA_PEAK * alpha, ALPHA_FLOOR * alpha),
                     momentum=opts.momentum, cancel=cancel, progress=progress)
-    driver.run([Phase(total, {term.name: 1.0})])
+    driver.run(_phases(total, term.name, shapers if opts.visibility == "jnd" else [],
+                       [f[0] for f in finals]))
     done = driver.done
 
     protected = start.clone()
     with torch.no_grad():
         for region, (start_c, mask, lo, hi), x in zip(regions, finals, driver.xs, strict=True):
             q = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
+            if opts.jnd_cap:
+                q = capped(start_c, q, shapers[regions.index(region)])
             # Where the mask is 0 the photo is layer 1's, bit for bit.
             x0, y0, x1, y1 = region.box
             protected[..., y0:y1, x0:x1] = torch.where(mask > 0, q, start_c)
     final = _similarities(protected, regions, len(faces), encoders, targets)
     log.info("Layer 2: %d faces, %d steps, final %s", len(faces), done, final)
     return Layer2Result(protected=protected, final_similarity=final, steps_done=done,
-                        regions=tuple(r.box for r in regions), initial_similarity=initial)
+                        regions=tuple(r.box for r in regions), initial_similarity=initial,
+                        stopped_at=tuple(term.stopped_at))

@@ -1,0 +1,141 @@
+"""Hold every face below the visibility its preset promises, as the eye would judge it.
+
+:class:`JndController` is the zero-shot shield's visibility controller on the visible-difference
+model (:mod:`engine.visible_diff`): it measures each face's predicted visibility at 100% (in JND,
+the figure the app reports) and moves a multiplier on the soft budget's weight, up while a face is
+over its target, down while it is under; and it gives the gradient of a smooth version of that
+figure (the faces' JND maps pooled with a high Minkowski exponent, so the most visible spots weigh
+most), which the shield's penalty follows inside the face boxes: the change leaves smooth skin
+and the frequencies the eye is most sensitive to, and goes where texture masks it.
+
+It has the interface of :class:`ssim_target.SsimController` (``measure``, ``update``,
+``inside``), so the identity term takes either.
+
+Tensor contract: region crops (1, 3, h, w) float32 RGB in [0, 1]; boxes are (x0, y0, x1, y1)
+slice bounds in the crop; everything stays on the crop's device, nothing is read back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from dladiff_app.core.visibility import widened_box
+from dladiff_app.engine.visible_diff import FACE_CONTEXT as CONTEXT
+from dladiff_app.engine.visible_diff import FACE_QUANTILE, VisibleDifference
+
+# Largest change of the log multiplier in one update, reached at a gap of JND_UNIT; the
+# multiplier's range either side of 1.
+RATE, JND_UNIT, LOG_RANGE = 0.2, 0.25, math.log(50.0)
+# Minkowski exponent of the smooth figure whose gradient the penalty follows.
+SMOOTH_P = 8.0
+MIN_SIDE = 16
+
+
+class JndController:
+    """A multiplier on one region's soft-budget weight that keeps the region's faces at or below
+    ``target`` JND. ``boxes``: the faces' detector boxes in the region's coordinates (widened
+    1.5x as the app measures; those under 16 px are not measured: the multiplier stays 1 with
+    none left). ``clean``: the region's clean crop. ``inside``: (1, 1, h, w) mask of the
+    measured boxes."""
+
+    def __init__(self, clean: torch.Tensor, boxes: Sequence[Sequence[float]],
+                 target: float) -> None:
+        h, w = clean.shape[-2:]
+        self.target = float(target)
+        self.parts: list[tuple[tuple[int, int, int, int], VisibleDifference, torch.Tensor]] = []
+        self.inside = clean.new_zeros((1, 1, h, w))
+        for b in boxes:
+            x0, y0, x1, y1 = widened_box(b, w, h)
+            if x1 - x0 < MIN_SIDE or y1 - y0 < MIN_SIDE:
+                continue
+            cx0, cy0 = max(0, x0 - CONTEXT), max(0, y0 - CONTEXT)
+            cx1, cy1 = min(w, x1 + CONTEXT), min(h, y1 + CONTEXT)
+            model = VisibleDifference(clean[..., cy0:cy1, cx0:cx1])
+            mask = clean.new_zeros((1, 1, cy1 - cy0, cx1 - cx0))
+            mask[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = 1.0
+            self.parts.append(((cx0, cy0, cx1, cy1), model, mask))
+            self.inside[..., y0:y1, x0:x1] = 1.0
+        self.log_m = torch.zeros((), device=clean.device)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The worst face's figure of ``x`` (0-d JND; 0 without a measured face)."""
+        worst = x.new_zeros(())
+        for (x0, y0, x1, y1), model, mask in self.parts:
+            worst = torch.maximum(worst, model.score(x[..., y0:y1, x0:x1], mask, FACE_QUANTILE))
+        return worst
+
+    def local_scale(self, x: torch.Tensor, slack: float = 1.0) -> torch.Tensor:
+        """(1, 1, h, w) factor in (0, 1] on the change at each pixel that brings the faces'
+        visibility map to at most ``slack * target`` where it is over (1 elsewhere, and outside
+        the measured crops): the figure grows in proportion to the change, so a visible spot is
+        toned down where it is seen, and the change the eye does not see elsewhere is kept."""
+        scale = x.new_ones((1, 1, *x.shape[-2:]))
+        with torch.no_grad():
+            for (x0, y0, x1, y1), model, _ in self.parts:
+                jmap = model.jnd_map(x[..., y0:y1, x0:x1])
+                part = (slack * self.target / jmap.clamp_min(1e-6)).clamp(max=1.0)
+                scale[..., y0:y1, x0:x1] = torch.minimum(scale[..., y0:y1, x0:x1], part)
+        return scale
+
+    def measure(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The worst face's figure of ``x`` (0-d, detached) and the gradient of the faces'
+        smooth visibility (zero outside the measured crops): the direction that makes the
+        change more visible, which the penalty's descent goes against (the sign convention of
+        :meth:`ssim_target.SsimController.measure`, whose cost is the lost SSIM)."""
+        if not self.parts:
+            return x.new_zeros(()), torch.zeros_like(x)
+        leaf = x.detach().requires_grad_(True)
+        worst = x.new_zeros(())
+        smooth = x.new_zeros(())
+        with torch.enable_grad():
+            for (x0, y0, x1, y1), model, mask in self.parts:
+                jmap = model.jnd_map(leaf[..., y0:y1, x0:x1])
+                inside = jmap.flatten()[mask.flatten() > 0]
+                with torch.no_grad():
+                    worst = torch.maximum(worst, inside.amax() if FACE_QUANTILE >= 1.0
+                                          else torch.quantile(inside, FACE_QUANTILE))
+                smooth = smooth + inside.pow(SMOOTH_P).mean().pow(1.0 / SMOOTH_P)
+            grad = torch.autograd.grad(smooth, leaf)[0]
+        return worst.detach(), grad
+
+    def update(self, x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
+        """Measure ``x`` (or take its measured ``value``) and return the new multiplier (0-d, on
+        the device): up by at most ``exp(RATE)`` per call while the faces are over the target,
+        down while they are under."""
+        if not self.parts:
+            return self.log_m.exp()
+        with torch.no_grad():
+            v = self.value(x) if value is None else value
+            gap = ((v - self.target) / JND_UNIT).clamp(-1.0, 1.0)
+            self.log_m = (self.log_m + RATE * gap).clamp(-LOG_RANGE, LOG_RANGE)
+        return self.log_m.exp()
+
+
+
+# Bisection steps of the cap: the blend factor is found to 1/2^CAP_STEPS.
+CAP_STEPS = 7
+
+
+def capped(start: torch.Tensor, result: torch.Tensor, ctl: JndController) -> torch.Tensor:
+    """``result`` (a region crop on the 8-bit grid), or, when its most visible face is over
+    ``ctl.target``, the largest blend ``start + t * (result - start)`` (rounded to the grid)
+    that is not: the visibility promise holds on the file as written, whatever the optimiser
+    reached. ``start``: the crop before the zero-shot shield (the clean photo, or layer 1's
+    result). Measured against ``ctl``'s clean crop; one host read per bisection step."""
+    def blend(t: float) -> torch.Tensor:
+        return torch.round((start + t * (result - start)) * 255.0) / 255.0
+
+    with torch.no_grad():
+        if not ctl.parts or float(ctl.value(result)) <= ctl.target:
+            return result
+        lo, hi = 0.0, 1.0
+        for _ in range(CAP_STEPS):
+            mid = (lo + hi) / 2
+            if float(ctl.value(blend(mid))) <= ctl.target:
+                lo = mid
+            else:
+                hi = mid
+        return blend(lo)
