@@ -89,10 +89,12 @@ def test_probabilities_times_v_give_the_layer_output(sur: sg.Surrogate) -> None:
         finally:
             for h in handles:
                 h.remove()
-    assert set(store.maps) == set(names)
+        maps = store.take()
+    assert set(maps) == set(names)
+    assert not store.maps
     modules = dict(sur.unet.named_modules())
     for name in names:
-        probs = store.maps[name]
+        probs = maps[name]
         heads = modules[name.removesuffix(".processor")].heads
         n, h, q, k = probs.shape
         assert (n, h) == (2, heads)
@@ -123,24 +125,44 @@ def test_gradients_reach_the_pixels_through_the_maps(sur: sg.Surrogate) -> None:
     images, draw = _inputs(sur)
     sg.use_adapter(sur, "a")
     store = AttentionStore()
-    with torch.no_grad(), capturing(sur.unet, store):
-        sg.predict(sur, sg.encode(sur, images.flip(-1), draw), draw)
-    reference = store.take()
     x = images.clone().requires_grad_(True)
     with capturing(sur.unet, store):
+        with torch.no_grad():
+            sg.predict(sur, sg.encode(sur, images.flip(-1), draw), draw)
+        reference = store.take()
         sg.predict(sur, sg.encode(sur, x, draw), draw)
-    moved = store.take()
-    loss = attention_distance(reference, moved)
-    assert loss.shape == (2,) and bool((loss > 0).all())
-    (grad,) = torch.autograd.grad(loss.sum(), x)
+        loss = attention_distance(reference, store.take())
+        assert loss.shape == (2,) and bool((loss > 0).all())
+        (grad,) = torch.autograd.grad(loss.sum(), x)
     assert float(grad.abs().sum()) > 0
     # Through the maps alone: the gradient of one cross map entry also reaches the pixels.
     x2 = images.clone().requires_grad_(True)
     with capturing(sur.unet, store, AttentionChoice(cross_min_level=0, self_min_level=None)):
         sg.predict(sur, sg.encode(sur, x2, draw), draw)
-    first = next(iter(store.take().values()))
-    (grad2,) = torch.autograd.grad(first[:, :, :, 4].sum(), x2)
+        first = next(iter(store.take().values()))
+        (grad2,) = torch.autograd.grad(first[:, :, :, 4].sum(), x2)
     assert float(grad2.abs().sum()) > 0
+
+
+def test_gradient_checkpointing_recomputes_through_the_capture(tiny_sd_dir: Path) -> None:
+    """A checkpointed UNet recomputes the layers in the backward pass: the capture must still
+    be in place then, and give the gradient a plain backward gives."""
+    s = sg.load_surrogate(tiny_sd_dir)
+    images, draw = _inputs(s)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            s.unet.enable_gradient_checkpointing()
+        store = AttentionStore()
+        x = images.clone().requires_grad_(True)
+        with capturing(s.unet, store):
+            with torch.no_grad():
+                sg.predict(s, sg.encode(s, images.flip(-1), draw), draw)
+            reference = store.take()
+            sg.predict(s, sg.encode(s, x, draw), draw)
+            loss = attention_distance(reference, store.take()).sum()
+            grads.append(torch.autograd.grad(loss, x)[0])
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
 
 
 def test_distance_is_zero_for_equal_maps_and_checks_layers() -> None:

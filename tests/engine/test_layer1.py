@@ -115,17 +115,19 @@ def _attention_deviation(sur: sg.Surrogate, clean: list[torch.Tensor],
                          images: list[torch.Tensor]) -> float:
     """L_att of ``images`` against ``clean`` (static surrogate on the clean photos, dynamic
     one on ``images``) at fixed noise seeds and timesteps."""
+    from dladiff_app.engine.shield.attention import AttentionStore, capturing
     from dladiff_app.engine.shield.dual import attention_loss
 
     ref, work = _work(clean), _work(images)
     values = []
-    with torch.no_grad():
+    store = AttentionStore()
+    with torch.no_grad(), capturing(sur.unet, store):
         for seed in EVAL["seeds"]:
             for t in EVAL["timesteps"]:
                 gen = torch.Generator().manual_seed(seed)
                 n = int(work.shape[0])
                 draw = sg.NoiseDraw.draw(sur, n, TINY_SD_RESOLUTION, gen, torch.full((n,), t))
-                values.append(float(attention_loss(sur, work, ref, draw)))
+                values.append(float(attention_loss(sur, work, ref, draw, store)))
     return sum(values) / len(values)
 
 

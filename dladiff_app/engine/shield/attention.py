@@ -147,8 +147,10 @@ def chosen_layers(unet: Any, choice: AttentionChoice = DEFAULT_CHOICE) -> list[s
 def capturing(unet: Any, store: AttentionStore,
               choice: AttentionChoice = DEFAULT_CHOICE) -> Iterator[list[str]]:
     """Install :class:`CaptureProcessor` on the layers ``choice`` names for the block's
-    duration (the other layers keep their processors; all are restored afterwards). Yields
-    the captured layer names."""
+    duration (the other layers keep their processors; all are restored and ``store`` emptied
+    afterwards). Keep the block open until the backward pass is done: gradient checkpointing
+    recomputes the layers then, and must meet the same processors. Yields the captured layer
+    names."""
     before = dict(unet.attn_processors)
     names = chosen_layers(unet, choice)
     unet.set_attn_processor({name: CaptureProcessor(store, name) if name in names else proc
@@ -157,6 +159,7 @@ def capturing(unet: Any, store: AttentionStore,
         yield names
     finally:
         unet.set_attn_processor(before)
+        store.clear()  # maps a checkpointed backward recomputed are not wanted
 
 
 def attention_distance(reference: dict[str, torch.Tensor], moved: dict[str, torch.Tensor]

@@ -17,13 +17,7 @@ from __future__ import annotations
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
-from dladiff_app.engine.shield.attention import (
-    DEFAULT_CHOICE,
-    AttentionChoice,
-    AttentionStore,
-    attention_distance,
-    capturing,
-)
+from dladiff_app.engine.shield.attention import AttentionStore, attention_distance
 
 DYN, PRIOR = "dyn", "prior"
 
@@ -51,27 +45,20 @@ def denoise_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw) -> t
     return sg.unet_loss(sur, latents, draw)
 
 
-def attention_maps(sur: sg.Surrogate, adapter: str, latents: torch.Tensor, draw: sg.NoiseDraw,
-                   choice: AttentionChoice = DEFAULT_CHOICE) -> dict[str, torch.Tensor]:
-    """The attention maps of ``adapter``'s UNet pass on ``latents`` noised with ``draw`` (see
-    ``shield.attention``: (N, heads, Q, K) per captured layer), with the graph attached when
-    grad is enabled."""
-    store = AttentionStore()
-    sg.use_adapter(sur, adapter)
-    with capturing(sur.unet, store, choice):
-        sg.predict(sur, latents, draw)
-    return store.take()
-
-
 def attention_loss(sur: sg.Surrogate, work: torch.Tensor, clean: torch.Tensor,
-                   draw: sg.NoiseDraw, choice: AttentionChoice = DEFAULT_CHOICE
-                   ) -> torch.Tensor:
+                   draw: sg.NoiseDraw, store: AttentionStore) -> torch.Tensor:
     """``L_att``: the static surrogate's attention maps on ``clean`` against the dynamic one's
     on ``work``, both (N, 3, S, S) RGB [0, 1] seen through the same view, with the same latent
-    sample, noise, timestep and prompt (``draw``). Returns the mean over the N images of
+    sample, noise, timestep and prompt (``draw``). The capture processors must be installed
+    (:func:`attention.capturing` with ``store``) until the backward pass is done: gradient
+    checkpointing recomputes the layers then. Returns the mean over the N images of
     :func:`attention.attention_distance` as a 0-d fp32 tensor, differentiable with respect to
     ``work`` only (the reference pass runs without gradient)."""
+    store.clear()
     with torch.no_grad():
-        reference = attention_maps(sur, PRIOR, sg.encode(sur, clean, draw), draw, choice)
-    moved = attention_maps(sur, DYN, sg.encode(sur, work, draw), draw, choice)
-    return attention_distance(reference, moved).mean()
+        sg.use_adapter(sur, PRIOR)
+        sg.predict(sur, sg.encode(sur, clean, draw), draw)
+        reference = store.take()
+    sg.use_adapter(sur, DYN)
+    sg.predict(sur, sg.encode(sur, work, draw), draw)
+    return attention_distance(reference, store.take()).mean()

@@ -18,11 +18,18 @@ photos have the same shapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
+from dladiff_app.engine.shield.attention import (
+    DEFAULT_CHOICE,
+    AttentionChoice,
+    AttentionStore,
+    capturing,
+)
 from dladiff_app.engine.shield.dual import attention_loss, denoise_loss, dual_loss
 from dladiff_app.engine.shield.memory import StepDown
 from dladiff_app.engine.shield.pgd import quantise_ste
@@ -39,16 +46,20 @@ class SurrogateTerm:
     micro-batching and step-down state (its ``size`` is the working size now). ``noise``:
     draws the noise and timesteps, ``view_gen`` the views and prompts (CPU generators).
     ``clean``: the clean photos, when ``loss`` needs them. ``quantise``: see each photo through
-    the 8-bit file it will be written as (straight-through rounding; the polish)."""
+    the 8-bit file it will be written as (straight-through rounding; the polish).
+    ``around``: a context every step's forward and backward passes run inside (the attention
+    capture)."""
 
     def __init__(self, sur: sg.Surrogate, album: StepDown, loss: AlbumLoss,
                  pixel_scale: PixelLossScale, noise: torch.Generator, *, name: str,
                  clean: Sequence[torch.Tensor] | None = None,
                  policy: ViewPolicy = CENTRE_ONLY, view_gen: torch.Generator | None = None,
-                 quantise: bool = False) -> None:
+                 quantise: bool = False,
+                 around: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         if policy != CENTRE_ONLY and view_gen is None:
             raise ValueError("random attacker views need a generator")
         self.name, self.loss, self.clean = name, loss, clean
+        self.around = around or nullcontext
         self.sur, self.album = sur, album
         self.pixel_scale, self.noise, self.view_gen = pixel_scale, noise, view_gen
         self.policy, self.quantise = policy, quantise
@@ -65,7 +76,8 @@ class SurrogateTerm:
             if self.policy.prompts:  # one instance prompt per view
                 prompts = [torch.randint(0, self.n_prompts, (len(v),), generator=self.view_gen)
                            for v in views]
-        grads, loss = self.album.retry(partial(self._album_gradient, xs, views, prompts))
+        with self.around():
+            grads, loss = self.album.retry(partial(self._album_gradient, xs, views, prompts))
         return list(grads), loss
 
     def _crops(self, images: Sequence[torch.Tensor], idx: list[int], views: list[list[View]]
@@ -115,13 +127,18 @@ def dual_term(sur: sg.Surrogate, album: StepDown, weights: tuple[float, float],
 def attention_term(sur: sg.Surrogate, album: StepDown, clean: Sequence[torch.Tensor],
                    pixel_scale: PixelLossScale, noise: torch.Generator, *,
                    name: str = "attention", policy: ViewPolicy = CENTRE_ONLY,
-                   view_gen: torch.Generator | None = None) -> SurrogateTerm:
-    """``L_att`` (static surrogate on ``clean`` vs dynamic one on the photos) as a term."""
+                   view_gen: torch.Generator | None = None,
+                   choice: AttentionChoice = DEFAULT_CHOICE) -> SurrogateTerm:
+    """``L_att`` (static surrogate on ``clean`` vs dynamic one on the photos, the layers of
+    ``choice``) as a term."""
+    store = AttentionStore()
+
     def loss(work: torch.Tensor, ref: torch.Tensor | None, draw: sg.NoiseDraw) -> torch.Tensor:
         assert ref is not None
-        return attention_loss(sur, work, ref, draw)
+        return attention_loss(sur, work, ref, draw, store)
     return SurrogateTerm(sur, album, loss, pixel_scale, noise, name=name, clean=clean,
-                         policy=policy, view_gen=view_gen)
+                         policy=policy, view_gen=view_gen,
+                         around=lambda: capturing(sur.unet, store, choice))
 
 
 def denoise_term(sur: sg.Surrogate, album: StepDown, pixel_scale: PixelLossScale,
