@@ -121,9 +121,10 @@ def test_capture_does_not_change_the_unet_output(sur: sg.Surrogate) -> None:
     assert all(after[k] is before[k] for k in before), "processors must be restored"
 
 
-def test_gradients_reach_the_pixels_through_the_maps(sur: sg.Surrogate) -> None:
-    images, draw = _inputs(sur)
-    sg.use_adapter(sur, "a")
+def _distance_and_gradient(sur: sg.Surrogate, images: torch.Tensor, draw: sg.NoiseDraw
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention distance (N,) of ``images`` to their mirror images (no gradient on the
+    reference), and its sum's gradient with respect to ``images``."""
     store = AttentionStore()
     x = images.clone().requires_grad_(True)
     with capturing(sur.unet, store):
@@ -132,8 +133,16 @@ def test_gradients_reach_the_pixels_through_the_maps(sur: sg.Surrogate) -> None:
         reference = store.take()
         sg.predict(sur, sg.encode(sur, x, draw), draw)
         loss = attention_distance(reference, store.take())
-        assert loss.shape == (2,) and bool((loss > 0).all())
         (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+def test_gradients_reach_the_pixels_through_the_maps(sur: sg.Surrogate) -> None:
+    images, draw = _inputs(sur)
+    sg.use_adapter(sur, "a")
+    store = AttentionStore()
+    loss, grad = _distance_and_gradient(sur, images, draw)
+    assert loss.shape == (2,) and bool((loss > 0).all())
     assert float(grad.abs().sum()) > 0
     # Through the maps alone: the gradient of one cross map entry also reaches the pixels.
     x2 = images.clone().requires_grad_(True)
@@ -153,15 +162,7 @@ def test_gradient_checkpointing_recomputes_through_the_capture(tiny_sd_dir: Path
     for checkpointing in (False, True):
         if checkpointing:
             s.unet.enable_gradient_checkpointing()
-        store = AttentionStore()
-        x = images.clone().requires_grad_(True)
-        with capturing(s.unet, store):
-            with torch.no_grad():
-                sg.predict(s, sg.encode(s, images.flip(-1), draw), draw)
-            reference = store.take()
-            sg.predict(s, sg.encode(s, x, draw), draw)
-            loss = attention_distance(reference, store.take()).sum()
-            grads.append(torch.autograd.grad(loss, x)[0])
+        grads.append(_distance_and_gradient(s, images, draw)[1])
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
 
 
