@@ -93,7 +93,7 @@ def run(out: Path) -> None:
             st = res.stats
             results[name] = {"protected": res.protected, "pgd_loss": st.pgd_loss,
                              "lora_loss": st.lora_loss, "prior_loss": st.prior_loss,
-                             "dual": st.dual_loss_per_round, "cache_hit": res.prior_cache_hit,
+                             "objective": [e.objective for e in st.epochs], "cache_hit": res.prior_cache_hit,
                              "lora": res.lora_states}
             if res.surrogates is not None:
                 clean = _tensor(photos["face"])

@@ -52,26 +52,29 @@ def reset_rss_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def build_sd15_random(folder: Path) -> Path:
-    """SD 1.5's architecture (configs as published for runwayml/stable-diffusion-v1-5) with
-    random weights, saved as a diffusers folder. The tokenizer is the tiny test one: the
-    instance prompt's ids are all inside CLIP's 49408-token embedding table."""
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd15_unet() -> torch.nn.Module:
+    """SD 1.5's UNet (config as published) with random weights, built on the current default
+    device (``with torch.device("meta")`` builds it without memory, for counting)."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=768, attention_head_dim=8,
     )
+
+
+def build_sd15_random(folder: Path) -> Path:
+    """SD 1.5's architecture (configs as published for runwayml/stable-diffusion-v1-5) with
+    random weights, saved as a diffusers folder. The tokenizer is the tiny test one: the
+    instance prompt's ids are all inside CLIP's 49408-token embedding table."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = sd15_unet()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
         block_out_channels=(128, 256, 512, 512),

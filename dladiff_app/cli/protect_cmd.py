@@ -40,7 +40,7 @@ from dladiff_app.core.events import (
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.manifest import json_safe
-from dladiff_app.core.presets import PRESETS, Layers, preset
+from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.services import JobSummary
@@ -64,7 +64,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), default="medium",
                    help="protection strength (default: medium)")
-    p.add_argument("--eps", type=float, help="budget in 1/255 steps (overrides the preset)")
+    p.add_argument("--eps", type=float, help="the zero-shot shield's budget on the faces in "
+                   "1/255 steps, on top of the fine-tuning shield's (overrides the preset)")
+    p.add_argument("--eps-ft", dest="eps_ft", type=float, help="the fine-tuning shield's budget "
+                   "on the whole photo in 1/255 steps (overrides the preset; Medium: 7)")
     p.add_argument("--layers", choices=[x.value for x in Layers], help="which shields run "
                    "(default: both)")
     p.add_argument("--format", choices=[f.value for f in OutputFormat], default="png")
@@ -89,11 +92,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", dest="json_local", action="store_true", default=argparse.SUPPRESS,
                    help="JSON lines on stdout (same as the global --json)")
     steps = p.add_argument_group("explicit step counts (override the preset)")
-    for flag, field in (("--rounds", "layer1_rounds"), ("--pgd-steps", "layer1_pgd_steps"),
-                        ("--lora-steps", "layer1_lora_steps"), ("--prior-steps", "prior_steps"),
-                        ("--layer2-steps", "layer2_steps"), ("--polish-steps", "polish_steps"),
-                        ("--seed", "seed")):
-        steps.add_argument(flag, dest=field, type=int, metavar="N")
+    # Layer 1 per epoch: iter1 attention-loss PGD steps, iter2 denoising-loss PGD steps,
+    # iter3 fine-tuning steps of the dynamic surrogate (the older names stay accepted).
+    for flags, field in ((("--epochs", "--rounds"), "layer1_rounds"),
+                         (("--iter1", "--pgd-steps"), "layer1_pgd_steps"),
+                         (("--iter2", "--denoise-steps"), "layer1_denoise_steps"),
+                         (("--iter3", "--lora-steps"), "layer1_lora_steps"),
+                         (("--prior-steps",), "prior_steps"),
+                         (("--layer2-steps",), "layer2_steps"),
+                         (("--polish-steps",), "polish_steps"), (("--seed",), "seed")):
+        steps.add_argument(*flags, dest=field, type=int, metavar="N")
     p.set_defaults(func=run)
 
 
@@ -131,10 +139,10 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
         raise UsageError("give at least one photo or folder to protect")
     try:
         overrides = {name: getattr(args, name) for name in (
-            "layer1_rounds", "layer1_pgd_steps", "layer1_lora_steps", "prior_steps",
-            "layer2_steps", "polish_steps", "seed")}
+            "layer1_rounds", "layer1_pgd_steps", "layer1_denoise_steps", "layer1_lora_steps",
+            "prior_steps", "layer2_steps", "polish_steps", "seed")}
         settings = preset(args.preset).with_overrides(
-            eps=args.eps, layers=Layers(args.layers) if args.layers else None, **overrides)
+            eps=args.eps, eps_ft=args.eps_ft, layers=Layers(args.layers) if args.layers else None, **overrides)
         export = ExportOptions(format=OutputFormat(args.format), quality=args.quality,
                                keep_metadata=args.keep_metadata, write_report=not args.no_report,
                                export_unprotected=args.export_unprotected)
@@ -322,6 +330,17 @@ def long_job_warning(job: ProtectJob, device_kind: str, pipeline: dict[str, Any]
             "tools in minutes, or run on a GPU.")
 
 
+def budgets_line(s: ProtectionSettings) -> str:
+    """Both layers' budgets as the job will use them, in one line."""
+    parts = []
+    if s.layers.finetune:
+        parts.append(f"fine-tuning shield {s.finetune_eps:g}/255 on the whole photo")
+    if s.layers.zeroshot:
+        parts.append(f"zero-shot shield {s.eps:g}/255 on the faces"
+                     + (" on top" if s.layers.finetune else ""))
+    return f"Budgets (preset {s.preset}): " + ", ".join(parts) + "."
+
+
 def _confirm(message: str, args: argparse.Namespace, printer: Printer) -> bool:
     if printer.as_json:
         print(json.dumps({"event": "Estimate", "message": message}), file=printer.out, flush=True)
@@ -359,6 +378,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dladiff protect: {exc}", file=sys.stderr)
         return 2
     n = len(discover_inputs(job.inputs, recursive=job.recursive, exclude=job.output_dir).files)
+    if not as_json:
+        print(budgets_line(job.settings), file=sys.stderr, flush=True)
     warning = long_job_warning(job, kit.device_kind, kit.models.get("sd_pipeline"), n)
     if warning and not _confirm(warning, args, printer):
         print("Nothing was changed.", file=sys.stderr)

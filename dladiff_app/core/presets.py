@@ -25,24 +25,43 @@ class Layers(str, Enum):
         return self in (Layers.BOTH, Layers.ZEROSHOT)
 
 
+# Layer 1's objectives: the paper's attention-map loss (DSUR) or the dual denoising loss an
+# earlier reading of the paper used (both surrogates' denoising loss maximised), for comparison.
+LAYER1_OBJECTIVES = ("attention", "dual")
+# The paper's fine-tuning budget and PGD step in 1/255 units (7/255 and 5e-3 in [0, 1] pixels).
+PAPER_EPS_FT = 7.0
+PAPER_STEP_FT = 0.005 * 255
+
+
 @dataclass(frozen=True)
 class ProtectionSettings:
     """Everything that decides what the shields do to a photo.
 
-    ``eps`` is the L-inf budget in 1/255 units shared by both layers. ``layer1_rounds`` x
-    ``layer1_pgd_steps`` PGD steps alternate with ``layer1_lora_steps`` LoRA steps of the dynamic
-    surrogate per round; ``prior_steps`` pre-fine-tune the prior surrogate on the clean photos.
-    ``alpha1``/``alpha2`` are PGD step sizes in 1/255 units (None: eps/10 and eps/20).
-    ``face_ssim`` is how much of each face's look the zero-shot shield may change, as the luma
-    SSIM of the face box widened 1.5x (:mod:`core.visibility`; None: :func:`face_ssim_for_eps`
-    of ``eps``, so that a stronger budget may also be more visible).
+    Budgets, L-inf in 1/255 units, one per layer (METHOD.md "Composition and strength"):
+    ``eps`` is the zero-shot shield's budget on the faces, added ON TOP of the fine-tuning
+    shield's ``finetune_eps`` (``eps_ft``; None: derived from ``eps``, 7/8 of it), which covers
+    the whole photo. A face may so end ``finetune_eps + eps`` from the clean photo, the rest of
+    the photo at most ``finetune_eps``.
+
+    Layer 1 (the paper's Algorithm 1) runs ``epochs`` (``layer1_rounds``) epochs of: ``iter1``
+    (``layer1_pgd_steps``) PGD steps on the ``layer1_objective`` (the attention-map loss
+    between the static and the dynamic surrogate), ``iter2`` (``layer1_denoise_steps``) PGD
+    steps on the dynamic surrogate's denoising loss, ``iter3`` (``layer1_lora_steps``)
+    fine-tuning steps of the dynamic surrogate on the protected photos (none after the last
+    epoch: they could no longer change the photos). ``prior_steps`` train the static surrogate
+    on the clean photos once; with the ``"dual"`` objective it is refreshed every
+    ``prior_refresh_every`` epochs. ``alpha1``/``alpha2`` are PGD step sizes in 1/255 units
+    (None: the paper's 5e-3 scaled by ``finetune_eps / 7``, and eps/20). ``face_ssim`` is how
+    much of each face's look the zero-shot shield may change, as the luma SSIM of the face
+    box widened 1.5x (:mod:`core.visibility`; None: :func:`face_ssim_for_eps` of ``eps``, so
+    that a stronger budget may also be more visible).
     """
 
     preset: str = "medium"
     eps: float = 8.0
     layers: Layers = Layers.BOTH
     layer1_rounds: int = 10
-    layer1_pgd_steps: int = 10
+    layer1_pgd_steps: int = 5
     layer1_lora_steps: int = 5
     prior_steps: int = 200
     prior_refresh_every: int = 5
@@ -54,18 +73,51 @@ class ProtectionSettings:
     seed: int = 0
     face_ssim: float | None = None
     face_jnd: float | None = None
+    eps_ft: float | None = None
+    layer1_denoise_steps: int = 5
+    layer1_objective: str = "attention"
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 32:
             raise ValueError(f"eps must be in (0, 32] (units of 1/255), got {self.eps}")
+        if self.eps_ft is not None and not 0 < self.eps_ft <= 32:
+            raise ValueError(f"eps_ft must be in (0, 32] (units of 1/255), got {self.eps_ft}")
         for name in ("layer1_rounds", "layer1_pgd_steps", "layer1_lora_steps", "prior_steps",
-                     "layer2_steps", "polish_steps"):
+                     "layer2_steps", "polish_steps", "layer1_denoise_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.prior_refresh_every < 1:
             raise ValueError("prior_refresh_every must be >= 1")
         if self.face_ssim is not None and not 0.5 <= self.face_ssim < 1.0:
             raise ValueError(f"face_ssim must be in [0.5, 1), got {self.face_ssim}")
+        if self.layer1_objective not in LAYER1_OBJECTIVES:
+            raise ValueError(f"layer1_objective must be one of {LAYER1_OBJECTIVES}, got "
+                             f"{self.layer1_objective!r}")
+
+    @property
+    def finetune_eps(self) -> float:
+        """Layer 1's budget on the whole photo, 1/255 units (see ``eps_ft``)."""
+        return self.eps_ft if self.eps_ft is not None else self.eps * PAPER_EPS_FT / 8.0
+
+    @property
+    def epochs(self) -> int:
+        """ADFT epochs of layer 1 (``layer1_rounds``)."""
+        return self.layer1_rounds
+
+    @property
+    def iter1(self) -> int:
+        """PGD steps on the layer-1 objective per epoch (``layer1_pgd_steps``)."""
+        return self.layer1_pgd_steps
+
+    @property
+    def iter2(self) -> int:
+        """PGD steps on the dynamic surrogate's denoising loss per epoch."""
+        return self.layer1_denoise_steps
+
+    @property
+    def iter3(self) -> int:
+        """Fine-tuning steps of the dynamic surrogate per epoch (``layer1_lora_steps``)."""
+        return self.layer1_lora_steps
 
     @property
     def face_ssim_target(self) -> float:
@@ -80,7 +132,8 @@ class ProtectionSettings:
     @property
     def step1(self) -> float:
         """Layer-1 PGD step in 1/255 units."""
-        return self.alpha1 if self.alpha1 is not None else self.eps / 10
+        return self.alpha1 if self.alpha1 is not None else \
+            PAPER_STEP_FT * self.finetune_eps / PAPER_EPS_FT
 
     @property
     def step2(self) -> float:
@@ -89,7 +142,14 @@ class ProtectionSettings:
 
     @property
     def layer1_total_pgd(self) -> int:
-        return self.layer1_rounds * self.layer1_pgd_steps
+        """PGD steps of layer 1 on one album (both PGD stages of every epoch)."""
+        return self.layer1_rounds * (self.layer1_pgd_steps + self.layer1_denoise_steps)
+
+    @property
+    def layer1_total_lora(self) -> int:
+        """Fine-tuning steps of the dynamic surrogate on one album (none after the last
+        epoch)."""
+        return max(0, self.layer1_rounds - 1) * self.layer1_lora_steps
 
     def with_overrides(self, **changes: object) -> ProtectionSettings:
         """Copy with explicit overrides (``None`` values are ignored)."""
@@ -121,13 +181,19 @@ def face_ssim_for_eps(eps: float) -> float:
     return min(0.995, max(0.9, value))
 
 
-# METHOD.md table: eps, layer-1 PGD steps (K x p), prior LoRA steps, layer-2 steps.
+# METHOD.md: Medium's fine-tuning budget is the paper's 7/255; Low and High scale it (see
+# benchmarks/results/fine_tune_ablation_cpu.md). Each layer-1 epoch: iter1 attention-loss PGD
+# steps, iter2 denoising-loss PGD steps, iter3 fine-tuning steps of the dynamic surrogate.
 PRESETS: dict[str, ProtectionSettings] = {
-    "low": ProtectionSettings(preset="low", eps=4.0, layer1_rounds=4, layer1_pgd_steps=10,
+    "low": ProtectionSettings(preset="low", eps=4.0, eps_ft=4.0, layer1_rounds=4,
+                              layer1_pgd_steps=5, layer1_denoise_steps=5, layer1_lora_steps=5,
                               prior_steps=100, layer2_steps=50, polish_steps=5),
-    "medium": ProtectionSettings(preset="medium", eps=8.0, layer1_rounds=10, layer1_pgd_steps=10,
-                                 prior_steps=200, layer2_steps=100, polish_steps=10),
-    "high": ProtectionSettings(preset="high", eps=12.0, layer1_rounds=20, layer1_pgd_steps=10,
+    "medium": ProtectionSettings(preset="medium", eps=8.0, eps_ft=PAPER_EPS_FT, layer1_rounds=10,
+                                 layer1_pgd_steps=5, layer1_denoise_steps=5,
+                                 layer1_lora_steps=5, prior_steps=200, layer2_steps=100,
+                                 polish_steps=10),
+    "high": ProtectionSettings(preset="high", eps=12.0, eps_ft=10.0, layer1_rounds=20,
+                               layer1_pgd_steps=5, layer1_denoise_steps=5, layer1_lora_steps=5,
                                prior_steps=400, layer2_steps=200, polish_steps=20),
 }
 

@@ -23,7 +23,7 @@ _LAYER_TEXT = {
     "layer2": "Zero-shot shield: the face region was changed so that face-recognition models, "
               "like those IP-Adapter/InstantID/PhotoMaker-style tools use, see a different "
               "person.",
-    "polish": "Joint polish: a few final steps keeping both shields inside the same budget.",
+    "polish": "Joint polish: a few final steps on both shields' losses, inside both budgets.",
 }
 
 _CSS = """
@@ -103,7 +103,7 @@ def _photo_section(photo: dict[str, Any], thumbs: tuple[bytes, bytes] | None) ->
     parts.append(
         f"<p>Output: <code>{escape(photo['output'])}</code> ({photo['width']}&times;"
         f"{photo['height']} px), preset {escape(str(photo['preset']))}, budget "
-        f"{_fmt(photo['eps'], 1)}/255, device {escape(photo['device'])}, "
+        f"{_budget_text(photo)}, device {escape(photo['device'])}, "
         f"{_fmt(photo['seconds'], 1)} s. PSNR {_fmt(photo['psnr'], 2)} dB, SSIM "
         f"{_fmt(photo['ssim'], 4)}, largest pixel change {_fmt(photo['linf'], 0)}/255.</p>")
     parts.append(_visibility_paragraph(photo))
@@ -168,6 +168,21 @@ def render_report(manifest: dict[str, Any],
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>DLADiff report: {escape(manifest['album'])}</title>"
             f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}</body></html>\n")
+
+
+def _budget_text(photo: dict[str, Any]) -> str:
+    """Each shield's budget that changed the photo (a manifest without ``eps_ft`` predates
+    budgets per shield: its one budget is given as it was)."""
+    done = photo.get("layers_done", [])
+    if "eps_ft" not in photo:
+        return f"{_fmt(photo['eps'], 1)}/255"
+    parts = []
+    if "layer1" in done:
+        parts.append(f"{_fmt(photo['eps_ft'], 1)}/255 on the whole photo (fine-tuning shield)")
+    if "layer2" in done:
+        parts.append(f"{_fmt(photo['eps'], 1)}/255 on the faces (zero-shot shield"
+                     + (", on top)" if parts else ")"))
+    return " + ".join(parts) if parts else f"{_fmt(photo['eps'], 1)}/255"
 
 
 def _settings_sentence(manifest: dict[str, Any]) -> str:

@@ -127,9 +127,11 @@ def calibrate(encoders: Sequence[IdentityEncoder], detector: FaceDetector | None
 
 def layer1_steps(settings: ProtectionSettings) -> tuple[int, int]:
     """(PGD steps, LoRA steps) of layer 1 on one album, the prior counted as not cached."""
+    # Only the old dual objective refreshes the static surrogate during the run.
     refreshes = len([k for k in range(1, settings.layer1_rounds)
-                     if k % settings.prior_refresh_every == 0])
-    lora = (max(0, settings.layer1_rounds - 1) + refreshes) * settings.layer1_lora_steps \
+                     if k % settings.prior_refresh_every == 0]) \
+        if settings.layer1_objective == "dual" else 0
+    lora = settings.layer1_total_lora + refreshes * settings.layer1_lora_steps \
         + settings.prior_steps
     return settings.layer1_total_pgd, lora
 
@@ -196,6 +198,5 @@ def estimate_layer1_seconds(settings: ProtectionSettings, n_photos: int, device_
         return None if settings.layers.finetune else 0.0
     scale = (working_size / 512) ** 2 * max(1, n_photos)
     pgd = settings.layer1_total_pgd * CPU_SECONDS_PER_PGD_STEP_512 * LAYER1_VIEWS_PER_PGD_STEP
-    lora = (settings.layer1_rounds * settings.layer1_lora_steps + settings.prior_steps
-            ) * CPU_SECONDS_PER_LORA_STEP_512
+    lora = (settings.layer1_total_lora + settings.prior_steps) * CPU_SECONDS_PER_LORA_STEP_512
     return (pgd + lora) * scale

@@ -90,6 +90,9 @@ class Layer1Output:
     protected: list[torch.Tensor]      # (3, H, W) float32 [0, 1] per photo, inside the eps ball
     note: str = ""                     # one line for the report ("what this layer did")
     warnings: tuple[str, ...] = ()     # said to the user for every photo (e.g. memory step-downs)
+    # The manifest's ``layer1`` section of every photo of the album: objective, budget, step,
+    # per-epoch losses (``Layer1Session.protect_album`` fills it).
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 # images (3,H,W) list, cancel, step -> Layer1Output
@@ -170,6 +173,7 @@ class _Run:
         self.done = self.failed = self.skipped = self.unprotected = 0
         self.eta = EtaTracker(sink)
         self.t0 = time.monotonic()
+        self.layer1_record: dict[str, Any] = {}  # the current album's (Layer1Output.record)
         s, e = job.settings, job.export
         self.key_parts = (
             s.to_dict(),
@@ -406,17 +410,16 @@ class _Run:
             face_de_mean=m.face_de_mean, face_de_p95=m.face_de_p95, face_jnd=m.face_jnd,
             extra={
                 "sha256": digest, "source_sha256": photo.source_sha256, "preset": s.preset,
-                "eps": s.eps, "layers": s.layers.value,
+                "eps": s.eps, "eps_ft": s.finetune_eps, "layers": s.layers.value,
                 "steps": {"layer1_pgd": s.layer1_total_pgd if "layer1" in done else 0,
                           "prior": s.prior_steps if "layer1" in done else 0,
-                          # No S_dyn update after the last PGD round (it could not change
-                          # the photos): rounds - 1 updates are what ran.
-                          "layer1_lora": ((s.layer1_rounds - 1) * s.layer1_lora_steps
-                                          if "layer1" in done else 0),
+                          "layer1_lora": s.layer1_total_lora if "layer1" in done else 0,
                           "layer2": s.layer2_steps if "layer2" in done else 0,
                           "polish": s.polish_steps if "polish" in done else 0},
                 "device": self.kit.device_kind, "model_revisions": self.kit.model_revisions,
                 "app_version": __version__, "layer_notes": outcome.notes,
+                **({"layer1": self.layer1_record}
+                   if "layer1" in done and self.layer1_record else {}),
             })
         return _manifest_photo(result)
 
@@ -479,6 +482,7 @@ class _Run:
                     self.protect_guarded(photo, None, "")
             return
         loaded = [p for p in pending if self.load(p)]
+        self.layer1_record = {}
         layer1_out: list[torch.Tensor | None] = [None] * len(loaded)
         layer1_note = ""
         album_notices: tuple[str, ...] = ()
@@ -488,6 +492,7 @@ class _Run:
             try:
                 out1 = self.kit.layer1(images, self.cancel, self.eta.step_fn(None))
                 layer1_out, layer1_note = list(out1.protected), out1.note
+                self.layer1_record = out1.record
                 album_notices = out1.warnings
             except Cancelled:
                 raise

@@ -54,8 +54,7 @@ class EtaTracker:
         """Plan the work; ``unusable`` photos (missing inputs) only count as finished ones."""
         s = settings
         run_l1 = s.layers.finetune and layer1
-        l1 = (s.prior_steps + s.layer1_rounds * (s.layer1_pgd_steps + s.layer1_lora_steps)
-              if run_l1 else 0)
+        l1 = s.prior_steps + s.layer1_total_pgd + s.layer1_total_lora if run_l1 else 0
         self.per_album = [float(l1) if n else 0.0 for n in album_sizes]
         run_l2 = s.layers.zeroshot and layer2
         self.per_face = (s.layer2_steps if run_l2 else 0.0) + (

@@ -43,7 +43,7 @@ def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJ
     s = job.settings
     doc = build_manifest(
         album=album.name,
-        job={"preset": s.preset, "eps": s.eps, "layers": s.layers.value,
+        job={"preset": s.preset, "eps": s.eps, "eps_ft": s.finetune_eps, "layers": s.layers.value,
              "settings": s.to_dict(),
              "export": {"format": job.export.format.value, "quality": job.export.quality,
                         "keep_metadata": job.export.keep_metadata}},

@@ -64,10 +64,18 @@ def strength_words(eps: float) -> str:
 def technical_details(settings: ProtectionSettings) -> str:
     """The figures behind the words, for people who want them (one click away)."""
     s = settings
-    lines = [f"Budget: {s.eps:g}/255 per pixel (L∞), step {s.step2:.2g}/255 (zero-shot)"]
+    lines = []
     if s.layers.finetune:
-        lines.append(f"Fine-tuning shield: {s.layer1_total_pgd} PGD steps ({s.layer1_rounds} "
-                     f"rounds × {s.layer1_pgd_steps}), {s.prior_steps} prior LoRA steps")
+        lines.append(f"Fine-tuning shield budget: {s.finetune_eps:g}/255 per pixel (L∞) on the "
+                     f"whole photo, step {s.step1:.2g}/255")
+    if s.layers.zeroshot:
+        lines.append(f"Zero-shot shield budget: {s.eps:g}/255 per pixel (L∞) on the faces"
+                     + (" on top of the fine-tuning one" if s.layers.finetune else "")
+                     + f", step {s.step2:.2g}/255")
+    if s.layers.finetune:
+        lines.append(f"Fine-tuning shield: {s.layer1_rounds} epochs × ({s.iter1} attention-map "
+                     f"+ {s.iter2} denoising PGD steps, {s.iter3} fine-tuning steps), "
+                     f"{s.prior_steps} static-surrogate LoRA steps")
     if s.layers.zeroshot:
         lines.append(f"Zero-shot shield: {s.layer2_steps} steps per face"
                      + (" with JPEG/resize robustness (EOT)" if s.eot else ""))

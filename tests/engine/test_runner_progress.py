@@ -9,7 +9,8 @@ from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.engine.runner_progress import EtaTracker
 
 SETTINGS = ProtectionSettings(preset="custom", layers=Layers.FINETUNE, layer1_rounds=1,
-                              layer1_pgd_steps=4, layer1_lora_steps=0, prior_steps=0)
+                              layer1_pgd_steps=4, layer1_denoise_steps=0, layer1_lora_steps=0,
+                              prior_steps=0)
 
 
 def test_every_albums_layer1_steps_count_and_the_eta_follows_the_measured_rate() -> None:

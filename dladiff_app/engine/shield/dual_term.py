@@ -1,46 +1,66 @@
-"""The dual-surrogate term of the objective: layer 1's ``w_dyn * L(S_dyn, x) + w_prior *
-L(S_prior, x)`` (``shield.dual``) over an album, as a :class:`driver.Term`.
+"""Layer 1's losses over an album as :class:`driver.Term` objects: the attention-map loss
+(stage 1), S_dyn's denoising loss (stage 2) and the old dual denoising loss (the polish, the
+``"dual"`` objective), all through one :class:`SurrogateTerm`.
 
 Each step draws the attacker's views of every photo (``shield.views``: crop offset, mirror,
 instance prompt) and one noise/timestep draw per view, then evaluates the album in
 micro-batches on the surrogate's device; running out of memory steps down and repeats the same
-views (``shield.memory.StepDown``). fp16 bases get pixel loss scaling (sign steps do not see
-the scale). The loss reported is the album mean, a 0-d tensor on the surrogate's device.
+views (``shield.memory.StepDown``). A term given the clean photos sees each clean photo through
+the same view as its perturbed copy (the attention loss's reference). fp16 bases get pixel loss
+scaling (sign steps do not see the scale). The loss reported is the album mean, a 0-d tensor on
+the surrogate's device.
 
 Tensor contract: variables are the album's photos, (3, H_i, W_i) or (1, 3, H_i, W_i) float32
-RGB in [0, 1] at full resolution, on any device (the gradients come back there).
+RGB in [0, 1] at full resolution, on any device (the gradients come back there); the clean
+photos have the same shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
-from dladiff_app.engine.shield.dual import dual_loss
+from dladiff_app.engine.shield.attention import (
+    DEFAULT_CHOICE,
+    AttentionChoice,
+    AttentionStore,
+    capturing,
+)
+from dladiff_app.engine.shield.dual import attention_loss, denoise_loss, dual_loss
 from dladiff_app.engine.shield.memory import StepDown
 from dladiff_app.engine.shield.pgd import quantise_ste
 from dladiff_app.engine.shield.precision import PixelLossScale
 from dladiff_app.engine.shield.resize import to_working
 from dladiff_app.engine.shield.views import CENTRE_ONLY, View, ViewPolicy, to_view
 
+# (perturbed working-size images, their clean counterparts or None, draw) -> 0-d mean loss
+AlbumLoss = Callable[[torch.Tensor, "torch.Tensor | None", sg.NoiseDraw], torch.Tensor]
 
-class DualSurrogateTerm:
-    """``name``: the term's name in a schedule. ``album``: the micro-batching and step-down
-    state (its ``size`` is the working size now). ``noise``: draws the noise and timesteps,
-    ``view_gen`` the views and prompts (CPU generators). ``quantise``: see each photo through
-    the 8-bit file it will be written as (straight-through rounding; the polish)."""
 
-    def __init__(self, sur: sg.Surrogate, album: StepDown, weights: tuple[float, float],
-                 pixel_scale: PixelLossScale, noise: torch.Generator, *,
+class SurrogateTerm:
+    """``name``: the term's name in a schedule. ``loss``: the per-batch loss. ``album``: the
+    micro-batching and step-down state (its ``size`` is the working size now). ``noise``:
+    draws the noise and timesteps, ``view_gen`` the views and prompts (CPU generators).
+    ``clean``: the clean photos, when ``loss`` needs them. ``quantise``: see each photo through
+    the 8-bit file it will be written as (straight-through rounding; the polish).
+    ``around``: a context every step's forward and backward passes run inside (the attention
+    capture)."""
+
+    def __init__(self, sur: sg.Surrogate, album: StepDown, loss: AlbumLoss,
+                 pixel_scale: PixelLossScale, noise: torch.Generator, *, name: str,
+                 clean: Sequence[torch.Tensor] | None = None,
                  policy: ViewPolicy = CENTRE_ONLY, view_gen: torch.Generator | None = None,
-                 quantise: bool = False, name: str = "dual") -> None:
+                 quantise: bool = False,
+                 around: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         if policy != CENTRE_ONLY and view_gen is None:
             raise ValueError("random attacker views need a generator")
-        self.name = name
-        self.sur, self.album, self.weights = sur, album, weights
+        self.name, self.loss, self.clean = name, loss, clean
+        self.around = around or nullcontext
+        self.sur, self.album = sur, album
         self.pixel_scale, self.noise, self.view_gen = pixel_scale, noise, view_gen
         self.policy, self.quantise = policy, quantise
         self.n_prompts = int(sur.text_embeddings.shape[0])
@@ -56,33 +76,75 @@ class DualSurrogateTerm:
             if self.policy.prompts:  # one instance prompt per view
                 prompts = [torch.randint(0, self.n_prompts, (len(v),), generator=self.view_gen)
                            for v in views]
-        grads, loss = self.album.retry(partial(self._album_gradient, xs, views, prompts))
+        with self.around():
+            grads, loss = self.album.retry(partial(self._album_gradient, xs, views, prompts))
         return list(grads), loss
+
+    def _crops(self, images: Sequence[torch.Tensor], idx: list[int], views: list[list[View]]
+               ) -> torch.Tensor:
+        size = self.album.size
+        if views:
+            return torch.cat([to_view(images[j], size, v) for j, i in enumerate(idx)
+                              for v in views[i]])
+        return torch.cat([to_working(x, size) for x in images])
 
     def _album_gradient(self, xs: Sequence[torch.Tensor], views: list[list[View]],
                         prompts: list[torch.Tensor] | None
                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Gradients of the album's dual loss (each photo's views averaged) per photo, and
-        the album mean loss."""
+        """Gradients of the album's loss (each photo's views averaged) per photo, and the
+        album mean loss."""
         sur, album, n = self.sur, self.album, len(xs)
-        size = album.size
         grads: list[torch.Tensor] = [torch.zeros_like(x) for x in xs]
         loss_sum = torch.zeros((), device=sur.device)
         for idx in album.chunks():
             leaves = [xs[i].detach().to(sur.device).requires_grad_(True) for i in idx]
             seen = [quantise_ste(x) for x in leaves] if self.quantise else leaves
-            if views:
-                crops = [to_view(x, size, v) for i, x in zip(idx, seen, strict=True)
-                         for v in views[i]]
-                rows = [i for i in idx for _ in views[i]]
-            else:
-                crops, rows = [to_working(x, size) for x in seen], list(idx)
-            draw = sg.NoiseDraw.draw(sur, len(rows), size, self.noise, prompts=None
+            crops = self._crops(seen, idx, views)
+            clean = None if self.clean is None else \
+                self._crops([self.clean[i].to(sur.device) for i in idx], idx, views)
+            rows = len(crops)
+            draw = sg.NoiseDraw.draw(sur, rows, album.size, self.noise, prompts=None
                                      if prompts is None else torch.cat([prompts[i] for i in idx]))
             # Mean over the chunk's views = mean over its photos (each has as many views).
-            loss = dual_loss(sur, torch.cat(crops), draw, self.weights)
+            loss = self.loss(crops, clean, draw)
             for i, g in zip(idx, self.pixel_scale.grad(loss * (len(idx) / n), leaves),
                             strict=True):
                 grads[i] = g.detach().to(xs[i].device)
             loss_sum = loss_sum + loss.detach() * len(idx)
         return grads, loss_sum / n
+
+
+def dual_term(sur: sg.Surrogate, album: StepDown, weights: tuple[float, float],
+              pixel_scale: PixelLossScale, noise: torch.Generator, *, name: str = "dual",
+              policy: ViewPolicy = CENTRE_ONLY, view_gen: torch.Generator | None = None,
+              quantise: bool = False) -> SurrogateTerm:
+    """The dual denoising loss ``w_dyn * L(S_dyn) + w_prior * L(S_prior)`` as a term."""
+    return SurrogateTerm(sur, album, lambda w, _c, d: dual_loss(sur, w, d, weights),
+                         pixel_scale, noise, name=name, policy=policy, view_gen=view_gen,
+                         quantise=quantise)
+
+
+def attention_term(sur: sg.Surrogate, album: StepDown, clean: Sequence[torch.Tensor],
+                   pixel_scale: PixelLossScale, noise: torch.Generator, *,
+                   name: str = "attention", policy: ViewPolicy = CENTRE_ONLY,
+                   view_gen: torch.Generator | None = None,
+                   choice: AttentionChoice = DEFAULT_CHOICE) -> SurrogateTerm:
+    """``L_att`` (static surrogate on ``clean`` vs dynamic one on the photos, the layers of
+    ``choice``) as a term."""
+    store = AttentionStore()
+
+    def loss(work: torch.Tensor, ref: torch.Tensor | None, draw: sg.NoiseDraw) -> torch.Tensor:
+        assert ref is not None
+        return attention_loss(sur, work, ref, draw, store)
+    return SurrogateTerm(sur, album, loss, pixel_scale, noise, name=name, clean=clean,
+                         policy=policy, view_gen=view_gen,
+                         around=lambda: capturing(sur.unet, store, choice))
+
+
+def denoise_term(sur: sg.Surrogate, album: StepDown, pixel_scale: PixelLossScale,
+                 noise: torch.Generator, *, name: str = "denoise",
+                 policy: ViewPolicy = CENTRE_ONLY,
+                 view_gen: torch.Generator | None = None) -> SurrogateTerm:
+    """S_dyn's denoising loss as a term."""
+    return SurrogateTerm(sur, album, lambda w, _c, d: denoise_loss(sur, w, d), pixel_scale,
+                         noise, name=name, policy=policy, view_gen=view_gen)

@@ -1,16 +1,21 @@
-"""Layer 1, the fine-tuning shield: DSUR dual surrogates + ADFT alternation (METHOD.md).
+"""Layer 1, the fine-tuning shield: the paper's Algorithm 1 (DSUR + ADFT, METHOD.md).
 
-PGD maximises ``w_dyn * L(S_dyn, x') + w_prior * L(S_prior, x')`` (``shield.dual``) over the
-whole album, where ``S_prior`` is a LoRA pre-fine-tuned on the clean photos (cached on disk) and
-``S_dyn`` a LoRA fine-tuned between PGD rounds on the current protected photos. The perturbation
-lives at each photo's full resolution; the surrogates see the DreamBooth resize/crop of it:
-with ``settings.eot`` the views of ``shield.views.ViewPolicy`` (default: the centre crop,
-plain and mirrored; random crop offsets and instance prompts on request), else the centre
-crop and the training prompt.
+Two LoRA surrogates on one frozen SD base: the static one (``"prior"``), trained once on the
+clean photos (cached on disk), and the dynamic one (``"dyn"``), fresh per album. Each epoch:
+(1) ``iter1`` PGD ascent steps on the attention-map loss ``L_att`` (static surrogate on the
+clean photo vs dynamic one on the protected photo, same view, timestep and noise), (2)
+``iter2`` PGD ascent steps on the dynamic surrogate's denoising loss, (3) ``iter3`` fine-tuning
+steps of the dynamic surrogate on the protected photos (none after the last epoch). The
+``"dual"`` objective replaces stage 1's loss by the dual denoising loss of an earlier design.
+
+The perturbation lives at each photo's full resolution, inside ``settings.finetune_eps``; the
+surrogates see the DreamBooth resize/crop of it: with ``settings.eot`` the views of
+``shield.views.ViewPolicy`` (default: the centre crop, plain and mirrored; random crop offsets
+and instance prompts on request), else the centre crop and the training prompt.
 
 Device residency: the photos, their perturbations and the surrogates stay on the run's device
 (the photos fall back to host memory only when the album is too large for it); losses are read
-once per round, so the inner loops never wait for the device. Out-of-memory errors step down
+once per stage, so the inner loops never wait for the device. Out-of-memory errors step down
 (``shield.memory``); fp16 bases get loss scaling (``shield.precision``).
 """
 
@@ -31,7 +36,7 @@ from dladiff_app.engine.shield import pgd
 from dladiff_app.engine.shield import surrogate as sg
 from dladiff_app.engine.shield.driver import Ball, Constant, Driver, Phase, PhaseResult
 from dladiff_app.engine.shield.dual import DYN, PRIOR, dual_loss
-from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
+from dladiff_app.engine.shield.dual_term import attention_term, denoise_term, dual_term
 from dladiff_app.engine.shield.memory import StepDown, size_multiple
 from dladiff_app.engine.shield.precision import grad_scaler_for, pixel_scale_for
 from dladiff_app.engine.shield.prior_cache import PriorCache, prior_cache_key
@@ -39,17 +44,36 @@ from dladiff_app.engine.shield.resize import to_working
 from dladiff_app.engine.shield.views import CENTRE_ONLY, ViewPolicy
 
 Progress = Callable[[str, int, int], None]
-__all__ = ["DYN", "PRIOR", "Layer1Result", "Layer1Stats", "Layer1Surrogates",
+__all__ = ["DYN", "PRIOR", "EpochStats", "Layer1Result", "Layer1Stats", "Layer1Surrogates",
            "protect_album_layer1"]
+
+
+@dataclass
+class EpochStats:
+    """One ADFT epoch's album-mean losses, each averaged over the stage's steps (None: the
+    stage ran no step). ``objective``: stage 1's loss (``L_att`` with the attention
+    objective); ``denoise``: S_dyn's denoising loss on the protected photos (stage 2, PGD
+    raises it); ``finetune``: S_dyn's fine-tuning loss on them (stage 3, training lowers it)."""
+
+    epoch: int
+    objective: float | None = None
+    denoise: float | None = None
+    finetune: float | None = None
+
+    def to_dict(self, objective_name: str) -> dict[str, object]:
+        return {"epoch": self.epoch, "l_att" if objective_name == "attention" else "dual":
+                self.objective, "dyn_denoise": self.denoise, "dyn_finetune": self.finetune}
 
 
 @dataclass
 class Layer1Stats:
     """Measured curves of one run (losses are album means, fp32 floats)."""
 
-    dual_loss_per_round: list[float] = field(default_factory=list)
-    pgd_loss: list[float] = field(default_factory=list)
-    lora_loss: list[float] = field(default_factory=list)
+    objective: str = "attention"  # stage 1's loss (ProtectionSettings.layer1_objective)
+    epochs: list[EpochStats] = field(default_factory=list)
+    pgd_loss: list[float] = field(default_factory=list)  # stage 1, every step
+    denoise_loss: list[float] = field(default_factory=list)  # stage 2, every step
+    lora_loss: list[float] = field(default_factory=list)  # stage 3, every step
     prior_loss: list[float] = field(default_factory=list)
     working_size: int = 0
     micro_batch: int = 0
@@ -58,15 +82,34 @@ class Layer1Stats:
     attacker_views: str = ""  # the attacker views PGD averaged over (ViewPolicy.describe)
     seconds: float = 0.0
     # Wall time of the phases (album-wide; the device is waited for at the end of each):
-    pgd_seconds: float = 0.0    # PGD steps, for time estimates
+    pgd_seconds: float = 0.0    # PGD steps of both stages, for time estimates
     lora_seconds: float = 0.0   # S_dyn steps
     prior_seconds: float = 0.0  # S_prior pre-training and refreshes
+
+    def record(self, settings: ProtectionSettings) -> dict[str, object]:
+        """The manifest's ``layer1`` section (schema ``$defs/layer1``): what ran and the
+        per-epoch losses (see :class:`EpochStats`)."""
+        return {"objective": self.objective, "eps_ft": settings.finetune_eps,
+                "step": settings.step1, "iter1": settings.iter1, "iter2": settings.iter2,
+                "iter3": settings.iter3, "working_size": self.working_size,
+                "attacker_views": self.attacker_views,
+                "epochs": [e.to_dict(self.objective) for e in self.epochs]}
+
+    def summary(self) -> str:
+        """One line: stage 1's and stage 2's loss from the first to the last epoch."""
+        def span(values: list[float | None]) -> str:
+            seen = [v for v in values if v is not None]
+            return f"{seen[0]:.4g} -> {seen[-1]:.4g}" if seen else "not recorded"
+        name = "L_att" if self.objective == "attention" else "dual loss"
+        return (f"{name} {span([e.objective for e in self.epochs])}, dynamic surrogate's "
+                f"denoising loss {span([e.denoise for e in self.epochs])} over "
+                f"{len(self.epochs)} epochs")
 
 
 @dataclass
 class Layer1Result:
     """``protected``: one (3, H_i, W_i) fp32 RGB tensor in [0, 1] per input photo (CPU, not yet
-    quantised), within eps/255 of it. ``lora_states``: the final ``"dyn"``/``"prior"`` adapter
+    quantised), within finetune_eps/255 of it. ``lora_states``: the final ``"dyn"``/``"prior"`` adapter
     weights (for evaluation and diagnosis)."""
 
     protected: list[torch.Tensor]
@@ -217,12 +260,13 @@ def protect_album_layer1(
     1.5). ``cache_dir``: where the prior LoRA is cached (None: no cache).
     ``progress(stage, step, total)`` runs after every step, stage one of ``"prior"``,
     ``"layer1_pgd"``, ``"layer1_lora"``; ``cancel.check()`` runs before every step (raises
-    ``Cancelled``). ``weights``: (w_dyn, w_prior). Deterministic for ``settings.seed`` on the
-    CPU. ``surrogate``: a base already loaded from ``pipeline_dir`` on ``device`` (kept warm
-    between albums; its adapters are replaced here). ``notify(text)``: told of every
-    out-of-memory step-down as it happens. ``views``: the attacker views PGD averages over
-    (default: :class:`ViewPolicy()` with ``settings.eot``, else the centre crop only). Raises ``DeviceError`` when the device's memory
-    cannot be made to suffice. ``keep_surrogates``: also return the loaded surrogates
+    ``Cancelled``). ``weights``: (w_dyn, w_prior) of the dual loss (the ``"dual"``
+    objective and the polish). Deterministic for ``settings.seed`` on the CPU. ``surrogate``:
+    a base already loaded from ``pipeline_dir`` on ``device`` (kept warm between albums; its
+    adapters are replaced here). ``notify(text)``: told of every out-of-memory step-down as
+    it happens. ``views``: the attacker views PGD averages over (default:
+    :class:`ViewPolicy()` with ``settings.eot``, else the centre crop only). Raises
+    ``DeviceError`` when the device's memory cannot be made to suffice. ``keep_surrogates``: also return the loaded surrogates
     (:class:`Layer1Surrogates`) for a joint polish; they keep Stable Diffusion in memory while
     the result is held.
     """
@@ -236,12 +280,14 @@ def protect_album_layer1(
     if size % size_multiple(sur):
         raise ValueError(f"working size {size} must be a multiple of {size_multiple(sur)} for "
                          "this model")
-    eps, alpha = pgd.from_255(settings.eps), pgd.from_255(settings.step1)
+    eps, alpha = pgd.from_255(settings.finetune_eps), pgd.from_255(settings.step1)
     n = len(images)
     album = StepDown(sur, n, micro_batch or (min(n, 4) if dev.type == "cuda" else 1), size,
                      dev_name, notify)
     policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
-    stats = Layer1Stats(working_size=size, attacker_views=policy.describe())
+    objective = settings.layer1_objective
+    stats = Layer1Stats(objective=objective, working_size=size,
+                        attacker_views=policy.describe())
     pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
     gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (
@@ -261,9 +307,10 @@ def protect_album_layer1(
     sg.add_lora(sur, DYN, rank=lora_rank, seed=seed + 11)
     opt_dyn = sg.make_optimizer(sur, DYN, lora_lr)
 
-    rounds, p_steps, f_steps = settings.layer1_rounds, settings.layer1_pgd_steps, \
-        settings.layer1_lora_steps
-    refresh_rounds = [k for k in range(1, rounds) if k % settings.prior_refresh_every == 0]
+    epochs, iter3 = settings.epochs, settings.iter3
+    # The paper's static surrogate stays as trained; the old dual objective refreshed it.
+    refresh_epochs = [k for k in range(1, epochs) if k % settings.prior_refresh_every == 0] \
+        if objective == "dual" else []
     cache = PriorCache(cache_dir) if cache_dir is not None else None
 
     def cache_key(at_size: int) -> str:
@@ -276,7 +323,7 @@ def protect_album_layer1(
     cached = cache.load(cache_key(size)) if cache is not None else None
     done = {"prior": 0, "layer1_lora": 0}
     totals = {"prior": (0 if cached is not None else settings.prior_steps)
-              + len(refresh_rounds) * f_steps, "layer1_lora": (rounds - 1) * f_steps}
+              + len(refresh_epochs) * iter3, "layer1_lora": settings.layer1_total_lora}
 
     def lora_phase(stage: str, name: str, opt: torch.optim.Optimizer, fixed: _Moments,
                    gen: torch.Generator, steps: int) -> tuple[list[float], float]:
@@ -311,32 +358,48 @@ def protect_album_layer1(
     opt_refresh = sg.make_optimizer(sur, PRIOR, lora_lr)
 
     x_adv = [pgd.random_start(x, eps, gen_start) for x in clean]
-    term = DualSurrogateTerm(sur, album, weights, pixel_scale, gen_pgd, policy=policy,
-                             view_gen=gen_view)
+    stage1 = attention_term(sur, album, clean, pixel_scale, gen_pgd, policy=policy,
+                            view_gen=gen_view) if objective == "attention" else \
+        dual_term(sur, album, weights, pixel_scale, gen_pgd, policy=policy, view_gen=gen_view)
+    stage2 = denoise_term(sur, album, pixel_scale, gen_pgd, policy=policy, view_gen=gen_view)
 
-    def between_rounds(k: int, driver: Driver, result: PhaseResult) -> None:
-        """After PGD round ``k``: the round's curves, then ADFT's S_dyn update on the current
-        protected photos and, on refresh rounds, S_prior's on the clean ones."""
-        if result.steps:
-            values = result.losses[term.name]
-            stats.pgd_seconds += result.seconds
-            stats.pgd_loss.extend(values)
-            stats.dual_loss_per_round.append(sum(values) / len(values))
-        if k == rounds:
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    def after_stage1(k: int, driver: Driver, result: PhaseResult) -> None:
+        values = result.losses.get(stage1.name, [])
+        stats.pgd_seconds += result.seconds
+        stats.pgd_loss.extend(values)
+        stats.epochs.append(EpochStats(k, objective=mean(values)))
+
+    def after_stage2(k: int, driver: Driver, result: PhaseResult) -> None:
+        """Stage 2's curve, then stage 3: S_dyn fine-tuned on the current protected photos
+        (and, with the dual objective on refresh epochs, the static surrogate on the clean)."""
+        values = result.losses.get(stage2.name, [])
+        stats.pgd_seconds += result.seconds
+        stats.denoise_loss.extend(values)
+        stats.epochs[-1].denoise = mean(values)
+        if k == epochs:
             return  # a last S_dyn update could no longer change the photos
         adv_moments = _Moments(sur, [x.detach() for x in driver.xs])
-        values, seconds = lora_phase("layer1_lora", DYN, opt_dyn, adv_moments, gen_dyn, f_steps)
+        values, seconds = lora_phase("layer1_lora", DYN, opt_dyn, adv_moments, gen_dyn, iter3)
         stats.lora_loss.extend(values)
+        stats.epochs[-1].finetune = mean(values)
         stats.lora_seconds += seconds
-        if k in refresh_rounds:
-            prior_phase(opt_refresh, gen_refresh, f_steps)
+        if k in refresh_epochs:
+            prior_phase(opt_refresh, gen_refresh, iter3)
 
-    # METHOD.md's ADFT order as a schedule: PGD rounds on the dual term (maximised, so its
-    # weight is negative: the driver descends) with the LoRA updates between them.
-    driver = Driver(x_adv, [Ball(c, eps) for c in clean], [term], Constant(alpha),
+    # Algorithm 1 as a schedule: the two PGD stages (maximised, so their weights are negative:
+    # the driver descends), stage 3 after the second.
+    driver = Driver(x_adv, [Ball(c, eps) for c in clean], [stage1, stage2], Constant(alpha),
                     cancel=cancel, progress=partial(report, "layer1_pgd"))
-    driver.run([Phase(p_steps, {term.name: -1.0}, after=partial(between_rounds, k))
-                for k in range(1, rounds + 1)])
+    phases = []
+    for k in range(1, epochs + 1):
+        phases.append(Phase(settings.iter1, {stage1.name: -1.0},
+                            after=partial(after_stage1, k)))
+        phases.append(Phase(settings.iter2, {stage2.name: -1.0},
+                            after=partial(after_stage2, k)))
+    driver.run(phases)
     x_adv = driver.xs
 
     stats.working_size = album.size

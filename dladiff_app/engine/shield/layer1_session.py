@@ -101,11 +101,10 @@ class Layer1Session:
             self.pgd_step_s = st.pgd_seconds / self.settings.layer1_total_pgd / len(images)
         note = (f"{len(images)} photo(s) at {st.working_size} px"
                 + (f" ({st.attacker_views})" if st.attacker_views else "")
-                + "; surrogate denoising loss "
-                + (f"{st.dual_loss_per_round[0]:.4f} -> {st.dual_loss_per_round[-1]:.4f}"
-                   if st.dual_loss_per_round else "not recorded")
-                + ("; prior surrogate reused from cache" if res.prior_cache_hit else ""))
-        return Layer1Output(res.protected, note, tuple(st.step_downs))
+                + f"; budget {self.settings.finetune_eps:g}/255; {st.summary()}"
+                + ("; static surrogate reused from cache" if res.prior_cache_hit else ""))
+        return Layer1Output(res.protected, note, tuple(st.step_downs),
+                            record=st.record(self.settings))
 
     def polish(self, encoders: Sequence[IdentityEncoder], settings: ProtectionSettings,
                prepare_faces: Any) -> Any:

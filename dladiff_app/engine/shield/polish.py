@@ -31,8 +31,8 @@ import torch
 from dladiff_app.core.presets import ProtectionSettings
 from dladiff_app.engine.faces.align import antialiased_warps
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
-from dladiff_app.engine.shield.driver import Constant, Driver, Phase, grid_box
-from dladiff_app.engine.shield.dual_term import DualSurrogateTerm
+from dladiff_app.engine.shield.driver import Box, Constant, Driver, Phase, grid_box
+from dladiff_app.engine.shield.dual_term import dual_term
 from dladiff_app.engine.shield.eot import (
     EotConfig,
     TransformParams,
@@ -61,8 +61,8 @@ class _Cancel(Protocol):
 
 @dataclass
 class PolishResult:
-    """``protected``: (1, 3, H, W) float32 on the 8-bit grid, inside the eps ball around the
-    clean photo. ``identity_before/after``: :func:`layer2_loss` of the quantised photo without
+    """``protected``: (1, 3, H, W) float32 on the 8-bit grid, inside the box of
+    :func:`polish_photo`. ``identity_before/after``: :func:`layer2_loss` of the quantised photo without
     EOT (sum over faces and encoders of cosine similarity to the clean embedding; lower is
     better) before the first and after the last step. ``dual_first/last``: the surrogates' dual
     loss seen at the first and the last step (random draws, so noisy; higher is better)."""
@@ -119,10 +119,12 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
                  generator_seed: int | None = None) -> PolishResult:
     """Polish one photo that both layers protected.
 
-    ``clean``/``current``: (1, 3, H, W) float32 RGB [0, 1] CPU, ``current`` within
-    ``settings.eps``/255 of ``clean``. ``faces``: detections on the clean photo (with dlib
-    landmarks where a dlib encoder is used). ``steps``: default ``settings.polish_steps``; step
-    size ``settings.step2``/255 (layer 2's). ``dual_weight``: lambda. With ``settings.eot`` the
+    ``clean``/``current``: (1, 3, H, W) float32 RGB [0, 1] CPU, ``current`` what the two
+    layers made of ``clean``; the result stays, per pixel, within
+    ``settings.finetune_eps``/255 of ``clean`` or between ``clean`` and ``current``.
+    ``faces``: detections on the clean photo (with dlib landmarks where a dlib encoder is
+    used). ``steps``: default ``settings.polish_steps``; step size ``settings.step2``/255
+    (layer 2's). ``dual_weight``: lambda. With ``settings.eot`` the
     identity term sees one random sharing transformation per step, as in layer 2.
     ``cancel.check()`` runs before every step (raises ``Cancelled``); ``progress(done, total)``
     after every step. Deterministic for ``generator_seed`` (default ``settings.seed``) on the CPU.
@@ -130,12 +132,16 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     if clean.shape != current.shape or clean.dim() != 4 or clean.shape[:2] != (1, 3):
         raise ValueError(f"clean {tuple(clean.shape)} and current {tuple(current.shape)} must "
                          "both be (1, 3, H, W)")
-    eps, alpha = settings.eps / 255.0, settings.step2 / 255.0
+    eps_ft, alpha = settings.finetune_eps / 255.0, settings.step2 / 255.0
     total = settings.polish_steps if steps is None else int(steps)
     clean = clean.detach().float()
-    box = grid_box(clean, eps)
+    x = current.detach().float()
+    # Layer 1's box on the whole photo, widened per pixel to hold what layer 2 already did on
+    # the faces (its budget is on top of layer 1's there): the polish re-balances inside the
+    # change the two layers made and never goes past either budget.
+    lo_ft, hi_ft = grid_box(clean, eps_ft).bounds()
+    box = Box(torch.minimum(lo_ft, x), torch.maximum(hi_ft, x))
     lo, hi = box.bounds()
-    x = torch.minimum(torch.maximum(current.detach().float(), lo), hi)
     seed = settings.seed if generator_seed is None else int(generator_seed)
     gen_eot, gen_dual = torch.Generator().manual_seed(seed + 101), \
         torch.Generator().manual_seed(seed + 102)
@@ -153,8 +159,8 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
 
     before = identity_now(x)
     sur = surrogates.sur
-    dual = DualSurrogateTerm(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
-                             surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
+    dual = dual_term(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
+                     surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
     # Identity down, the surrogates' loss up: each gradient normalised, the sign of the sum.
     driver = Driver([x], [box], [identity, dual], Constant(alpha), cancel=cancel,
                     progress=progress)

@@ -237,6 +237,21 @@ def encode(sur: Surrogate, images: torch.Tensor, draw: NoiseDraw) -> torch.Tenso
     return sample(sur, LatentMoments(dist.mean.float(), dist.std.float()), draw)
 
 
+def predict(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw) -> torch.Tensor:
+    """The active adapter's UNet prediction (N, 4, s, s) for ``latents`` noised with ``draw``
+    (its noise, timesteps and prompts), in the compute dtype. Attention capture
+    (``shield.attention``) reads the maps of this pass."""
+    noise = draw.noise.to(sur.device)
+    t = draw.timesteps.to(sur.device)
+    noisy = sur.scheduler.add_noise(latents, noise, t)
+    if draw.prompts is None:
+        cond = sur.text_embedding.expand(latents.shape[0], -1, -1)
+    else:
+        cond = sur.text_embeddings[draw.prompts.to(sur.device)]
+    with sur.autocast():
+        return sur.unet(noisy, t, encoder_hidden_states=cond).sample  # type: ignore[no-any-return]
+
+
 def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
               reduce: bool = True) -> torch.Tensor:
     """DreamBooth denoising loss of the active adapter on ``latents``: MSE between the UNet's
@@ -244,19 +259,13 @@ def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
     Scalar if ``reduce``, else (N,) per-image losses. fp32."""
     noise = draw.noise.to(sur.device)
     t = draw.timesteps.to(sur.device)
-    noisy = sur.scheduler.add_noise(latents, noise, t)
     if sur.prediction_type == "v_prediction":
         target = sur.scheduler.get_velocity(latents, noise, t)
     elif sur.prediction_type == "epsilon":
         target = noise
     else:
         raise ValueError(f"unsupported prediction_type {sur.prediction_type!r}")
-    if draw.prompts is None:
-        cond = sur.text_embedding.expand(latents.shape[0], -1, -1)
-    else:
-        cond = sur.text_embeddings[draw.prompts.to(sur.device)]
-    with sur.autocast():
-        pred = sur.unet(noisy, t, encoder_hidden_states=cond).sample
+    pred = predict(sur, latents, draw)
     per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return per_image.mean() if reduce else per_image
 
