@@ -40,6 +40,7 @@ from dladiff_app.core.events import (
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.manifest import json_safe
+from dladiff_app.core.names import json_text, readable
 from dladiff_app.core.presets import PRESETS, Layers, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
@@ -234,7 +235,7 @@ class Printer:
         if isinstance(event, PhotoUnprotected):
             self.unprotected.append(f"{Path(event.source).name}: {event.reason}")
         if self.as_json:
-            print(json.dumps(event_dict(event), ensure_ascii=False), file=self.out, flush=True)
+            print(json_text(event_dict(event)), file=self.out, flush=True)
             return
         if isinstance(event, Progress):
             now = time.monotonic()
@@ -290,7 +291,7 @@ class Printer:
             return
         if self.tty:
             self.err.write("\r" + " " * 110 + "\r")
-        print(text, file=self.err if self.tty else self.out, flush=True)
+        print(readable(text), file=self.err if self.tty else self.out, flush=True)
 
 
 # ------------------------------------------------------------------ the long-job check
@@ -333,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = build_job(args)
     except UsageError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return 2
     from dladiff_app.core.albums import discover_inputs
     from dladiff_app.core.cancel import CancelToken
@@ -349,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
         # Models come from the user's store: downloads plus the local copies in the settings.
         kit = build_kit(job.settings, device=device, pipeline_dir=job.pipeline)
     except DladiffError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return 2
     n = len(discover_inputs(job.inputs, recursive=job.recursive, exclude=job.output_dir).files)
     warning = long_job_warning(job, kit.device_kind, kit.models.get("sd_pipeline"), n)
@@ -359,20 +360,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_job(job, kit, printer, CancelToken())
     except (JobConflictError, NothingToProtectError) as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except DladiffError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     if printer.failures and not as_json:
         print(f"{len(printer.failures)} photo(s) failed:", file=sys.stderr)
         for reason in printer.failures:
-            print(f"  {reason}", file=sys.stderr)
+            print(readable(f"  {reason}"), file=sys.stderr)
     if printer.unprotected and not as_json:
         print(f"{len(printer.unprotected)} photo(s) are NOT protected (no -protected file was "
               "written for them):", file=sys.stderr)
         for reason in printer.unprotected:
-            print(f"  {reason}", file=sys.stderr)
+            print(readable(f"  {reason}"), file=sys.stderr)
     return exit_code(summary)
 
 

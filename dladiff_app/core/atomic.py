@@ -80,7 +80,7 @@ _TEMP_NAME_BYTES = 200
 
 
 def _short(name: str) -> str:
-    while len(name.encode("utf-8")) > _TEMP_NAME_BYTES:
+    while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
         name = name[:-1]
     return name
 

@@ -462,9 +462,9 @@ _MAX_NAME_BYTES = 255 - 6
 
 
 def _fit_stem(stem: str, tail: str) -> str:
-    """``stem`` shortened (whole characters, UTF-8 bytes counted) so ``stem + tail`` fits."""
-    room = _MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    while len(stem.encode("utf-8")) > room:
+    """``stem`` shortened (whole characters, file-system bytes counted) so ``stem + tail`` fits."""
+    room = _MAX_NAME_BYTES - len(os.fsencode(tail))
+    while len(os.fsencode(stem)) > room:
         stem = stem[:-1]
     return stem
 

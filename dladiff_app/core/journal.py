@@ -34,6 +34,7 @@ from typing import Any
 
 from dladiff_app.core.errors import OutputError
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.names import json_text
 from dladiff_app.core.presets import Layers, ProtectionSettings
 
 JOURNAL_NAME = ".dladiff-journal.jsonl"
@@ -243,7 +244,8 @@ class Journal:
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "t": round(time.time(), 3)}
-        line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+        # File names that are not UTF-8 are stored as escapes that read back to the same bytes.
+        line = json_text(rec, separators=(",", ":")) + "\n"
         payload = (("\n" if self._needs_newline else "") + line).encode("utf-8")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)

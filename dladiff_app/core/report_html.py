@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dladiff_app.core.names import readable
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
@@ -164,9 +165,11 @@ def render_report(manifest: dict[str, Any],
             for f in manifest["failed"]) + "</ul>")
     body = "".join(_photo_section(p, thumbnails.get(p["output"], thumbnails.get(p["source"])))
                    for p in manifest["photos"])
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>DLADiff report: {escape(manifest['album'])}</title>"
-            f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}</body></html>\n")
+    # Names that are not UTF-8 are shown with their odd bytes as \\xNN (HTML must be UTF-8).
+    return readable("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+                    f"<title>DLADiff report: {escape(manifest['album'])}</title>"
+                    f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}"
+                    "</body></html>\n")
 
 
 def _settings_sentence(manifest: dict[str, Any]) -> str:

@@ -1,0 +1,83 @@
+"""Batches that never stall: every file name, duplicate photos, crashes that repeat, resumes that
+change nothing they should not. Each test reproduces one defect found by a fault probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dladiff_app.core.events import Event, PhotoFailed
+from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.journal import JOURNAL_NAME, Journal
+from dladiff_app.core.manifest import validate_manifest
+from dladiff_app.core.presets import Layers, ProtectionSettings
+from dladiff_app.engine.runner import run_job
+from tests.engine.light_kit import light_kit, make_photos
+
+LOW = ProtectionSettings(preset="low", eps=4.0, layers=Layers.ZEROSHOT, layer2_steps=3,
+                         polish_steps=0)
+
+
+def _job(inputs: tuple[Path, ...], out: Path, settings: ProtectionSettings = LOW,
+         **kw: Any) -> ProtectJob:
+    return ProtectJob(inputs=inputs, output_dir=out, settings=settings, **kw)
+
+
+def _run(job: ProtectJob, **kit: Any) -> tuple[Any, list[Event]]:
+    events: list[Event] = []
+    return run_job(job, light_kit(**kit), events.append), events
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    doc = json.loads((folder / "manifest.json").read_bytes())
+    assert validate_manifest(doc) == []
+    return doc  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ names that are not UTF-8
+@pytest.mark.skipif(os.name == "nt", reason="Windows names are UTF-16, never undecodable")
+def test_a_name_that_is_not_utf8_is_protected_and_resumed(tmp_path: Path) -> None:
+    (plain,) = make_photos(tmp_path / "in", ["a.png"])
+    # A name holding bytes that are not UTF-8 (as cameras and older systems write them).
+    (other,) = make_photos(tmp_path / "src", ["b.png"], seed=3)
+    shutil.copyfile(other, os.fsencode(tmp_path / "in") + b"/caf\xe9.png")
+    out = tmp_path / "out"
+    summary, events = _run(_job((tmp_path / "in",), out))
+    assert (summary.done, summary.failed) == (2, 0), [e for e in events
+                                                      if isinstance(e, PhotoFailed)]
+    names = sorted(os.listdir(os.fsencode(out / "in")))
+    assert b"caf\xe9-protected.png" in names  # the output keeps the original bytes
+    # The journal is valid UTF-8 and gives the exact name back.
+    (out / JOURNAL_NAME).read_bytes().decode("utf-8")
+    sources = {os.fsencode(e.source) for e in Journal(out).photos.values()}
+    assert os.fsencode(tmp_path / "in") + b"/caf\xe9.png" in sources
+    assert Journal(out).problems() == []
+    doc = _manifest(out / "in")
+    assert len(doc["photos"]) == 2
+    assert "caf\\xe9.png" in (out / "in" / "report.html").read_text(encoding="utf-8")
+    # Every resume finds both photos done instead of crashing on the odd one.
+    again, _ = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (again.done, again.skipped, again.failed) == (0, 2, 0)
+    assert plain.is_file()
+
+
+def test_a_failure_that_cannot_be_journaled_does_not_end_the_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_photos(tmp_path / "in", ["a.png", "b-bad.png", "c.png"])
+    original = Journal.set_state
+
+    def set_state(self: Journal, key: str, state: str, **fields: Any) -> None:
+        if "b-bad" in str(fields.get("source")):
+            raise RuntimeError("this record cannot be written")
+        original(self, key, state, **fields)
+
+    monkeypatch.setattr(Journal, "set_state", set_state)
+    summary, events = _run(_job((tmp_path / "in",), tmp_path / "out"))
+    assert (summary.done, summary.failed) == (2, 1)
+    failed = [e for e in events if isinstance(e, PhotoFailed)]
+    assert [Path(e.source).name for e in failed] == ["b-bad.png"]
