@@ -60,6 +60,8 @@ from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.journal import (
     Journal,
     PhotoEntry,
+    copy_key,
+    copy_suffix,
     protection_key,
     sha256_bytes,
     sha256_file,
@@ -142,6 +144,7 @@ class _Photo:
     album: Album
     key: str                           # journal key; a path key until the file was hashed
     source_sha256: str | None = None
+    what: str | None = None            # the key without model versions (core.journal)
     pixels: np.ndarray | None = None   # (H, W, 3) float32 RGB [0, 1] (orientation applied)
     exif: bytes | None = None
 
@@ -171,11 +174,17 @@ class _Run:
         self.eta = EtaTracker(sink)
         self.t0 = time.monotonic()
         s, e = job.settings, job.export
+        shields = {"layer1": kit.layer1 is not None, "layer2": kit.layer2 is not None}
         self.key_parts = (
             s.to_dict(),
             {"format": e.format.value, "quality": e.quality, "keep_metadata": e.keep_metadata},
             {"revisions": kit.model_revisions, "detector": kit.models.get("detector"),
-             "layer1": kit.layer1 is not None, "layer2": kit.layer2 is not None})
+             **shields})
+        self.what_parts = (*self.key_parts[:2], shields)
+        # Absolute sources of this run's photos, and which of them holds each ``what`` key
+        # without a copy suffix (identical files each get their own key).
+        self.sources: set[str] = set()
+        self.claimed: dict[str, str] = {}
 
     # ---------------------------------------------------------------- bookkeeping
     def fail(self, photo: _Photo, reason: str) -> None:
@@ -190,6 +199,8 @@ class _Run:
 
     def journal_state(self, photo: _Photo, state: str, **fields: Any) -> None:
         s = self.job.settings
+        if photo.what is not None:
+            fields["what"] = photo.what
         self.journal.set_state(photo.key, state, album=photo.album.name,
                                source=str(photo.path.absolute()), source_sha256=photo.source_sha256,
                                settings={"preset": s.preset, "eps": s.eps,
@@ -206,17 +217,42 @@ class _Run:
         except DladiffError as exc:
             self.fail(photo, str(exc))
             return False
+        photo.what = protection_key(photo.source_sha256, *self.what_parts)
         photo.key = protection_key(photo.source_sha256, *self.key_parts)
+        source = str(photo.path.absolute())
+        holder = self.claimed.get(photo.what)
+        if holder is None:  # the copy an earlier run protected under the plain key keeps it
+            earlier = [e.source for e in self.journal.same_what(photo.what)
+                       if not copy_suffix(e.key) and e.source in self.sources]
+            holder = earlier[-1] if earlier else None
+        if holder is None or holder == source:
+            self.claimed[photo.what] = source
+        else:  # another file of this job has the same bytes: a photo of its own all the same
+            photo.key = copy_key(photo.key, source)
         return True
 
     def finished_before(self, photo: _Photo) -> PhotoEntry | None:
         """The journal entry if this photo was finished at these settings by an earlier run and
-        its file (if any) is still there, intact."""
+        its file (if any) is still there, intact. A protection made with other face models
+        (one was installed since) counts: the user asked for these settings, not for models."""
         entry = self.journal.entry(photo.key)
         if entry is None:  # a journal of version 1 keyed photos by their resolved path
             entry = self.journal.entry(str(photo.path.resolve()))
-            if entry is None or entry.source_sha256 is not None:
-                return None
+            if entry is not None and entry.source_sha256 is not None:
+                entry = None
+        if entry is not None:
+            found = self._still_finished(entry)
+            if found is not None:
+                return found
+        suffix = copy_suffix(photo.key)
+        for other in self.journal.same_what(photo.what or ""):
+            if other.key != photo.key and copy_suffix(other.key) == suffix \
+                    and other.state == "done" and self._still_finished(other) is not None:
+                return other
+        return None
+
+    def _still_finished(self, entry: PhotoEntry) -> PhotoEntry | None:
+        """``entry`` when it is finished and its file (if any) is still there, intact."""
         if entry.state == "unprotected":
             wanted = self.job.export.export_unprotected
             return entry if not wanted or (entry.output and Path(entry.output).is_file()) \
@@ -256,8 +292,12 @@ class _Run:
                 result = result_from_record({**entry.result, "output": entry.output})
             except (KeyError, TypeError, ValueError):
                 result = None
+        models = "" if entry.key == photo.key or entry.what is None else (
+            " (by an earlier run with the face models installed then; protect into a new "
+            "folder to use the ones installed now)")
         self.sink(PhotoSkipped(photo.id, str(photo.path),
-                               f"already protected at these settings: {entry.output}", result))
+                               f"already protected at these settings{models}: {entry.output}",
+                               result))
 
     def load(self, photo: _Photo) -> bool:
         from dladiff_app.core.imageio import load_image
@@ -390,13 +430,16 @@ class _Run:
         s = self.job.settings
         done = outcome.layers_done
         warnings = list(outcome.warnings)
-        for other in self.journal.other_protections(photo.key, photo.source_sha256 or ""):
+        now = {"preset": s.preset, "eps": s.eps, "layers": s.layers.value}
+        for other in self.journal.other_protections(photo.key, photo.source_sha256 or "",
+                                                    photo.what):
             was = other.settings or {}
+            what = "other settings" if was != now else "other shields available"
             warnings.append(
-                f"Protected again with other settings (preset {s.preset}, budget {s.eps:g}/255, "
+                f"Protected again with {what} (preset {s.preset}, budget {s.eps:g}/255, "
                 f"shields {s.layers.value}); the earlier protection (preset "
-                f"{was.get('preset', '?')}, budget {was.get('eps', '?')}/255) is kept in "
-                f"{other.output}.")
+                f"{was.get('preset', '?')}, budget {_budget(was.get('eps'))}, shields "
+                f"{was.get('layers', '?')}) is kept in {other.output}.")
         result = PhotoResult(
             source=str(photo.path), output=str(planned), width=saved.shape[1],
             height=saved.shape[0], seconds=round(outcome.seconds, 3),
@@ -554,6 +597,10 @@ def _scoring_views(clean: np.ndarray, saved8: np.ndarray) -> tuple[np.ndarray, n
     return resize_like(clean, size), resize_like(saved8, size)
 
 
+def _budget(eps: Any) -> str:
+    return f"{eps:g}/255" if isinstance(eps, (int, float)) else "?/255"
+
+
 def _decode_8bit(data: bytes) -> np.ndarray:
     """Our own encoded PNG/JPEG/WebP (RGB, untagged sRGB, upright) as (H, W, 3) uint8: the
     values ``load_image`` would return, times 255."""
@@ -620,6 +667,7 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     for album in albums:
         for path in album.photos:
             photos.append(_Photo(len(photos), path, album, _path_key(path)))
+    run.sources = {str(p.path.absolute()) for p in photos}
     unusable = [(m, "the file or folder does not exist") for m in found.missing] + [
         (m, f"this folder is inside the output folder {run.out}, which is never read as input "
             "(its protected copies would be protected again): choose an output folder outside "

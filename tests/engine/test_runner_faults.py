@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dladiff_app.core.events import Event, PhotoFailed
+from dladiff_app.core.events import Event, PhotoDone, PhotoFailed, PhotoSkipped
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
 from dladiff_app.core.manifest import validate_manifest
@@ -81,3 +81,63 @@ def test_a_failure_that_cannot_be_journaled_does_not_end_the_batch(
     assert (summary.done, summary.failed) == (2, 1)
     failed = [e for e in events if isinstance(e, PhotoFailed)]
     assert [Path(e.source).name for e in failed] == ["b-bad.png"]
+
+
+# ------------------------------------------------------------------ identical bytes
+def test_photos_with_identical_bytes_are_separate_photos(tmp_path: Path) -> None:
+    (first,) = make_photos(tmp_path / "in", ["IMG_0001.png"])
+    for name in ("IMG_0001 (1).png", "IMG_0001 (2).png"):
+        shutil.copyfile(first, tmp_path / "in" / name)
+    out = tmp_path / "out"
+    summary, events = _run(_job((tmp_path / "in",), out))
+    assert summary.done == 3
+    outputs = {Path(e.result.source).name: Path(e.result.output).name
+               for e in events if isinstance(e, PhotoDone)}
+    assert outputs == {"IMG_0001.png": "IMG_0001-protected.png",
+                       "IMG_0001 (1).png": "IMG_0001 (1)-protected.png",
+                       "IMG_0001 (2).png": "IMG_0001 (2)-protected.png"}
+    assert not any("Protected again" in w for e in events if isinstance(e, PhotoDone)
+                   for w in e.result.warnings)
+    journal = Journal(out)
+    assert journal.problems() == [] and len(journal.photos) == 3
+    assert sorted(Path(p["source"]).name for p in _manifest(out / "in")["photos"]) == sorted(
+        outputs)
+    # A resume finds each copy's own file, also when one more copy is added in front.
+    shutil.copyfile(first, tmp_path / "in" / "A_copy.png")
+    again, events = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (again.done, again.skipped) == (1, 3)
+    skipped = {Path(e.source).name: e.result.output for e in events
+               if isinstance(e, PhotoSkipped) and e.result is not None}
+    assert {k: Path(v).name for k, v in skipped.items()} == outputs
+    assert Journal(out).problems() == []
+    assert len(_manifest(out / "in")["photos"]) == 4
+
+
+# ------------------------------------------------------------------ models installed since
+def test_a_face_model_installed_before_resume_redoes_nothing(tmp_path: Path) -> None:
+    make_photos(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    first, _ = _run(_job((tmp_path / "in",), out))
+    assert first.done == 2
+    kit = light_kit()
+    kit.model_revisions = {"encoders": ["pixel_change", "edgeface"]}  # installed since
+    events: list[Event] = []
+    again = run_job(_job((tmp_path / "in",), out, resume=True), kit, events.append)
+    assert (again.done, again.skipped) == (0, 2)
+    assert sorted(p.name for p in (out / "in").glob("*-protected*")) == [
+        "a-protected.png", "b-protected.png"]
+    reasons = [e.reason for e in events if isinstance(e, PhotoSkipped)]
+    assert all("earlier run with the face models installed then" in r for r in reasons)
+    assert len(_manifest(out / "in")["photos"]) == 2
+
+
+def test_protecting_again_names_the_budgets_alike(tmp_path: Path) -> None:
+    make_photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    _run(_job((tmp_path / "in",), out))
+    high = ProtectionSettings(preset="high", eps=12.0, layers=Layers.ZEROSHOT, layer2_steps=3,
+                              polish_steps=0)
+    _, events = _run(_job((tmp_path / "in",), out, high, resume=True), eps=12.0)
+    (done,) = [e.result for e in events if isinstance(e, PhotoDone)]
+    (warning,) = [w for w in done.warnings if "Protected again" in w]
+    assert "budget 12/255" in warning and "budget 4/255" in warning and "4.0/255" not in warning
