@@ -9,7 +9,7 @@ reason the user sees); inside folders only names that look like pictures are tak
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,9 @@ class Album:
 
     name: str
     photos: tuple[Path, ...]
+    # What the album stands for: its folder (per folder) or its photo (per photo), absolute.
+    # The job journal remembers origin -> name, so a resume keeps every album's folder.
+    origin: str = ""
 
     def output_dir(self, out_root: Path) -> Path:
         return out_root / self.name
@@ -176,24 +179,52 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def group_albums(files: Sequence[InputFile], mode: AlbumMode = AlbumMode.PER_FOLDER) -> list[Album]:
+def _tail_names(folders: Sequence[Path], taken: set[str]) -> list[str]:
+    """Names for folders whose own names collide (``2021/Camera``, ``2022/Camera``): the
+    shortest tail of each path that tells them apart (``2021-Camera``, ``2022-Camera``), so a
+    name depends on the folder itself, never on its position among the inputs."""
+    names = [_safe_name(f.name) for f in folders]
+    depth = 1
+    while depth < max(len(f.parts) for f in folders):
+        clash = {n.lower() for n in names if n.lower() in taken
+                 or sum(m.lower() == n.lower() for m in names) > 1}
+        if not clash:
+            break
+        depth += 1
+        names = [_safe_name("-".join(f.parts[-depth:]).lstrip("/\\")) if n.lower() in clash
+                 else n for f, n in zip(folders, names, strict=True)]
+    return names
+
+
+def group_albums(files: Sequence[InputFile], mode: AlbumMode = AlbumMode.PER_FOLDER,
+                 known: Mapping[str, str] | None = None) -> list[Album]:
     """Group discovered files into albums.
 
-    ``PER_FOLDER``: one album per folder the photos sit in, named after that folder;
-    ``SINGLE``: one album named ``album``; ``PER_PHOTO``: one album per photo, named by its stem.
-    Names are made file-system safe and unique (``name``, ``name-2``, ...), case-insensitively so
-    they do not collide on macOS/Windows. The order is deterministic for the same inputs, which
-    is what lets ``--resume`` find the same album folders again.
+    ``PER_FOLDER``: one album per folder the photos sit in, named after that folder (folders of
+    the same name are told apart by their parent folders: ``2021-Camera``); ``SINGLE``: one album
+    named ``album``; ``PER_PHOTO``: one album per photo, named by its stem. Names are made
+    file-system safe and unique (``name``, ``name-2``, ...), case-insensitively so they do not
+    collide on macOS/Windows. ``known`` (album origin -> name, from the job journal) keeps the
+    names an earlier run of the job gave, whatever was added to the inputs since.
     """
-    taken: set[str] = set()
+    known = known or {}
+    taken: set[str] = {n.lower() for n in known.values()}
     if mode is AlbumMode.SINGLE:
         return [Album("album", tuple(f.path for f in files))] if files else []
     if mode is AlbumMode.PER_PHOTO:
-        return [Album(_unique(_safe_name(f.path.stem), taken), (f.path,)) for f in files]
+        albums = []
+        for f in files:
+            origin = str(f.path.absolute())
+            name = known.get(origin) or _unique(_safe_name(f.path.stem), taken)
+            albums.append(Album(name, (f.path,), origin))
+        return albums
     by_folder: dict[Path, list[Path]] = {}
     for f in files:
         by_folder.setdefault(f.folder.resolve(), []).append(f.path)
+    new = [folder for folder in by_folder if str(folder) not in known]
+    fresh = dict(zip(new, _tail_names(new, taken), strict=True)) if new else {}
     albums = []
     for folder, paths in by_folder.items():
-        albums.append(Album(_unique(_safe_name(folder.name), taken), tuple(paths)))
+        name = known.get(str(folder)) or _unique(fresh[folder], taken)
+        albums.append(Album(name, tuple(paths), str(folder)))
     return albums

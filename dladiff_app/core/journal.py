@@ -144,6 +144,9 @@ class PhotoEntry:
     what: str | None = None   # the key without model versions (see the module docstring)
     done_count: int = 0
     attempts: int = 0
+    # Attempts that ended with the process gone (a ``running`` record followed by the next
+    # attempt's ``running``); see :meth:`Journal.times_crashed`.
+    crashes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -234,12 +237,16 @@ class Journal:
             entry = self.photos.get(key)
             if entry is None:
                 entry = PhotoEntry(key=key, album=str(rec.get("album", "")),
-                                   source=str(rec.get("source", key)), state=state)
+                                   source=str(rec.get("source", key)), state="queued")
                 self.photos[key] = entry
-            entry.state = state
             if state == "running":
                 entry.attempts += 1
                 entry.planned = None
+                if entry.state == "running":  # the attempt before never ended: it crashed
+                    entry.crashes += 1
+            entry.state = state
+            if "crashes" in rec:  # a photo skipped for its crashes keeps their count
+                entry.crashes = max(entry.crashes, int(rec["crashes"]))
             if "what" in rec and entry.what is None:
                 entry.what = str(rec["what"])
                 self._by_what.setdefault(entry.what, []).append(entry)
@@ -310,6 +317,15 @@ class Journal:
     # ------------------------------------------------------------------ queries
     def entry(self, key: str) -> PhotoEntry | None:
         return self.photos.get(key)
+
+    def times_crashed(self, key: str) -> int:
+        """How often the process died while protecting this photo (out of memory, killed):
+        ask before this process starts an attempt of its own. A cancelled attempt is recorded
+        ``queued`` and does not count."""
+        entry = self.photos.get(key)
+        if entry is None:
+            return 0
+        return entry.crashes + (1 if entry.state == "running" else 0)
 
     def same_what(self, what: str) -> list[PhotoEntry]:
         """Every protection of this source at these settings, whatever the model versions."""

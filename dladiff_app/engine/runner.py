@@ -187,12 +187,12 @@ class _Run:
         self.claimed: dict[str, str] = {}
 
     # ---------------------------------------------------------------- bookkeeping
-    def fail(self, photo: _Photo, reason: str) -> None:
+    def fail(self, photo: _Photo, reason: str, **fields: Any) -> None:
         self.failed += 1
         self.sink(PhotoFailed(photo.id, str(photo.path), reason))
         try:
             self.journal.set_state(photo.key, "failed", album=photo.album.name,
-                                   source=str(photo.path.absolute()), reason=reason)
+                                   source=str(photo.path.absolute()), reason=reason, **fields)
         except Exception as exc:  # the failure is reported; journaling it must not end the job
             log.warning("could not journal a failure: %s", exc)
         self.eta.photo_finished(photo.id)
@@ -491,6 +491,11 @@ class _Run:
 
     # ---------------------------------------------------------------- albums
     def run_album(self, index: int, album: Album, photos: list[_Photo]) -> None:
+        if album.origin and self.journal.albums.get(album.name, {}).get("origin") != album.origin:
+            try:
+                self.journal.set_album(album.name, origin=album.origin)
+            except OutputError as exc:  # its photos' records fail and say so
+                log.warning("could not journal album %s: %s", album.name, exc)
         pending: list[_Photo] = []
         for photo in photos:
             if not self.identify(photo):
@@ -502,6 +507,13 @@ class _Run:
             adopted = self.written_before(photo)
             if adopted is not None:
                 self.adopt(photo, adopted)
+                continue
+            crashes = self.journal.times_crashed(photo.key)
+            if crashes >= CRASH_LIMIT:
+                self.fail(photo, f"{photo.path.name}: failed repeatedly (out of memory?): the "
+                          f"program stopped {crashes} times while protecting this photo, so it "
+                          "is skipped. Protect it on its own, with a smaller copy, or on a "
+                          "computer with more memory.", crashes=crashes)
                 continue
             pending.append(photo)
         try:
@@ -558,6 +570,12 @@ class _Run:
         try:
             self.protect(photo, layer1_out, layer1_note, notices)
         except Cancelled:
+            entry = self.journal.entry(photo.key)
+            try:  # stopped on purpose: not a crash, the photo waits for the resume
+                if entry is not None and entry.state == "running":
+                    self.journal_state(photo, "queued")
+            except DladiffError as exc:
+                log.warning("could not journal a cancelled photo: %s", exc)
             raise
         except DladiffError as exc:
             self.fail(photo, str(exc) if photo.path.name in str(exc)
@@ -578,6 +596,10 @@ class _Run:
         except DladiffError as exc:
             self.sink(Notice(f"The report for album {album.name} could not be written: {exc}"))
 
+
+# A photo during which the process died this often (out of memory, most likely) is skipped by
+# later resumes, so the photos after it get done.
+CRASH_LIMIT = 2
 
 # Photos with more pixels than this are scored on a downscaled view (long side SCORE_MAX_SIDE):
 # the detector searches a <= 1600 px copy anyway and every encoder's face crop is far smaller,
@@ -658,7 +680,9 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     from dladiff_app.core.atomic import remove_stale_temps
 
     run = _Run(job, kit, sink, cancel)  # reads the journal now that no other writer can append
-    albums = group_albums(found.files, job.album_mode)
+    # The album names earlier runs of this job gave stay, whatever was added to the inputs.
+    known = {str(f["origin"]): name for name, f in run.journal.albums.items() if f.get("origin")}
+    albums = group_albums(found.files, job.album_mode, known)
     # Hidden temporary files of a writer that was killed: nobody else writes here (locked).
     for folder in [run.out, *(a.output_dir(run.out) for a in albums)]:
         for path in remove_stale_temps(folder):

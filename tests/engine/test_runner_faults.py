@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,91 @@ def test_protecting_again_names_the_budgets_alike(tmp_path: Path) -> None:
     (done,) = [e.result for e in events if isinstance(e, PhotoDone)]
     (warning,) = [w for w in done.warnings if "Protected again" in w]
     assert "budget 12/255" in warning and "budget 4/255" in warning and "4.0/255" not in warning
+
+
+# ------------------------------------------------------------------ crashes that repeat
+_CRASHING_RUN = """
+import os, signal, sys
+from pathlib import Path
+from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.engine.runner import run_job
+from tests.engine.light_kit import light_kit
+from tests.engine.test_runner_faults import LOW
+
+kit = light_kit()
+shield = kit.layer2
+
+def layer2(clean, start, faces, cancel, step):
+    if clean.shape[-1] == 200:  # the big photo: the process dies as it would out of memory
+        os.kill(os.getpid(), signal.SIGKILL)
+    return shield(clean, start, faces, cancel, step)
+
+kit.layer2 = layer2
+run_job(ProtectJob(inputs=(Path(sys.argv[1]),), output_dir=Path(sys.argv[2]), settings=LOW,
+                   resume=True), kit, lambda event: None)
+"""
+
+
+def test_a_photo_that_crashed_twice_is_skipped_and_the_rest_finishes(tmp_path: Path) -> None:
+    make_photos(tmp_path / "in", ["a.png", "c.png"])
+    make_photos(tmp_path / "in", ["big.png"], size=(150, 200), seed=2)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _CRASHING_RUN, str(tmp_path / "in"),
+                               str(out)], cwd=root, env=env, capture_output=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert sorted(p.name for p in (out / "in").glob("*-protected.png")) == ["a-protected.png"]
+    summary, events = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, 1)
+    (failed,) = [e for e in events if isinstance(e, PhotoFailed)]
+    assert Path(failed.source).name == "big.png"
+    assert "failed repeatedly (out of memory?)" in failed.reason
+    assert sorted(p.name for p in (out / "in").glob("*-protected.png")) == [
+        "a-protected.png", "c-protected.png"]
+    doc = _manifest(out / "in")
+    assert [Path(f["source"]).name for f in doc["failed"]] == ["big.png"]
+    # It stays skipped, without another attempt.
+    again, events = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (again.done, again.skipped, again.failed) == (0, 2, 1)
+    assert max(e.attempts for e in Journal(out).photos.values()) == 2
+
+
+def test_a_cancelled_photo_is_not_counted_as_a_crash(tmp_path: Path) -> None:
+    from dladiff_app.core.cancel import CancelToken
+
+    make_photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    for _ in range(3):
+        token = CancelToken()
+        kit = light_kit()
+        shield = kit.layer2
+        assert shield is not None
+
+        def layer2(*args: Any, token: CancelToken = token, shield: Any = shield) -> Any:
+            token.cancel()
+            return shield(*args)
+
+        kit.layer2 = layer2
+        summary = run_job(_job((tmp_path / "in",), out, resume=True), kit, lambda e: None,
+                          token)
+        assert summary.cancelled
+    summary, _ = _run(_job((tmp_path / "in",), out, resume=True))
+    assert (summary.done, summary.failed) == (1, 0)
+
+
+# ------------------------------------------------------------------ album names
+def test_a_folder_added_before_resume_leaves_the_albums_where_they_were(tmp_path: Path) -> None:
+    make_photos(tmp_path / "lib" / "2022" / "Camera", ["b.png"])
+    out = tmp_path / "out"
+    first, _ = _run(_job((tmp_path / "lib",), out, recursive=True))
+    assert first.done == 1 and (out / "Camera" / "b-protected.png").is_file()
+    make_photos(tmp_path / "lib" / "2021" / "Camera", ["a.png"], seed=5)
+    again, _ = _run(_job((tmp_path / "lib",), out, recursive=True, resume=True))
+    assert (again.done, again.skipped) == (1, 1)
+    assert [Path(p["source"]).name for p in _manifest(out / "Camera")["photos"]] == ["b.png"]
+    assert [Path(p["source"]).name for p in _manifest(out / "2021-Camera")["photos"]] == [
+        "a.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "2021-Camera", "Camera"]
