@@ -5,7 +5,8 @@ Exit codes (also in the README and ``--help``):
 - 0: every photo is protected (now or by an earlier run at the same settings);
 - 1: some photos failed (each is named with its reason), or the run was cancelled;
 - 2: nothing was done: usage error, no photo in the inputs, the output folder holds another job
-  or is in use by another running process (its PID is named);
+  or is in use by another running process (its PID is named), is a file or is the photos' own
+  folder, a ``--pipeline`` folder that is visibly broken;
 - 3: the run finished without failures but some photos are NOT protected: no shield could change
   them (no face found for the zero-shot shield). They are listed; no ``-protected`` file exists
   for them (``--export-unprotected`` writes them as ``-unprotected``).
@@ -24,7 +25,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from dladiff_app.core.errors import DladiffError, JobConflictError, NothingToProtectError
+from dladiff_app.core.errors import (
+    DladiffError,
+    JobConflictError,
+    NothingToProtectError,
+    UnusableOutputError,
+)
 from dladiff_app.core.events import (
     Event,
     JobCancelled,
@@ -115,6 +121,13 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
             journal = Journal(out)
         except DladiffError as exc:  # e.g. a journal the user may not read
             raise UsageError(str(exc)) from exc
+        if journal.job is None and journal.exists:
+            bad = journal.torn_lines + journal.damaged
+            raise UsageError(
+                f"cannot resume {out} on its own: its job journal is there, but the record of "
+                f"the job's photos and settings is damaged ({bad} damaged line(s)). Name them "
+                f"again with --resume, e.g. `dladiff protect PHOTOS -o {out} --resume`: the "
+                "photos it already protected are kept, not redone")
         if journal.job is None:
             raise UsageError(f"nothing to resume: {out} holds no DLADiff job journal")
         try:
@@ -336,8 +349,14 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return 2
-    from dladiff_app.core.albums import discover_inputs
+    from dladiff_app.core.albums import check_output_folder, discover_inputs
     from dladiff_app.core.cancel import CancelToken
+
+    try:  # before the models load: a wrong -o is said at once
+        check_output_folder(job.output_dir, job.inputs)
+    except UnusableOutputError as exc:
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
     from dladiff_app.engine.runner import run_job
     from dladiff_app.engine.services import build_kit
 
@@ -359,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_job(job, kit, printer, CancelToken())
-    except (JobConflictError, NothingToProtectError) as exc:
+    except (JobConflictError, NothingToProtectError, UnusableOutputError) as exc:
         print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except DladiffError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dladiff_app.core.errors import UnusableOutputError
 from dladiff_app.core.jobs import AlbumMode
 
 # Suffixes taken from folders. Unsupported picture formats (GIF, HEIC, ...) are included on
@@ -54,6 +55,29 @@ class Discovery:
     inside_output: tuple[Path, ...] = ()
     # Folders that could not be listed (permission denied, ...), with the reason
     unreadable: tuple[tuple[Path, str], ...] = ()
+
+
+def check_output_folder(out: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output folder that cannot hold a job, before anything is created there:
+    raises :class:`UnusableOutputError` when ``out`` is a file or is the folder of an input
+    (the protected copies and the job's files would be mixed with the originals)."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise UnusableOutputError(
+            f"The output folder {out} is a file, not a folder: choose a folder for the "
+            "protected copies (nothing was changed).")
+    where = out.resolve()
+    for given in map(Path, inputs):
+        try:
+            folder = given if given.is_dir() else given.parent
+            same = folder.resolve() == where
+        except (OSError, RuntimeError):
+            same = False
+        if same:
+            raise UnusableOutputError(
+                f"The output folder {out} is the folder of the photos to protect: the protected "
+                "copies and the job's own files would be mixed with your originals. Choose "
+                "another output folder, outside the photos' folder (nothing was changed).")
 
 
 def _is_hidden(path: Path) -> bool:

@@ -172,13 +172,23 @@ def render_report(manifest: dict[str, Any],
                     "</body></html>\n")
 
 
+def _shields_ran(photo: dict[str, Any]) -> str:
+    """The shields that changed the photo (``both``, ``zeroshot``, ``finetune``), and the ones
+    asked for when fewer ran (Stable Diffusion not installed, a shield that failed)."""
+    asked = str(photo.get("layers"))
+    done = set(photo.get("layers_done") or ())
+    ran = ("both" if {"layer1", "layer2"} <= done else "zeroshot" if "layer2" in done
+           else "finetune" if "layer1" in done else asked)
+    return ran if ran == asked else f"{ran} ({asked} asked for)"
+
+
 def _settings_sentence(manifest: dict[str, Any]) -> str:
     """The settings the photos actually carry: the latest run's, or each preset with its count
     when the album holds protections made at different settings."""
     job = manifest["job"]
     kinds: dict[tuple[str, str, str], int] = {}
     for p in manifest["photos"]:
-        key = (str(p.get("preset")), _fmt(p.get("eps"), 1), str(p.get("layers")))
+        key = (str(p.get("preset")), _fmt(p.get("eps"), 1), _shields_ran(p))
         kinds[key] = kinds.get(key, 0) + 1
     if len(kinds) <= 1:
         preset, eps, layers = next(iter(kinds)) if kinds else (

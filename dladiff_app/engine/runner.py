@@ -35,7 +35,13 @@ import numpy as np
 import torch
 
 from dladiff_app import __version__
-from dladiff_app.core.albums import Album, Discovery, discover_inputs, group_albums
+from dladiff_app.core.albums import (
+    Album,
+    Discovery,
+    check_output_folder,
+    discover_inputs,
+    group_albums,
+)
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import (
     Cancelled,
@@ -185,6 +191,8 @@ class _Run:
         # without a copy suffix (identical files each get their own key).
         self.sources: set[str] = set()
         self.claimed: dict[str, str] = {}
+        # Photo warnings already said once for the whole job (kept in each photo's result).
+        self.announced: set[str] = set()
 
     # ---------------------------------------------------------------- bookkeeping
     def fail(self, photo: _Photo, reason: str, **fields: Any) -> None:
@@ -358,7 +366,8 @@ class _Run:
         self.journal_state(photo, "running")
         outcome = self.shield(photo, layer1_out, layer1_note, notices)
         for w in outcome.warnings:
-            self.sink(Notice(w, photo.id))
+            if w not in self.announced:
+                self.sink(Notice(w, photo.id))
         self.cancel.check()
         if not outcome.layers_done:
             self.finish_unprotected(photo, outcome)
@@ -525,13 +534,18 @@ class _Run:
             return
         s = self.job.settings
         if not (pending and s.layers.finetune and self.kit.layer1 is not None):
+            missing: tuple[str, ...] = ()
             if pending and s.layers.finetune:
-                self.sink(Notice(self.kit.layer1_missing))
+                # Said once; each photo's result records that only the other shield ran.
+                missing = (self.kit.layer1_missing or "The fine-tuning shield did not run.",)
+                if missing[0] not in self.announced:
+                    self.sink(Notice(missing[0]))
+                    self.announced.add(missing[0])
             self.eta.album_finished(index)
             # Streaming: one photo decoded at a time, freed before the next is read.
             for photo in pending:
                 if self.load(photo):
-                    self.protect_guarded(photo, None, "")
+                    self.protect_guarded(photo, None, "", missing)
             return
         loaded = [p for p in pending if self.load(p)]
         layer1_out: list[torch.Tensor | None] = [None] * len(loaded)
@@ -651,12 +665,14 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     Raises :class:`JobConflictError` when the output folder holds another job and
     ``job.resume`` is off, :class:`JobLockedError` (a JobConflictError) when another process is
     protecting into it right now, :class:`NothingToProtectError` when the inputs hold no photo
-    at all (nothing is created then), :class:`OutputError` when the output folder cannot be used
-    at all (every photo is reported failed first)."""
+    at all (nothing is created then), :class:`UnusableOutputError` when the output folder is a
+    file or the photos' own folder (nothing is created then), :class:`OutputError` when the
+    output folder cannot be used at all (every photo is reported failed first)."""
     from dladiff_app.core.joblock import JobLock
 
     cancel = cancel or CancelToken()
     out = Path(job.output_dir).absolute()
+    check_output_folder(out, job.inputs)
     found = discover_inputs(job.inputs, recursive=job.recursive, exclude=out)
     if not (found.files or found.missing or found.inside_output or found.unreadable):
         raise NothingToProtectError(

@@ -232,3 +232,25 @@ def test_a_folder_added_before_resume_leaves_the_albums_where_they_were(tmp_path
         "a.png"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "2021-Camera", "Camera"]
+
+
+# ------------------------------------------------------------------ no Stable Diffusion
+def test_without_stable_diffusion_each_photo_and_the_report_say_which_shield_ran(
+        tmp_path: Path) -> None:
+    from dladiff_app.core.events import Notice
+
+    make_photos(tmp_path / "anna", ["a.png", "b.png"])
+    make_photos(tmp_path / "bo", ["c.png"], seed=4)
+    both = ProtectionSettings(preset="low", eps=4.0, layers=Layers.BOTH, layer2_steps=3,
+                              polish_steps=0)
+    out = tmp_path / "out"
+    summary, events = _run(_job((tmp_path / "anna", tmp_path / "bo"), out, both))
+    assert summary.done == 3
+    missing = "The fine-tuning shield is not part of this test kit."
+    assert [e.message for e in events if isinstance(e, Notice)].count(missing) == 1
+    for album in ("anna", "bo"):
+        doc = _manifest(out / album)
+        assert all(missing in p["warnings"] and p["layers_done"] == ["layer2"]
+                   for p in doc["photos"])
+        html = (out / album / "report.html").read_text(encoding="utf-8")
+        assert "shields: zeroshot (both asked for)" in html and "shields: both" not in html
