@@ -3,13 +3,16 @@
 Exit codes (also in the README and ``--help``):
 
 - 0: every photo is protected (now or by an earlier run at the same settings);
-- 1: some photos failed (each is named with its reason), or the run was cancelled;
+- 1: some photos failed (each is named with its reason);
 - 2: nothing was done: usage error, no photo in the inputs, the output folder holds another job
   or is in use by another running process (its PID is named), is a file or is the photos' own
   folder, a ``--pipeline`` folder that is visibly broken;
 - 3: the run finished without failures but some photos are NOT protected: no shield could change
   them (no face found for the zero-shot shield). They are listed; no ``-protected`` file exists
-  for them (``--export-unprotected`` writes them as ``-unprotected``).
+  for them (``--export-unprotected`` writes them as ``-unprotected``);
+- 130 (Ctrl-C) or 143 (SIGTERM): stopped on request after the current step; the finished photos
+  have their manifest and report, and ``--resume OUT`` finishes the job (a second signal stops
+  at once, still resumable).
 
 Heavy libraries load inside :func:`run` only.
 """
@@ -20,6 +23,8 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,7 +38,6 @@ from dladiff_app.core.errors import (
 )
 from dladiff_app.core.events import (
     Event,
-    JobCancelled,
     JobFinished,
     JobStarted,
     Notice,
@@ -55,9 +59,10 @@ from dladiff_app.core.visibility_words import change_level
 
 HOURS_WARNING_S = 3600.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROTECTED = 0, 1, 2, 3
-EXIT_CODES_HELP = ("exit codes: 0 every photo protected; 1 some photos failed (or cancelled); "
-                   "2 nothing done (usage error, no photos, folder in use or holding another "
-                   "job); 3 finished, but some photos are NOT protected (no face found)")
+EXIT_CODES_HELP = ("exit codes: 0 every photo protected; 1 some photos failed; 2 nothing done "
+                   "(usage error, no photos, folder in use or holding another job); 3 finished, "
+                   "but some photos are NOT protected (no face found); 130/143 stopped by Ctrl-C/"
+                   "SIGTERM (finished photos kept with their report; --resume finishes)")
 
 
 def register(subparsers: Any) -> None:
@@ -295,9 +300,7 @@ class Printer:
                     f"{event.skipped} already done, {event.unprotected} NOT protected, "
                     f"{event.failed} failed."
                     + ("\n" + results_table(self.results) if self.results else ""))
-        if isinstance(event, JobCancelled):
-            return f"Cancelled after {event.done} photo(s); run again with --resume to finish."
-        return None
+        return None  # JobCancelled: run() says how the job stopped and how to finish it
 
     def _line(self, text: str | None) -> None:
         if text is None:
@@ -376,8 +379,12 @@ def run(args: argparse.Namespace) -> int:
     if warning and not _confirm(warning, args, printer):
         print("Nothing was changed.", file=sys.stderr)
         return 2
+    from dladiff_app.cli.interrupt import stop_on_signals
+
+    token = CancelToken()
     try:
-        summary = run_job(job, kit, printer, CancelToken())
+        with stop_on_signals(token) as stop:
+            summary = run_job(job, kit, printer, token)
     except (JobConflictError, NothingToProtectError, UnusableOutputError) as exc:
         print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_USAGE
@@ -393,11 +400,20 @@ def run(args: argparse.Namespace) -> int:
               "written for them):", file=sys.stderr)
         for reason in printer.unprotected:
             print(readable(f"  {reason}"), file=sys.stderr)
+    if summary.cancelled:
+        out = Path(summary.output_dir)
+        print(readable(f"Stopped ({stop.name}) after {summary.done} photo(s) protected: they "
+                       f"are in {out} with their manifest and report. To finish the job: "
+                       f"dladiff protect --resume {shlex.quote(str(out))}"), file=sys.stderr)
+        return stop.exit_code
     return exit_code(summary)
 
 
 def exit_code(summary: JobSummary) -> int:
-    """The documented exit code of a finished run (see the module docstring)."""
-    if summary.cancelled or summary.failed:
+    """The documented exit code of a finished run (see the module docstring); a run stopped
+    by a signal exits 128 + the signal's number (``cli.interrupt``)."""
+    if summary.cancelled:
+        return 128 + int(signal.SIGINT)
+    if summary.failed:
         return EXIT_FAILED
     return EXIT_UNPROTECTED if summary.unprotected else EXIT_OK

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dladiff_app.cli.main import main
 from dladiff_app.cli.protect_cmd import Printer
 from dladiff_app.core.events import JobFinished, PhotoFailed
-from tests.engine.light_kit import make_photos
+from tests.engine.light_kit import light_kit, make_photos
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +111,64 @@ def test_a_damaged_job_record_says_how_to_resume_without_contradiction(
     err = capsys.readouterr().err
     assert "holds no DLADiff job journal" not in err
     assert "record of the job's photos and settings is damaged" in err and "--resume" in err
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly_with_reports_and_the_resume_hint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        signum: int, code: int) -> None:
+    import dladiff_app.engine.services as services
+
+    make_photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    kit = light_kit()
+    shield = kit.layer2
+    calls: list[int] = []
+
+    def layer2(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # the user presses Ctrl-C (or a service manager stops us)
+            os.kill(os.getpid(), signum)
+        return shield(*args)  # type: ignore[misc]
+
+    kit.layer2 = layer2
+    monkeypatch.setattr(services, "build_kit", lambda *a, **k: kit)
+    before = signal.getsignal(signum)
+    out = tmp_path / "out"
+    rc = main(["protect", str(tmp_path / "in"), "-o", str(out), "--layers", "zeroshot"])
+    assert rc == code
+    err = capsys.readouterr().err
+    assert f"dladiff protect --resume {out}" in err
+    doc = json.loads((out / "in" / "manifest.json").read_text())
+    assert [Path(p["source"]).name for p in doc["photos"]] == ["a.png"]
+    assert (out / "in" / "report.html").is_file()
+    assert signal.getsignal(signum) == before and calls == [1, 1]
+    # The photo in progress was not counted as a crash: the resume protects the rest.
+    kit.layer2 = shield
+    assert main(["protect", "--resume", str(out)]) == 0
+    assert sorted(p.name for p in (out / "in").glob("*-protected.png")) == [
+        "a-protected.png", "b-protected.png", "c-protected.png"]
+
+
+def test_stop_signals_cancel_first_and_interrupt_second() -> None:
+    from dladiff_app.cli.interrupt import stop_on_signals
+    from dladiff_app.core.cancel import CancelToken
+
+    token = CancelToken()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(token) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert token.cancelled and stop.exit_code == 143
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_readme_and_help_list_the_exit_codes_the_cli_returns() -> None:
+    from dladiff_app.cli.protect_cmd import EXIT_CODES_HELP
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("`dladiff protect` exit codes:")[1].split("\n\n")[1]
+    codes = {cell.strip() for row in table.splitlines()[2:] for cell in
+             row.split("|")[1].split("/")}
+    assert codes == {"0", "1", "2", "3", "130", "143"}
+    assert "stopped by Ctrl-C / SIGTERM" in table and "130/143 stopped" in EXIT_CODES_HELP
+    assert "cancelled" not in table.splitlines()[3]  # 1 is failures only, not a stop
