@@ -450,7 +450,7 @@ class _Run:
                 f"{was.get('preset', '?')}, budget {_budget(was.get('eps'))}, shields "
                 f"{was.get('layers', '?')}) is kept in {other.output}.")
         result = PhotoResult(
-            source=str(photo.path), output=str(planned), width=saved.shape[1],
+            source=str(photo.path.absolute()), output=str(planned), width=saved.shape[1],
             height=saved.shape[0], seconds=round(outcome.seconds, 3),
             scores=m.scores, scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
             psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=outcome.faces, layers_done=tuple(done),

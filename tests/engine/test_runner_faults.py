@@ -254,3 +254,18 @@ def test_without_stable_diffusion_each_photo_and_the_report_say_which_shield_ran
                    for p in doc["photos"])
         html = (out / album / "report.html").read_text(encoding="utf-8")
         assert "shields: zeroshot (both asked for)" in html and "shields: both" not in html
+
+
+# ------------------------------------------------------------------ manifest sources
+def test_manifest_sources_are_absolute_whatever_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_photos(tmp_path / "in", ["a.png"])
+    monkeypatch.chdir(tmp_path)
+    _run(_job((Path("in") / "a.png",), Path("out")))
+    make_photos(tmp_path / "in", ["b.png"], seed=6)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again, _ = _run(_job((tmp_path / "in",), tmp_path / "out", resume=True))
+    assert (again.done, again.skipped) == (1, 1)
+    sources = [p["source"] for p in _manifest(tmp_path / "out" / "in")["photos"]]
+    assert sources == [str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "b.png")]
