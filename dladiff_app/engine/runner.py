@@ -153,6 +153,7 @@ class _Photo:
     what: str | None = None            # the key without model versions (core.journal)
     pixels: np.ndarray | None = None   # (H, W, 3) float32 RGB [0, 1] (orientation applied)
     exif: bytes | None = None
+    notes: tuple[str, ...] = ()        # how the file was read (an animation's first frame)
 
 
 @dataclass
@@ -317,6 +318,7 @@ class _Run:
             return False
         photo.pixels = loaded.pixels
         photo.exif = loaded.exif_kept
+        photo.notes = loaded.notes
         return True
 
     def shield(self, photo: _Photo, layer1_out: torch.Tensor | None,
@@ -332,7 +334,7 @@ class _Run:
         current = layer1_out[None] if layer1_out is not None else clean
         out = _Outcome(current, ["layer1"] if layer1_out is not None else [],
                        {"layer1": layer1_note} if layer1_out is not None else {},
-                       list(notices), 0)
+                       [*notices, *photo.notes], 0)
         faces: list[Face] = []
         step = self.eta.step_fn(photo.id)
         if s.layers.zeroshot:

@@ -269,3 +269,25 @@ def test_manifest_sources_are_absolute_whatever_the_working_directory(
     assert (again.done, again.skipped) == (1, 1)
     sources = [p["source"] for p in _manifest(tmp_path / "out" / "in")["photos"]]
     assert sources == [str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / "b.png")]
+
+
+# ------------------------------------------------------------------ odd picture files
+def test_an_animation_is_protected_from_its_first_frame_and_says_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dladiff_app.core.events import Notice
+
+    (still,) = make_photos(tmp_path / "src", ["f.png"])
+    first = Image.open(still).convert("RGB")
+    second = Image.new("RGB", first.size, (20, 200, 20))
+    (tmp_path / "in").mkdir()
+    first.save(tmp_path / "in" / "wave.png", save_all=True, append_images=[second])
+    first.save(tmp_path / "in" / "wave.webp", save_all=True, append_images=[second],
+               lossless=True)
+    summary, events = _run(_job((tmp_path / "in",), tmp_path / "out"))
+    assert summary.done == 2
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    for name in ("wave.png", "wave.webp"):
+        assert any(n.startswith(f"{name} holds 2 frames") for n in notes), notes
+    assert all(any("only the first was protected" in w for w in p["warnings"])
+               for p in _manifest(tmp_path / "out" / "in")["photos"])
