@@ -274,8 +274,10 @@ class Printer:
     def _text(self, event: Event) -> str | None:
         if isinstance(event, JobStarted):
             self.total = event.total_photos
-            return (f"Protecting {event.total_photos} photo(s) in {event.message} on "
-                    f"{event.device}")
+            unusable = (f"; {event.unusable} input(s) cannot be used (named below)"
+                        if event.unusable else "")
+            return (f"Protecting {event.total_photos - event.unusable} photo(s) in "
+                    f"{event.message} on {event.device}{unusable}")
         if isinstance(event, PhotoStarted):
             self.names[event.photo_id] = Path(event.source).name
             return None

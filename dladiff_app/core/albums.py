@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dladiff_app.core.errors import UnusableOutputError
 from dladiff_app.core.jobs import AlbumMode
+from dladiff_app.core.journal import JOURNAL_NAME
 
 # Suffixes taken from folders. Unsupported picture formats (GIF, HEIC, ...) are included on
 # purpose: the user then learns why they were not protected instead of silently losing them.
@@ -55,6 +56,11 @@ class Discovery:
     inside_output: tuple[Path, ...] = ()
     # Folders that could not be listed (permission denied, ...), with the reason
     unreadable: tuple[tuple[Path, str], ...] = ()
+    # Output folders of earlier DLADiff jobs met among the inputs: never read (their protected
+    # copies would be protected again)
+    job_folders: tuple[Path, ...] = ()
+    # Input folders without pictures of their own but with sub-folders (read with ``recursive``)
+    only_subfolders: tuple[Path, ...] = ()
 
 
 def check_output_folder(out: Path, inputs: Iterable[Path]) -> None:
@@ -80,6 +86,14 @@ def check_output_folder(out: Path, inputs: Iterable[Path]) -> None:
                 "another output folder, outside the photos' folder (nothing was changed).")
 
 
+def _is_job_folder(folder: Path) -> bool:
+    """An earlier job's output folder, or one of its album folders."""
+    try:
+        return (folder / JOURNAL_NAME).is_file() or (folder.parent / JOURNAL_NAME).is_file()
+    except OSError:
+        return False
+
+
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
@@ -98,14 +112,17 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
 
     ``exclude`` (the output folder) is never read as input, so protecting a folder into a
     sub-folder of itself does not protect the protected files on the next run; an input folder
-    inside it is listed in ``inside_output`` (the caller says so) instead of being read.
-    Duplicates (the same file reached twice) are kept once.
+    inside it is listed in ``inside_output`` (the caller says so) instead of being read. The
+    output folders of other DLADiff jobs (they hold a job journal) are not read either
+    (``job_folders``). Duplicates (the same file reached twice) are kept once.
     """
     files: list[InputFile] = []
     missing: list[Path] = []
     ignored: list[Path] = []
     inside_output: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
+    job_folders: list[Path] = []
+    only_subfolders: list[Path] = []
     seen: set[Path] = set()
 
     def add(path: Path, folder: Path) -> None:
@@ -127,7 +144,8 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
             if exclude is not None and _inside(path, exclude):
                 inside_output.append(path)
                 continue
-            for folder, entries in _walk(path, recursive, unreadable):
+            before = len(files) + len(ignored)
+            for folder, entries in _walk(path, recursive, unreadable, job_folders):
                 if exclude is not None and _inside(folder, exclude):
                     continue
                 for entry in entries:
@@ -135,12 +153,21 @@ def discover_inputs(inputs: Iterable[Path], *, recursive: bool = False,
                         add(entry, folder)
                     else:
                         ignored.append(entry)
+            if not recursive and len(files) + len(ignored) == before and _has_subfolders(path):
+                only_subfolders.append(path)
         elif _exists(path):
             add(path, path.parent)
         else:
             missing.append(path)
     return Discovery(tuple(files), tuple(missing), tuple(ignored), tuple(inside_output),
-                     tuple(unreadable))
+                     tuple(unreadable), tuple(job_folders), tuple(only_subfolders))
+
+
+def _has_subfolders(folder: Path) -> bool:
+    try:
+        return any(p.is_dir() for p in folder.iterdir() if not _is_hidden(p))
+    except OSError:
+        return False
 
 
 def _exists(path: Path) -> bool:
@@ -157,19 +184,27 @@ def _why(exc: OSError) -> str:
     return f"this folder cannot be read ({exc.strerror or exc}): nothing in it was protected"
 
 
-def _walk(root: Path, recursive: bool,
-          unreadable: list[tuple[Path, str]]) -> list[tuple[Path, list[Path]]]:
+def _walk(root: Path, recursive: bool, unreadable: list[tuple[Path, str]],
+          job_folders: list[Path]) -> list[tuple[Path, list[Path]]]:
     """Folders under ``root`` (root first, then sorted), each with its sorted visible files.
     Folders that cannot be listed are added to ``unreadable`` with the reason (never a silent
-    "0 photos")."""
+    "0 photos"); earlier jobs' output folders are skipped with their sub-folders and added to
+    ``job_folders``."""
     out: list[tuple[Path, list[Path]]] = []
+    if _is_job_folder(root):
+        job_folders.append(root)
+        return out
     if recursive:
         def onerror(exc: OSError) -> None:
             unreadable.append((Path(exc.filename or root), _why(exc)))
 
         for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             folder = Path(dirpath)
+            if folder != root and _is_job_folder(folder):
+                job_folders.append(folder)
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             out.append((folder, sorted(folder / f for f in filenames if not f.startswith("."))))
     else:
         try:

@@ -680,7 +680,8 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
         raise NothingToProtectError(
             "There is no photo to protect in " + ", ".join(str(p) for p in job.inputs)
             + (f" (only {len(found.ignored)} file(s) that are not pictures)" if found.ignored
-               else "") + "; nothing was started.")
+               else "") + "; nothing was started." + "".join(
+                f" {line}" for line in _discovery_notes(found)))
     lock = JobLock(out)
     if Journal(out).exists and not job.resume:
         raise JobConflictError(
@@ -716,7 +717,8 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
             "your photos") for m in found.inside_output] + list(found.unreadable)
     missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), _path_key(m))
                for i, (m, _) in enumerate(unusable)]
-    started = JobStarted(len(photos) + len(missing), kit.device_name, f"{len(albums)} album(s)")
+    started = JobStarted(len(photos) + len(missing), kit.device_name, f"{len(albums)} album(s)",
+                         unusable=len(missing))
     try:  # journaled before anything is announced: a kill after JobStarted leaves a resumable job
         run.journal.start_job(job)
     except OutputError as exc:
@@ -732,6 +734,8 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     if found.ignored:
         sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
                     f"{found.ignored[0].name}."))
+    for line in _discovery_notes(found):
+        sink(Notice(line))
     run.eta.plan(job.settings, [len(a.photos) for a in albums], kit.layer1 is not None,
                  kit.layer2 is not None, polish=kit.polish is not None, unusable=len(missing))
     for photo, (_, reason) in zip(missing, unusable, strict=True):
@@ -753,6 +757,17 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     sink(JobFinished(run.done, run.failed, run.skipped, seconds, run.unprotected))
     return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds,
                       run.unprotected)
+
+
+def _discovery_notes(found: Discovery) -> list[str]:
+    """What discovery left out on purpose and the user may not expect."""
+    notes = [f"Skipped {folder}: it holds the protected copies of an earlier DLADiff job, and "
+             "protecting them again would stack protections on copies." for folder in
+             found.job_folders]
+    notes += [f"{folder} has no pictures of its own, only sub-folders: include sub-folders to "
+              "protect their photos (-r in the command line)." for folder in
+              found.only_subfolders]
+    return notes
 
 
 def _path_key(path: Path) -> str:

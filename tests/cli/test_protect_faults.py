@@ -172,3 +172,18 @@ def test_the_readme_and_help_list_the_exit_codes_the_cli_returns() -> None:
     assert codes == {"0", "1", "2", "3", "130", "143"}
     assert "stopped by Ctrl-C / SIGTERM" in table and "130/143 stopped" in EXIT_CODES_HELP
     assert "cancelled" not in table.splitlines()[3]  # 1 is failures only, not a stop
+
+
+def test_a_missing_folder_is_not_counted_as_a_photo(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import dladiff_app.engine.services as services
+
+    monkeypatch.setattr(services, "build_kit", lambda *a, **k: light_kit())
+    make_photos(tmp_path / "in", ["a.png"])
+    assert main(["protect", str(tmp_path / "in"), str(tmp_path / "gone"), "-o",
+                 str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "Protecting 1 photo(s) in 1 album(s) on CPU (test); 1 input(s) cannot be used" in out
+    assert main(["protect", str(tmp_path / "gone"), "-o", str(tmp_path / "out2")]) == 1
+    assert "Protecting 0 photo(s) in 0 album(s)" in capsys.readouterr().out

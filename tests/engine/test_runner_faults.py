@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dladiff_app.core.errors import NothingToProtectError
 from dladiff_app.core.events import Event, PhotoDone, PhotoFailed, PhotoSkipped
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
@@ -291,3 +292,29 @@ def test_an_animation_is_protected_from_its_first_frame_and_says_so(tmp_path: Pa
         assert any(n.startswith(f"{name} holds 2 frames") for n in notes), notes
     assert all(any("only the first was protected" in w for w in p["warnings"])
                for p in _manifest(tmp_path / "out" / "in")["photos"])
+
+
+# ------------------------------------------------------------------ what discovery leaves out
+def test_a_recursive_job_does_not_protect_an_earlier_jobs_copies(tmp_path: Path) -> None:
+    from dladiff_app.core.events import Notice
+
+    make_photos(tmp_path / "lib" / "anna", ["a.png"])
+    first, _ = _run(_job((tmp_path / "lib" / "anna",), tmp_path / "lib" / "out"))
+    assert first.done == 1
+    make_photos(tmp_path / "lib" / "bo", ["b.png"], seed=7)
+    summary, events = _run(_job((tmp_path / "lib",), tmp_path / "out2", recursive=True))
+    assert summary.done == 2  # anna/a.png and bo/b.png, not out/anna/a-protected.png
+    done = sorted(Path(e.result.source).name for e in events if isinstance(e, PhotoDone))
+    assert done == ["a.png", "b.png"]
+    assert any("Skipped" in e.message and "earlier DLADiff job" in e.message
+               for e in events if isinstance(e, Notice))
+    # Naming the earlier job's album folder itself is refused the same way.
+    with pytest.raises(NothingToProtectError, match="earlier DLADiff job"):
+        _run(_job((tmp_path / "lib" / "out" / "anna",), tmp_path / "out3"))
+
+
+def test_a_folder_of_sub_folders_without_recursive_says_how(tmp_path: Path) -> None:
+    make_photos(tmp_path / "trip" / "day1", ["a.png"])
+    with pytest.raises(NothingToProtectError, match=r"only sub-folders.*-r in the command line"):
+        _run(_job((tmp_path / "trip",), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
