@@ -107,11 +107,29 @@ def register(subparsers: Any) -> None:
                         ("--seed", "seed")):
         steps.add_argument(flag, dest=field, type=int, metavar="N")
     p.set_defaults(func=run)
+    _JOB_DEFAULTS.update({dest: p.get_default(dest) for dest in _JOB_OPTIONS})
 
 
 # ------------------------------------------------------------------ building the job
 class UsageError(Exception):
     pass
+
+
+# Options that make up a job's settings: a bare ``--resume OUT`` takes them from the journal.
+_JOB_OPTIONS = {
+    "preset": "--preset", "eps": "--eps", "layers": "--layers", "format": "--format",
+    "quality": "--quality", "keep_metadata": "--keep-metadata", "recursive": "--recursive",
+    "albums": "--albums", "no_report": "--no-report", "export_unprotected":
+    "--export-unprotected", "layer1_rounds": "--rounds", "layer1_pgd_steps": "--pgd-steps",
+    "layer1_lora_steps": "--lora-steps", "prior_steps": "--prior-steps",
+    "layer2_steps": "--layer2-steps", "polish_steps": "--polish-steps", "seed": "--seed"}
+_JOB_DEFAULTS: dict[str, Any] = {}  # filled from the parser by register()
+
+
+def _settings_given(args: argparse.Namespace) -> list[str]:
+    """The job options given on the command line (values other than their defaults)."""
+    return [flag for dest, flag in _JOB_OPTIONS.items()
+            if dest in _JOB_DEFAULTS and getattr(args, dest, None) != _JOB_DEFAULTS[dest]]
 
 
 def build_job(args: argparse.Namespace) -> ProtectJob:
@@ -122,6 +140,13 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
     if out is None:
         raise UsageError("say where the protected photos go: -o OUT (or --resume OUT)")
     if args.resume and not args.inputs:
+        given = _settings_given(args)
+        if given:
+            raise UsageError(
+                f"--resume {out} continues the job with the settings it was started with, so "
+                f"{', '.join(given)} would be ignored. To protect its photos with other settings, "
+                f"name them: dladiff protect PHOTOS -o {out} --resume {' '.join(given)} ... "
+                "(the earlier protections are kept)")
         try:
             journal = Journal(out)
         except DladiffError as exc:  # e.g. a journal the user may not read

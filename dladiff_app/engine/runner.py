@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -703,8 +704,9 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     known = {str(f["origin"]): name for name, f in run.journal.albums.items() if f.get("origin")}
     albums = group_albums(found.files, job.album_mode, known)
     # Hidden temporary files of a writer that was killed: nobody else writes here (locked).
+    owned = _own_files(run.journal)
     for folder in [run.out, *(a.output_dir(run.out) for a in albums)]:
-        for path in remove_stale_temps(folder):
+        for path in remove_stale_temps(folder, owned):
             log.info("removed %s, left by an interrupted run", path)
     photos: list[_Photo] = []
     for album in albums:
@@ -757,6 +759,23 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     sink(JobFinished(run.done, run.failed, run.skipped, seconds, run.unprotected))
     return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds,
                       run.unprotected)
+
+
+# Exports of photos no shield changed are published before their record is written.
+_UNPROTECTED_NAME = re.compile(r".*-unprotected(-\d+)?\.(png|jpg|webp)$", re.DOTALL)
+
+
+def _own_files(journal: Journal) -> Callable[[str], bool]:
+    """Whether a temporary file's final name is one this job writes: a photo's planned or
+    written file or an album's manifest or report (each journaled before it is written), or an
+    unprotected export. A user's file that looks like a temporary one is not ours."""
+    from dladiff_app.core.atomic import shortened
+
+    paths = [p for e in journal.photos.values() for p in (e.planned, e.output) if p]
+    paths += [str(f[k]) for f in journal.albums.values() for k in ("manifest", "report")
+              if f.get(k)]
+    known = {shortened(Path(p).name) for p in paths}
+    return lambda target: target in known or bool(_UNPROTECTED_NAME.match(target))
 
 
 def _discovery_notes(found: Discovery) -> list[str]:

@@ -187,3 +187,15 @@ def test_a_missing_folder_is_not_counted_as_a_photo(tmp_path: Path,
     assert "Protecting 1 photo(s) in 1 album(s) on CPU (test); 1 input(s) cannot be used" in out
     assert main(["protect", str(tmp_path / "gone"), "-o", str(tmp_path / "out2")]) == 1
     assert "Protecting 0 photo(s) in 0 album(s)" in capsys.readouterr().out
+
+
+def test_resume_with_settings_options_is_refused_instead_of_ignoring_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["protect", "--resume", str(out), "--preset", "high", "--eps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset, --eps would be ignored" in err and "name them" in err
+    # Options a resume does take (where to run) are still fine: it goes on to "nothing to
+    # resume" here.
+    assert main(["protect", "--resume", str(out), "--device", "cpu"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err

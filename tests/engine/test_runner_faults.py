@@ -318,3 +318,21 @@ def test_a_folder_of_sub_folders_without_recursive_says_how(tmp_path: Path) -> N
     with pytest.raises(NothingToProtectError, match=r"only sub-folders.*-r in the command line"):
         _run(_job((tmp_path / "trip",), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ files that look like ours
+def test_a_resume_removes_only_its_own_temporary_files(tmp_path: Path) -> None:
+    make_photos(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    _run(_job((tmp_path / "in",), out))
+    mine = [out / ".notes.txt.0123456789ab.tmp", out / "in" / ".holiday.jpg.abcdefabcdef.tmp"]
+    for path in mine:
+        path.write_bytes(b"the user's")
+    ours = [out / "in" / ".a-protected.png.0123456789ab.tmp",
+            out / "in" / ".manifest.json.0123456789ab.tmp",
+            out / "in" / ".x-unprotected.png.0123456789ab.tmp"]
+    for path in ours:
+        path.write_bytes(b"half a file")
+    _run(_job((tmp_path / "in",), out, resume=True))
+    assert all(p.read_bytes() == b"the user's" for p in mine)
+    assert not any(p.exists() for p in ours)
