@@ -129,7 +129,8 @@ _JOB_DEFAULTS: dict[str, Any] = {}  # filled from the parser by register()
 def _settings_given(args: argparse.Namespace) -> list[str]:
     """The job options given on the command line (values other than their defaults)."""
     return [flag for dest, flag in _JOB_OPTIONS.items()
-            if dest in _JOB_DEFAULTS and getattr(args, dest, None) != _JOB_DEFAULTS[dest]]
+            if dest in _JOB_DEFAULTS and hasattr(args, dest)
+            and getattr(args, dest) != _JOB_DEFAULTS[dest]]
 
 
 def build_job(args: argparse.Namespace) -> ProtectJob:

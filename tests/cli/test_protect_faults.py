@@ -96,9 +96,12 @@ def test_a_pipeline_that_fails_while_loading_is_a_typed_error(tmp_path: Path) ->
 
 
 def test_a_damaged_job_record_says_how_to_resume_without_contradiction(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import dladiff_app.engine.services as services
     from dladiff_app.core.journal import JOURNAL_NAME
 
+    monkeypatch.setattr(services, "build_kit", lambda *a, **k: light_kit())
     out = tmp_path / "out"
     out.mkdir()
     (out / JOURNAL_NAME).write_text('{"kind":"job","v":2,"job":{"inp\n'

@@ -16,25 +16,12 @@ import pytest
 
 from dladiff_app.core.errors import NothingToProtectError
 from dladiff_app.core.events import Event, PhotoDone, PhotoFailed, PhotoSkipped
-from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
 from dladiff_app.core.manifest import validate_manifest
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.engine.runner import run_job
 from tests.engine.light_kit import light_kit, make_photos
-
-LOW = ProtectionSettings(preset="low", eps=4.0, layers=Layers.ZEROSHOT, layer2_steps=3,
-                         polish_steps=0)
-
-
-def _job(inputs: tuple[Path, ...], out: Path, settings: ProtectionSettings = LOW,
-         **kw: Any) -> ProtectJob:
-    return ProtectJob(inputs=inputs, output_dir=out, settings=settings, **kw)
-
-
-def _run(job: ProtectJob, **kit: Any) -> tuple[Any, list[Event]]:
-    events: list[Event] = []
-    return run_job(job, light_kit(**kit), events.append), events
+from tests.engine.test_runner_batches import _job, _run
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -154,7 +141,7 @@ from pathlib import Path
 from dladiff_app.core.jobs import ProtectJob
 from dladiff_app.engine.runner import run_job
 from tests.engine.light_kit import light_kit
-from tests.engine.test_runner_faults import LOW
+from tests.engine.test_runner_batches import LOW
 
 kit = light_kit()
 shield = kit.layer2
