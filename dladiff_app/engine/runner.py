@@ -63,7 +63,7 @@ from dladiff_app.core.events import (
     PhotoStarted,
     PhotoUnprotected,
 )
-from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.jobs import AlbumMode, ProtectJob
 from dladiff_app.core.journal import (
     Journal,
     PhotoEntry,
@@ -700,9 +700,7 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     from dladiff_app.core.atomic import remove_stale_temps
 
     run = _Run(job, kit, sink, cancel)  # reads the journal now that no other writer can append
-    # The album names earlier runs of this job gave stay, whatever was added to the inputs.
-    known = {str(f["origin"]): name for name, f in run.journal.albums.items() if f.get("origin")}
-    albums = group_albums(found.files, job.album_mode, known)
+    albums = group_albums(found.files, job.album_mode, _known_albums(run.journal, job))
     # Hidden temporary files of a writer that was killed: nobody else writes here (locked).
     owned = _own_files(run.journal)
     for folder in [run.out, *(a.output_dir(run.out) for a in albums)]:
@@ -759,6 +757,24 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     sink(JobFinished(run.done, run.failed, run.skipped, seconds, run.unprotected))
     return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds,
                       run.unprotected)
+
+
+def _known_albums(journal: Journal, job: ProtectJob) -> dict[str, str]:
+    """Album origin -> name as earlier runs of this job gave them, so they stay whatever was
+    added to the inputs: from the album records, else (a journal of an older version) from
+    where its photos came from."""
+    import os
+
+    known = {str(f["origin"]): name for name, f in journal.albums.items() if f.get("origin")}
+    if known or job.album_mode is AlbumMode.SINGLE:
+        return known
+    for e in journal.photos.values():
+        if not e.album or e.album == "missing" or e.source.startswith("path:"):
+            continue
+        origin = (os.path.realpath(os.path.dirname(e.source))
+                  if job.album_mode is AlbumMode.PER_FOLDER else e.source)
+        known.setdefault(origin, e.album)
+    return known
 
 
 # Exports of photos no shield changed are published before their record is written.

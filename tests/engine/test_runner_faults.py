@@ -323,3 +323,20 @@ def test_a_resume_removes_only_its_own_temporary_files(tmp_path: Path) -> None:
     _run(_job((tmp_path / "in",), out, resume=True))
     assert all(p.read_bytes() == b"the user's" for p in mine)
     assert not any(p.exists() for p in ours)
+
+
+def test_album_names_of_a_journal_without_album_origins_stay(tmp_path: Path) -> None:
+    make_photos(tmp_path / "lib" / "2022" / "Camera", ["b.png"])
+    out = tmp_path / "out"
+    _run(_job((tmp_path / "lib",), out, recursive=True))
+    # As an older version wrote it: album records without their folder.
+    lines = (out / JOURNAL_NAME).read_text(encoding="utf-8").splitlines()
+    (out / JOURNAL_NAME).write_text("\n".join(
+        line for line in lines if '"origin"' not in line) + "\n", encoding="utf-8")
+    make_photos(tmp_path / "lib" / "2021" / "Camera", ["a.png"], seed=5)
+    again, _ = _run(_job((tmp_path / "lib",), out, recursive=True, resume=True))
+    assert (again.done, again.skipped) == (1, 1)
+    assert [Path(p["source"]).name for p in _manifest(out / "Camera")["photos"]] == ["b.png"]
+    assert (out / "2021-Camera" / "a-protected.png").is_file()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "2021-Camera", "Camera"]
