@@ -3,12 +3,16 @@
 Exit codes (also in the README and ``--help``):
 
 - 0: every photo is protected (now or by an earlier run at the same settings);
-- 1: some photos failed (each is named with its reason), or the run was cancelled;
+- 1: some photos failed (each is named with its reason);
 - 2: nothing was done: usage error, no photo in the inputs, the output folder holds another job
-  or is in use by another running process (its PID is named);
+  or is in use by another running process (its PID is named), is a file or is the photos' own
+  folder, a ``--pipeline`` folder that is visibly broken;
 - 3: the run finished without failures but some photos are NOT protected: no shield could change
   them (no face found for the zero-shot shield). They are listed; no ``-protected`` file exists
-  for them (``--export-unprotected`` writes them as ``-unprotected``).
+  for them (``--export-unprotected`` writes them as ``-unprotected``);
+- 130 (Ctrl-C) or 143 (SIGTERM): stopped on request after the current step; the finished photos
+  have their manifest and report, and ``--resume OUT`` finishes the job (a second signal stops
+  at once, still resumable).
 
 Heavy libraries load inside :func:`run` only.
 """
@@ -19,15 +23,21 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from dladiff_app.core.errors import DladiffError, JobConflictError, NothingToProtectError
+from dladiff_app.core.errors import (
+    DladiffError,
+    JobConflictError,
+    NothingToProtectError,
+    UnusableOutputError,
+)
 from dladiff_app.core.events import (
     Event,
-    JobCancelled,
     JobFinished,
     JobStarted,
     Notice,
@@ -40,6 +50,7 @@ from dladiff_app.core.events import (
 )
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.manifest import json_safe
+from dladiff_app.core.names import json_text, readable
 from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
@@ -48,9 +59,10 @@ from dladiff_app.core.visibility_words import change_level, seen_level
 
 HOURS_WARNING_S = 3600.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPROTECTED = 0, 1, 2, 3
-EXIT_CODES_HELP = ("exit codes: 0 every photo protected; 1 some photos failed (or cancelled); "
-                   "2 nothing done (usage error, no photos, folder in use or holding another "
-                   "job); 3 finished, but some photos are NOT protected (no face found)")
+EXIT_CODES_HELP = ("exit codes: 0 every photo protected; 1 some photos failed; 2 nothing done "
+                   "(usage error, no photos, folder in use or holding another job); 3 finished, "
+                   "but some photos are NOT protected (no face found); 130/143 stopped by Ctrl-C/"
+                   "SIGTERM (finished photos kept with their report; --resume finishes)")
 
 
 def register(subparsers: Any) -> None:
@@ -103,11 +115,30 @@ def register(subparsers: Any) -> None:
                          (("--polish-steps",), "polish_steps"), (("--seed",), "seed")):
         steps.add_argument(*flags, dest=field, type=int, metavar="N")
     p.set_defaults(func=run)
+    _JOB_DEFAULTS.update({dest: p.get_default(dest) for dest in _JOB_OPTIONS})
 
 
 # ------------------------------------------------------------------ building the job
 class UsageError(Exception):
     pass
+
+
+# Options that make up a job's settings: a bare ``--resume OUT`` takes them from the journal.
+_JOB_OPTIONS = {
+    "preset": "--preset", "eps": "--eps", "layers": "--layers", "format": "--format",
+    "quality": "--quality", "keep_metadata": "--keep-metadata", "recursive": "--recursive",
+    "albums": "--albums", "no_report": "--no-report", "export_unprotected":
+    "--export-unprotected", "layer1_rounds": "--rounds", "layer1_pgd_steps": "--pgd-steps",
+    "layer1_lora_steps": "--lora-steps", "prior_steps": "--prior-steps",
+    "layer2_steps": "--layer2-steps", "polish_steps": "--polish-steps", "seed": "--seed"}
+_JOB_DEFAULTS: dict[str, Any] = {}  # filled from the parser by register()
+
+
+def _settings_given(args: argparse.Namespace) -> list[str]:
+    """The job options given on the command line (values other than their defaults)."""
+    return [flag for dest, flag in _JOB_OPTIONS.items()
+            if dest in _JOB_DEFAULTS and hasattr(args, dest)
+            and getattr(args, dest) != _JOB_DEFAULTS[dest]]
 
 
 def build_job(args: argparse.Namespace) -> ProtectJob:
@@ -118,10 +149,24 @@ def build_job(args: argparse.Namespace) -> ProtectJob:
     if out is None:
         raise UsageError("say where the protected photos go: -o OUT (or --resume OUT)")
     if args.resume and not args.inputs:
+        given = _settings_given(args)
+        if given:
+            raise UsageError(
+                f"--resume {out} continues the job with the settings it was started with, so "
+                f"{', '.join(given)} would be ignored. To protect its photos with other settings, "
+                f"name them: dladiff protect PHOTOS -o {out} --resume {' '.join(given)} ... "
+                "(the earlier protections are kept)")
         try:
             journal = Journal(out)
         except DladiffError as exc:  # e.g. a journal the user may not read
             raise UsageError(str(exc)) from exc
+        if journal.job is None and journal.exists:
+            bad = journal.torn_lines + journal.damaged
+            raise UsageError(
+                f"cannot resume {out} on its own: its job journal is there, but the record of "
+                f"the job's photos and settings is damaged ({bad} damaged line(s)). Name them "
+                f"again with --resume, e.g. `dladiff protect PHOTOS -o {out} --resume`: the "
+                "photos it already protected are kept, not redone")
         if journal.job is None:
             raise UsageError(f"nothing to resume: {out} holds no DLADiff job journal")
         try:
@@ -249,7 +294,7 @@ class Printer:
         if isinstance(event, PhotoUnprotected):
             self.unprotected.append(f"{Path(event.source).name}: {event.reason}")
         if self.as_json:
-            print(json.dumps(event_dict(event), ensure_ascii=False), file=self.out, flush=True)
+            print(json_text(event_dict(event)), file=self.out, flush=True)
             return
         if isinstance(event, Progress):
             now = time.monotonic()
@@ -270,8 +315,10 @@ class Printer:
     def _text(self, event: Event) -> str | None:
         if isinstance(event, JobStarted):
             self.total = event.total_photos
-            return (f"Protecting {event.total_photos} photo(s) in {event.message} on "
-                    f"{event.device}")
+            unusable = (f"; {event.unusable} input(s) cannot be used (named below)"
+                        if event.unusable else "")
+            return (f"Protecting {event.total_photos - event.unusable} photo(s) in "
+                    f"{event.message} on {event.device}{unusable}")
         if isinstance(event, PhotoStarted):
             self.names[event.photo_id] = Path(event.source).name
             return None
@@ -296,16 +343,14 @@ class Printer:
                     f"{event.skipped} already done, {event.unprotected} NOT protected, "
                     f"{event.failed} failed."
                     + ("\n" + results_table(self.results) if self.results else ""))
-        if isinstance(event, JobCancelled):
-            return f"Cancelled after {event.done} photo(s); run again with --resume to finish."
-        return None
+        return None  # JobCancelled: run() says how the job stopped and how to finish it
 
     def _line(self, text: str | None) -> None:
         if text is None:
             return
         if self.tty:
             self.err.write("\r" + " " * 110 + "\r")
-        print(text, file=self.err if self.tty else self.out, flush=True)
+        print(readable(text), file=self.err if self.tty else self.out, flush=True)
 
 
 # ------------------------------------------------------------------ the long-job check
@@ -359,10 +404,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = build_job(args)
     except UsageError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return 2
-    from dladiff_app.core.albums import discover_inputs
+    from dladiff_app.core.albums import check_output_folder, discover_inputs
     from dladiff_app.core.cancel import CancelToken
+
+    try:  # before the models load: a wrong -o is said at once
+        check_output_folder(job.output_dir, job.inputs)
+    except UnusableOutputError as exc:
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
+        return EXIT_USAGE
     from dladiff_app.engine.runner import run_job
     from dladiff_app.engine.services import build_kit
 
@@ -375,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         # Models come from the user's store: downloads plus the local copies in the settings.
         kit = build_kit(job.settings, device=device, pipeline_dir=job.pipeline)
     except DladiffError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return 2
     n = len(discover_inputs(job.inputs, recursive=job.recursive, exclude=job.output_dir).files)
     if not as_json:
@@ -384,28 +435,41 @@ def run(args: argparse.Namespace) -> int:
     if warning and not _confirm(warning, args, printer):
         print("Nothing was changed.", file=sys.stderr)
         return 2
+    from dladiff_app.cli.interrupt import stop_on_signals
+
+    token = CancelToken()
     try:
-        summary = run_job(job, kit, printer, CancelToken())
-    except (JobConflictError, NothingToProtectError) as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        with stop_on_signals(token) as stop:
+            summary = run_job(job, kit, printer, token)
+    except (JobConflictError, NothingToProtectError, UnusableOutputError) as exc:
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except DladiffError as exc:
-        print(f"dladiff protect: {exc}", file=sys.stderr)
+        print(readable(f"dladiff protect: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     if printer.failures and not as_json:
         print(f"{len(printer.failures)} photo(s) failed:", file=sys.stderr)
         for reason in printer.failures:
-            print(f"  {reason}", file=sys.stderr)
+            print(readable(f"  {reason}"), file=sys.stderr)
     if printer.unprotected and not as_json:
         print(f"{len(printer.unprotected)} photo(s) are NOT protected (no -protected file was "
               "written for them):", file=sys.stderr)
         for reason in printer.unprotected:
-            print(f"  {reason}", file=sys.stderr)
+            print(readable(f"  {reason}"), file=sys.stderr)
+    if summary.cancelled:
+        out = Path(summary.output_dir)
+        print(readable(f"Stopped ({stop.name}) after {summary.done} photo(s) protected: they "
+                       f"are in {out} with their manifest and report. To finish the job: "
+                       f"dladiff protect --resume {shlex.quote(str(out))}"), file=sys.stderr)
+        return stop.exit_code
     return exit_code(summary)
 
 
 def exit_code(summary: JobSummary) -> int:
-    """The documented exit code of a finished run (see the module docstring)."""
-    if summary.cancelled or summary.failed:
+    """The documented exit code of a finished run (see the module docstring); a run stopped
+    by a signal exits 128 + the signal's number (``cli.interrupt``)."""
+    if summary.cancelled:
+        return 128 + int(signal.SIGINT)
+    if summary.failed:
         return EXIT_FAILED
     return EXIT_UNPROTECTED if summary.unprotected else EXIT_OK

@@ -80,22 +80,35 @@ _TEMP_NAME_BYTES = 200
 
 
 def _short(name: str) -> str:
-    while len(name.encode("utf-8")) > _TEMP_NAME_BYTES:
+    while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
         name = name[:-1]
     return name
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
+def shortened(name: str) -> str:
+    """``name`` as the temporary name of a file written under it holds it (long names cut)."""
+    return _short(name)
+
+
+def temp_target(name: str) -> str | None:
+    """The final name (as :func:`shortened`) a temporary file of this module was written for,
+    or None when ``name`` is not named like one."""
+    return name[1:-len(".0123456789ab.tmp")] if TEMP_NAME.match(name) else None
+
+
+def remove_stale_temps(folder: Path, owned: Callable[[str], bool] | None = None) -> list[Path]:
     """Delete the temporary files a killed writer left in ``folder`` (names as written by this
-    module). Only call it while no writer can be active there (the job folder is locked).
-    Returns what was removed."""
+    module). ``owned`` (given a :func:`temp_target`) says which final names are the caller's,
+    so a user's file that merely looks like a temporary one is left alone. Only call it while
+    no writer can be active there (the job folder is locked). Returns what was removed."""
     removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        if TEMP_NAME.match(name):
+        target = temp_target(name)
+        if target is not None and (owned is None or owned(target)):
             path = Path(folder) / name
             if path.is_file() and not path.is_symlink():
                 _remove_quietly(path)

@@ -122,3 +122,8 @@ class JobLockedError(JobConflictError):
 
 class NothingToProtectError(DladiffError):
     """The inputs hold no photo at all (an empty folder, only hidden files): nothing was started."""
+
+
+class UnusableOutputError(DladiffError):
+    """The output folder cannot hold a job (it is a file, or it is the photos' own folder):
+    nothing was started."""

@@ -14,9 +14,13 @@ from dladiff_app.core.results import PhotoResult
 
 @dataclass(frozen=True)
 class JobStarted:
+    """``total_photos`` counts every item the job reports on, ``unusable`` of them inputs that
+    are no photo of any album (missing, unreadable folders): each gets its PhotoFailed."""
+
     total_photos: int
     device: str
     message: str = ""
+    unusable: int = 0
 
 
 @dataclass(frozen=True)

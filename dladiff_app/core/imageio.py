@@ -51,12 +51,12 @@ from dladiff_app.core.errors import (
 
 # MPO: the JPEG variant phones and many cameras write (Ultra HDR gain maps, depth maps, stereo
 # pairs): the first picture is an ordinary JPEG and is the photo itself.
-SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP")
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "AVIF")
 SAVE_FORMATS = ("png", "jpeg", "webp")
 
 _FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_READABLE_NAMES = "JPEG, PNG, WebP, TIFF or BMP"
+_READABLE_NAMES = "JPEG, PNG, WebP, AVIF, TIFF or BMP"
 
 # File signatures of the formats we take: a file that starts like one of these but does not
 # decode is a damaged photo, not "some other kind of file".
@@ -101,6 +101,8 @@ class LoadedImage:
     original_size: tuple[int, int]
     exif_kept: bytes | None
     icc_converted: bool
+    # What the user should know about how the file was read (an animation's other frames).
+    notes: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
@@ -202,13 +204,25 @@ def _load_from(fh: IO[bytes], path: Path, *, max_megapixels: float,
             raise ImageTooSmallError(
                 path, f"{w}x{h} is too small: the shorter side must be at least {min_side} "
                       "pixels")
+        notes = _frames_note(img, fmt, path)
         _decode_fully(img, path)
         orientation = _orientation(img)
         pixels, converted = _to_srgb_float(img, path)
         exif = _exif_of(img)
     pixels = np.ascontiguousarray(_apply_orientation(pixels, orientation))
     return LoadedImage(path=path, pixels=pixels, format=fmt, original_size=(w, h),
-                       exif_kept=exif, icc_converted=converted)
+                       exif_kept=exif, icc_converted=converted, notes=notes)
+
+
+def _frames_note(img: ImageFile.ImageFile, fmt: str, path: Path) -> tuple[str, ...]:
+    """A file holding several pictures is read as its first one: say so. MPO's other pictures
+    are gain or depth maps of the same photo, not frames anyone would miss."""
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames <= 1 or fmt == "MPO":
+        return ()
+    what = "pages" if fmt == "TIFF" else "frames (an animation)"
+    return (f"{path.name} holds {frames} {what}: only the first was protected, and it is written "
+            "as a still picture.",)
 
 
 def _open_header(fh: IO[bytes], path: Path, head: bytes) -> ImageFile.ImageFile:
@@ -225,6 +239,10 @@ def _open_header(fh: IO[bytes], path: Path, head: bytes) -> ImageFile.ImageFile:
             path, f"it announces {amount}, too many to decode safely: downscale it first"
         ) from None
     except Image.UnidentifiedImageError:
+        if head[4:12] in (b"ftypavif", b"ftypavis") and not _pillow_reads_avif():
+            raise UnsupportedFormatError(
+                path, "this installation's Pillow cannot read AVIF: save it as JPEG or PNG "
+                      "first, or install a Pillow built with AVIF") from None
         if _looks_like_supported(head):
             raise ImageUnreadableError(
                 path, "the file is damaged or incomplete (its header cannot be read)") from None
@@ -235,8 +253,15 @@ def _open_header(fh: IO[bytes], path: Path, head: bytes) -> ImageFile.ImageFile:
             path, f"the file is damaged or incomplete ({exc})") from None
 
 
+def _pillow_reads_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
 def _looks_like_supported(head: bytes) -> bool:
-    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return (head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or head[4:12] in (b"ftypavif", b"ftypavis"))
 
 
 def _decode_fully(img: ImageFile.ImageFile, path: Path) -> None:
@@ -462,9 +487,9 @@ _MAX_NAME_BYTES = 255 - 6
 
 
 def _fit_stem(stem: str, tail: str) -> str:
-    """``stem`` shortened (whole characters, UTF-8 bytes counted) so ``stem + tail`` fits."""
-    room = _MAX_NAME_BYTES - len(tail.encode("utf-8"))
-    while len(stem.encode("utf-8")) > room:
+    """``stem`` shortened (whole characters, file-system bytes counted) so ``stem + tail`` fits."""
+    room = _MAX_NAME_BYTES - len(os.fsencode(tail))
+    while len(os.fsencode(stem)) > room:
         stem = stem[:-1]
     return stem
 

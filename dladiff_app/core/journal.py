@@ -15,6 +15,10 @@ A photo is keyed by *what* is protected *how*: the SHA-256 of the source file, t
 settings, the export options and the model versions (:func:`protection_key`). The same photo at
 other settings is another protection, written to a new file; a photo moved or renamed keeps its
 key. ``unprotected`` is a finished state too: no shield could change the photo (no face found).
+Each record also carries ``what``: the same key without the model versions, so a resume after a
+face model was installed finds the photos it already protected at these settings. Files with
+identical bytes in one job (``IMG_0001.jpg``, ``IMG_0001 (1).jpg``) are separate photos: every
+copy but one has a key with a suffix derived from its path (:func:`copy_key`).
 
 Paths of the job's own files (outputs, manifests, reports) are stored relative to the job folder,
 so a job resumed from another working directory, or a moved job folder, still finds them.
@@ -34,6 +38,7 @@ from typing import Any
 
 from dladiff_app.core.errors import OutputError
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
+from dladiff_app.core.names import json_text
 from dladiff_app.core.presets import Layers, ProtectionSettings
 
 JOURNAL_NAME = ".dladiff-journal.jsonl"
@@ -72,6 +77,17 @@ def protection_key(source_sha256: str, settings: dict[str, Any], export: dict[st
             "export": export, "models": models}
     text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
     return "p-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+
+
+def copy_key(key: str, source: str) -> str:
+    """The key of one more copy of a photo whose bytes another file of the job also holds."""
+    return f"{key}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:12]}"
+
+
+def copy_suffix(key: str) -> str:
+    """The copy suffix of a key made by :func:`copy_key` ('' for a photo's own key)."""
+    base = key.rsplit("-", 1)[0]
+    return key[len(base):] if base.startswith("p-") and base != "p" else ""
 
 
 def job_to_dict(job: ProtectJob) -> dict[str, Any]:
@@ -125,8 +141,12 @@ class PhotoEntry:
     result: dict[str, Any] | None = None
     source_sha256: str | None = None
     settings: dict[str, Any] | None = None   # preset, eps, layers of this protection
+    what: str | None = None   # the key without model versions (see the module docstring)
     done_count: int = 0
     attempts: int = 0
+    # Attempts that ended with the process gone (a ``running`` record followed by the next
+    # attempt's ``running``); see :meth:`Journal.times_crashed`.
+    crashes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,6 +164,7 @@ class Journal:
         self.job: dict[str, Any] | None = None       # the latest job that ran in this folder
         self.first_job: dict[str, Any] | None = None
         self.photos: dict[str, PhotoEntry] = {}
+        self._by_what: dict[str, list[PhotoEntry]] = {}
         self.albums: dict[str, dict[str, Any]] = {}
         self.torn_lines = 0
         self.damaged = 0  # whole records ignored because a field was missing or malformed
@@ -216,12 +237,19 @@ class Journal:
             entry = self.photos.get(key)
             if entry is None:
                 entry = PhotoEntry(key=key, album=str(rec.get("album", "")),
-                                   source=str(rec.get("source", key)), state=state)
+                                   source=str(rec.get("source", key)), state="queued")
                 self.photos[key] = entry
-            entry.state = state
             if state == "running":
                 entry.attempts += 1
                 entry.planned = None
+                if entry.state == "running":  # the attempt before never ended: it crashed
+                    entry.crashes += 1
+            entry.state = state
+            if "crashes" in rec:  # a photo skipped for its crashes keeps their count
+                entry.crashes = max(entry.crashes, int(rec["crashes"]))
+            if "what" in rec and entry.what is None:
+                entry.what = str(rec["what"])
+                self._by_what.setdefault(entry.what, []).append(entry)
             for name in ("output", "sha256", "planned", "reason", "result", "source_sha256",
                          "settings"):
                 if name in rec:
@@ -243,7 +271,8 @@ class Journal:
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict[str, Any]) -> None:
         rec = {**rec, "t": round(time.time(), 3)}
-        line = json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+        # File names that are not UTF-8 are stored as escapes that read back to the same bytes.
+        line = json_text(rec, separators=(",", ":")) + "\n"
         payload = (("\n" if self._needs_newline else "") + line).encode("utf-8")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +318,19 @@ class Journal:
     def entry(self, key: str) -> PhotoEntry | None:
         return self.photos.get(key)
 
+    def times_crashed(self, key: str) -> int:
+        """How often the process died while protecting this photo (out of memory, killed):
+        ask before this process starts an attempt of its own. A cancelled attempt is recorded
+        ``queued`` and does not count."""
+        entry = self.photos.get(key)
+        if entry is None:
+            return 0
+        return entry.crashes + (1 if entry.state == "running" else 0)
+
+    def same_what(self, what: str) -> list[PhotoEntry]:
+        """Every protection of this source at these settings, whatever the model versions."""
+        return list(self._by_what.get(what, ()))
+
     def done_in_album(self, album: str) -> list[PhotoEntry]:
         return [e for e in self.photos.values() if e.album == album and e.state == "done"]
 
@@ -302,10 +344,13 @@ class Journal:
         return [e for e in self.photos.values() if e.album == album and e.state == "failed"
                 and e.source not in finished]
 
-    def other_protections(self, entry_key: str, source_sha256: str) -> list[PhotoEntry]:
-        """Earlier protections of the same source file at other settings (still on disk)."""
+    def other_protections(self, entry_key: str, source_sha256: str,
+                          what: str | None = None) -> list[PhotoEntry]:
+        """Earlier protections of the same source file at other settings (still on disk);
+        copies of the same bytes protected at these settings (``what``) are not listed."""
         return [e for e in self.photos.values() if e.key != entry_key and e.state == "done"
-                and e.source_sha256 == source_sha256 and e.output and Path(e.output).is_file()]
+                and e.source_sha256 == source_sha256 and (what is None or e.what != what)
+                and e.output and Path(e.output).is_file()]
 
     def results_by_source(self) -> dict[str, list[PhotoEntry]]:
         """Finished protections whose file is still there, by absolute source path (latest

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dladiff_app import __version__
+from dladiff_app.core.names import json_text
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 MANIFEST_KIND = "dladiff-album-manifest"
@@ -66,7 +67,7 @@ def build_manifest(*, album: str, job: dict[str, Any], device: dict[str, str],
 
 
 def manifest_text(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json_text(doc, indent=2, allow_nan=False) + "\n"
 
 
 # ---------------------------------------------------------------- validation

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dladiff_app.core.names import readable
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
@@ -165,9 +166,21 @@ def render_report(manifest: dict[str, Any],
             for f in manifest["failed"]) + "</ul>")
     body = "".join(_photo_section(p, thumbnails.get(p["output"], thumbnails.get(p["source"])))
                    for p in manifest["photos"])
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>DLADiff report: {escape(manifest['album'])}</title>"
-            f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}</body></html>\n")
+    # Names that are not UTF-8 are shown with their odd bytes as \\xNN (HTML must be UTF-8).
+    return readable("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+                    f"<title>DLADiff report: {escape(manifest['album'])}</title>"
+                    f"<style>{_CSS}</style></head><body>{head}{warned}{failed}{body}"
+                    "</body></html>\n")
+
+
+def _shields_ran(photo: dict[str, Any]) -> str:
+    """The shields that changed the photo (``both``, ``zeroshot``, ``finetune``), and the ones
+    asked for when fewer ran (Stable Diffusion not installed, a shield that failed)."""
+    asked = str(photo.get("layers"))
+    done = set(photo.get("layers_done") or ())
+    ran = ("both" if {"layer1", "layer2"} <= done else "zeroshot" if "layer2" in done
+           else "finetune" if "layer1" in done else asked)
+    return ran if ran == asked else f"{ran} ({asked} asked for)"
 
 
 def _budget_text(photo: dict[str, Any]) -> str:
@@ -191,7 +204,7 @@ def _settings_sentence(manifest: dict[str, Any]) -> str:
     job = manifest["job"]
     kinds: dict[tuple[str, str, str], int] = {}
     for p in manifest["photos"]:
-        key = (str(p.get("preset")), _fmt(p.get("eps"), 1), str(p.get("layers")))
+        key = (str(p.get("preset")), _fmt(p.get("eps"), 1), _shields_ran(p))
         kinds[key] = kinds.get(key, 0) + 1
     if len(kinds) <= 1:
         preset, eps, layers = next(iter(kinds)) if kinds else (

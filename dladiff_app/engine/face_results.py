@@ -197,7 +197,7 @@ def _unit_crop(a: np.ndarray, rect: tuple[int, int, int, int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(part)).permute(2, 0, 1)[None]
 
 
-def faces_jnd(clean: np.ndarray, saved: np.ndarray, boxes: Sequence[Box]) -> float | None:
+def faces_jnd(clean: np.ndarray, saved: np.ndarray, boxes: Sequence[Sequence[float]]) -> float | None:
     """The most visible face's figure (:func:`visible_diff.face_jnd`) of ``saved`` against
     ``clean`` ((H, W, 3) float [0, 1] or uint8), converting only the faces' regions."""
     from dladiff_app.core.visibility import widened_box

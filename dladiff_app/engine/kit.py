@@ -117,7 +117,8 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
               cache_dir: Path | None = None, store: ModelStore | None = None,
               warm: WarmBase | None = None, micro_batch: int | None = None) -> EngineKit:
     """The real kit. Missing pieces become ``*_missing`` reasons, never exceptions, so a job
-    without Stable Diffusion still runs the zero-shot shield (and says so).
+    without Stable Diffusion still runs the zero-shot shield (and says so); a ``pipeline_dir``
+    given explicitly that is visibly broken raises :class:`ModelIntegrityError`.
 
     ``warm``: a Stable Diffusion base already loaded (or to be loaded once) for this
     pipeline and device, shared with other kits; ignored when it is another pipeline's.
@@ -130,6 +131,10 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
     from dladiff_app.engine.face_results import make_face_scorer
     from dladiff_app.engine.runner import EngineKit
 
+    if pipeline_dir is not None and settings.layers.finetune:
+        from dladiff_app.engine.models.loaders import check_pipeline_folder
+
+        check_pipeline_folder(pipeline_dir)  # a folder named by the user: say now if it is broken
     info = resolve_device(device)
     if detector is None or encoders is None:
         from dladiff_app.engine.faces import registry

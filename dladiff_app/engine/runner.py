@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,13 @@ import numpy as np
 import torch
 
 from dladiff_app import __version__
-from dladiff_app.core.albums import Album, Discovery, discover_inputs, group_albums
+from dladiff_app.core.albums import (
+    Album,
+    Discovery,
+    check_output_folder,
+    discover_inputs,
+    group_albums,
+)
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import (
     Cancelled,
@@ -56,10 +63,12 @@ from dladiff_app.core.events import (
     PhotoStarted,
     PhotoUnprotected,
 )
-from dladiff_app.core.jobs import ProtectJob
+from dladiff_app.core.jobs import AlbumMode, ProtectJob
 from dladiff_app.core.journal import (
     Journal,
     PhotoEntry,
+    copy_key,
+    copy_suffix,
     protection_key,
     sha256_bytes,
     sha256_file,
@@ -145,8 +154,10 @@ class _Photo:
     album: Album
     key: str                           # journal key; a path key until the file was hashed
     source_sha256: str | None = None
+    what: str | None = None            # the key without model versions (core.journal)
     pixels: np.ndarray | None = None   # (H, W, 3) float32 RGB [0, 1] (orientation applied)
     exif: bytes | None = None
+    notes: tuple[str, ...] = ()        # how the file was read (an animation's first frame)
 
 
 @dataclass
@@ -175,25 +186,35 @@ class _Run:
         self.t0 = time.monotonic()
         self.layer1_record: dict[str, Any] = {}  # the current album's (Layer1Output.record)
         s, e = job.settings, job.export
+        shields = {"layer1": kit.layer1 is not None, "layer2": kit.layer2 is not None}
         self.key_parts = (
             s.to_dict(),
             {"format": e.format.value, "quality": e.quality, "keep_metadata": e.keep_metadata},
             {"revisions": kit.model_revisions, "detector": kit.models.get("detector"),
-             "layer1": kit.layer1 is not None, "layer2": kit.layer2 is not None})
+             **shields})
+        self.what_parts = (*self.key_parts[:2], shields)
+        # Absolute sources of this run's photos, and which of them holds each ``what`` key
+        # without a copy suffix (identical files each get their own key).
+        self.sources: set[str] = set()
+        self.claimed: dict[str, str] = {}
+        # Photo warnings already said once for the whole job (kept in each photo's result).
+        self.announced: set[str] = set()
 
     # ---------------------------------------------------------------- bookkeeping
-    def fail(self, photo: _Photo, reason: str) -> None:
+    def fail(self, photo: _Photo, reason: str, **fields: Any) -> None:
         self.failed += 1
         self.sink(PhotoFailed(photo.id, str(photo.path), reason))
         try:
             self.journal.set_state(photo.key, "failed", album=photo.album.name,
-                                   source=str(photo.path.absolute()), reason=reason)
-        except OutputError as exc:
+                                   source=str(photo.path.absolute()), reason=reason, **fields)
+        except Exception as exc:  # the failure is reported; journaling it must not end the job
             log.warning("could not journal a failure: %s", exc)
         self.eta.photo_finished(photo.id)
 
     def journal_state(self, photo: _Photo, state: str, **fields: Any) -> None:
         s = self.job.settings
+        if photo.what is not None:
+            fields["what"] = photo.what
         self.journal.set_state(photo.key, state, album=photo.album.name,
                                source=str(photo.path.absolute()), source_sha256=photo.source_sha256,
                                settings={"preset": s.preset, "eps": s.eps,
@@ -210,17 +231,42 @@ class _Run:
         except DladiffError as exc:
             self.fail(photo, str(exc))
             return False
+        photo.what = protection_key(photo.source_sha256, *self.what_parts)
         photo.key = protection_key(photo.source_sha256, *self.key_parts)
+        source = str(photo.path.absolute())
+        holder = self.claimed.get(photo.what)
+        if holder is None:  # the copy an earlier run protected under the plain key keeps it
+            earlier = [e.source for e in self.journal.same_what(photo.what)
+                       if not copy_suffix(e.key) and e.source in self.sources]
+            holder = earlier[-1] if earlier else None
+        if holder is None or holder == source:
+            self.claimed[photo.what] = source
+        else:  # another file of this job has the same bytes: a photo of its own all the same
+            photo.key = copy_key(photo.key, source)
         return True
 
     def finished_before(self, photo: _Photo) -> PhotoEntry | None:
         """The journal entry if this photo was finished at these settings by an earlier run and
-        its file (if any) is still there, intact."""
+        its file (if any) is still there, intact. A protection made with other face models
+        (one was installed since) counts: the user asked for these settings, not for models."""
         entry = self.journal.entry(photo.key)
         if entry is None:  # a journal of version 1 keyed photos by their resolved path
             entry = self.journal.entry(str(photo.path.resolve()))
-            if entry is None or entry.source_sha256 is not None:
-                return None
+            if entry is not None and entry.source_sha256 is not None:
+                entry = None
+        if entry is not None:
+            found = self._still_finished(entry)
+            if found is not None:
+                return found
+        suffix = copy_suffix(photo.key)
+        for other in self.journal.same_what(photo.what or ""):
+            if other.key != photo.key and copy_suffix(other.key) == suffix \
+                    and other.state == "done" and self._still_finished(other) is not None:
+                return other
+        return None
+
+    def _still_finished(self, entry: PhotoEntry) -> PhotoEntry | None:
+        """``entry`` when it is finished and its file (if any) is still there, intact."""
         if entry.state == "unprotected":
             wanted = self.job.export.export_unprotected
             return entry if not wanted or (entry.output and Path(entry.output).is_file()) \
@@ -260,8 +306,12 @@ class _Run:
                 result = result_from_record({**entry.result, "output": entry.output})
             except (KeyError, TypeError, ValueError):
                 result = None
+        models = "" if entry.key == photo.key or entry.what is None else (
+            " (by an earlier run with the face models installed then; protect into a new "
+            "folder to use the ones installed now)")
         self.sink(PhotoSkipped(photo.id, str(photo.path),
-                               f"already protected at these settings: {entry.output}", result))
+                               f"already protected at these settings{models}: {entry.output}",
+                               result))
 
     def load(self, photo: _Photo) -> bool:
         from dladiff_app.core.imageio import load_image
@@ -273,6 +323,7 @@ class _Run:
             return False
         photo.pixels = loaded.pixels
         photo.exif = loaded.exif_kept
+        photo.notes = loaded.notes
         return True
 
     def shield(self, photo: _Photo, layer1_out: torch.Tensor | None,
@@ -288,7 +339,7 @@ class _Run:
         current = layer1_out[None] if layer1_out is not None else clean
         out = _Outcome(current, ["layer1"] if layer1_out is not None else [],
                        {"layer1": layer1_note} if layer1_out is not None else {},
-                       list(notices), 0)
+                       [*notices, *photo.notes], 0)
         faces: list[Face] = []
         step = self.eta.step_fn(photo.id)
         if s.layers.zeroshot:
@@ -322,7 +373,8 @@ class _Run:
         self.journal_state(photo, "running")
         outcome = self.shield(photo, layer1_out, layer1_note, notices)
         for w in outcome.warnings:
-            self.sink(Notice(w, photo.id))
+            if w not in self.announced:
+                self.sink(Notice(w, photo.id))
         self.cancel.check()
         if not outcome.layers_done:
             self.finish_unprotected(photo, outcome)
@@ -394,15 +446,18 @@ class _Run:
         s = self.job.settings
         done = outcome.layers_done
         warnings = list(outcome.warnings)
-        for other in self.journal.other_protections(photo.key, photo.source_sha256 or ""):
+        now = {"preset": s.preset, "eps": s.eps, "layers": s.layers.value}
+        for other in self.journal.other_protections(photo.key, photo.source_sha256 or "",
+                                                    photo.what):
             was = other.settings or {}
+            what = "other settings" if was != now else "other shields available"
             warnings.append(
-                f"Protected again with other settings (preset {s.preset}, budget {s.eps:g}/255, "
+                f"Protected again with {what} (preset {s.preset}, budget {s.eps:g}/255, "
                 f"shields {s.layers.value}); the earlier protection (preset "
-                f"{was.get('preset', '?')}, budget {was.get('eps', '?')}/255) is kept in "
-                f"{other.output}.")
+                f"{was.get('preset', '?')}, budget {_budget(was.get('eps'))}, shields "
+                f"{was.get('layers', '?')}) is kept in {other.output}.")
         result = PhotoResult(
-            source=str(photo.path), output=str(planned), width=saved.shape[1],
+            source=str(photo.path.absolute()), output=str(planned), width=saved.shape[1],
             height=saved.shape[0], seconds=round(outcome.seconds, 3),
             scores=m.scores, scores_after_sharing=m.scores_after_sharing, per_face=m.per_face,
             psnr=m.psnr, ssim=m.ssim, linf=m.linf, faces=outcome.faces, layers_done=tuple(done),
@@ -451,6 +506,11 @@ class _Run:
 
     # ---------------------------------------------------------------- albums
     def run_album(self, index: int, album: Album, photos: list[_Photo]) -> None:
+        if album.origin and self.journal.albums.get(album.name, {}).get("origin") != album.origin:
+            try:
+                self.journal.set_album(album.name, origin=album.origin)
+            except OutputError as exc:  # its photos' records fail and say so
+                log.warning("could not journal album %s: %s", album.name, exc)
         pending: list[_Photo] = []
         for photo in photos:
             if not self.identify(photo):
@@ -463,6 +523,13 @@ class _Run:
             if adopted is not None:
                 self.adopt(photo, adopted)
                 continue
+            crashes = self.journal.times_crashed(photo.key)
+            if crashes >= CRASH_LIMIT:
+                self.fail(photo, f"{photo.path.name}: failed repeatedly (out of memory?): the "
+                          f"program stopped {crashes} times while protecting this photo, so it "
+                          "is skipped. Protect it on its own, with a smaller copy, or on a "
+                          "computer with more memory.", crashes=crashes)
+                continue
             pending.append(photo)
         try:
             album.output_dir(self.out).mkdir(parents=True, exist_ok=True)
@@ -473,13 +540,18 @@ class _Run:
             return
         s = self.job.settings
         if not (pending and s.layers.finetune and self.kit.layer1 is not None):
+            missing: tuple[str, ...] = ()
             if pending and s.layers.finetune:
-                self.sink(Notice(self.kit.layer1_missing))
+                # Said once; each photo's result records that only the other shield ran.
+                missing = (self.kit.layer1_missing or "The fine-tuning shield did not run.",)
+                if missing[0] not in self.announced:
+                    self.sink(Notice(missing[0]))
+                    self.announced.add(missing[0])
             self.eta.album_finished(index)
             # Streaming: one photo decoded at a time, freed before the next is read.
             for photo in pending:
                 if self.load(photo):
-                    self.protect_guarded(photo, None, "")
+                    self.protect_guarded(photo, None, "", missing)
             return
         loaded = [p for p in pending if self.load(p)]
         self.layer1_record = {}
@@ -520,6 +592,12 @@ class _Run:
         try:
             self.protect(photo, layer1_out, layer1_note, notices)
         except Cancelled:
+            entry = self.journal.entry(photo.key)
+            try:  # stopped on purpose: not a crash, the photo waits for the resume
+                if entry is not None and entry.state == "running":
+                    self.journal_state(photo, "queued")
+            except DladiffError as exc:
+                log.warning("could not journal a cancelled photo: %s", exc)
             raise
         except DladiffError as exc:
             self.fail(photo, str(exc) if photo.path.name in str(exc)
@@ -541,6 +619,10 @@ class _Run:
             self.sink(Notice(f"The report for album {album.name} could not be written: {exc}"))
 
 
+# A photo during which the process died this often (out of memory, most likely) is skipped by
+# later resumes, so the photos after it get done.
+CRASH_LIMIT = 2
+
 # Photos with more pixels than this are scored on a downscaled view (long side SCORE_MAX_SIDE):
 # the detector searches a <= 1600 px copy anyway and every encoder's face crop is far smaller,
 # while full-resolution float copies of a 24-48 MP photo in the scorer cost gigabytes.
@@ -557,6 +639,10 @@ def _scoring_views(clean: np.ndarray, saved8: np.ndarray) -> tuple[np.ndarray, n
     scale = SCORE_MAX_SIDE / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return resize_like(clean, size), resize_like(saved8, size)
+
+
+def _budget(eps: Any) -> str:
+    return f"{eps:g}/255" if isinstance(eps, (int, float)) else "?/255"
 
 
 def _decode_8bit(data: bytes) -> np.ndarray:
@@ -587,18 +673,21 @@ def run_job(job: ProtectJob, kit: EngineKit, sink: EventSink,
     Raises :class:`JobConflictError` when the output folder holds another job and
     ``job.resume`` is off, :class:`JobLockedError` (a JobConflictError) when another process is
     protecting into it right now, :class:`NothingToProtectError` when the inputs hold no photo
-    at all (nothing is created then), :class:`OutputError` when the output folder cannot be used
-    at all (every photo is reported failed first)."""
+    at all (nothing is created then), :class:`UnusableOutputError` when the output folder is a
+    file or the photos' own folder (nothing is created then), :class:`OutputError` when the
+    output folder cannot be used at all (every photo is reported failed first)."""
     from dladiff_app.core.joblock import JobLock
 
     cancel = cancel or CancelToken()
     out = Path(job.output_dir).absolute()
+    check_output_folder(out, job.inputs)
     found = discover_inputs(job.inputs, recursive=job.recursive, exclude=out)
     if not (found.files or found.missing or found.inside_output or found.unreadable):
         raise NothingToProtectError(
             "There is no photo to protect in " + ", ".join(str(p) for p in job.inputs)
             + (f" (only {len(found.ignored)} file(s) that are not pictures)" if found.ignored
-               else "") + "; nothing was started.")
+               else "") + "; nothing was started." + "".join(
+                f" {line}" for line in _discovery_notes(found)))
     lock = JobLock(out)
     if Journal(out).exists and not job.resume:
         raise JobConflictError(
@@ -616,22 +705,25 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     from dladiff_app.core.atomic import remove_stale_temps
 
     run = _Run(job, kit, sink, cancel)  # reads the journal now that no other writer can append
-    albums = group_albums(found.files, job.album_mode)
+    albums = group_albums(found.files, job.album_mode, _known_albums(run.journal, job))
     # Hidden temporary files of a writer that was killed: nobody else writes here (locked).
+    owned = _own_files(run.journal)
     for folder in [run.out, *(a.output_dir(run.out) for a in albums)]:
-        for path in remove_stale_temps(folder):
+        for path in remove_stale_temps(folder, owned):
             log.info("removed %s, left by an interrupted run", path)
     photos: list[_Photo] = []
     for album in albums:
         for path in album.photos:
             photos.append(_Photo(len(photos), path, album, _path_key(path)))
+    run.sources = {str(p.path.absolute()) for p in photos}
     unusable = [(m, "the file or folder does not exist") for m in found.missing] + [
         (m, f"this folder is inside the output folder {run.out}, which is never read as input "
             "(its protected copies would be protected again): choose an output folder outside "
             "your photos") for m in found.inside_output] + list(found.unreadable)
     missing = [_Photo(len(photos) + i, m, Album("missing", (m,)), _path_key(m))
                for i, (m, _) in enumerate(unusable)]
-    started = JobStarted(len(photos) + len(missing), kit.device_name, f"{len(albums)} album(s)")
+    started = JobStarted(len(photos) + len(missing), kit.device_name, f"{len(albums)} album(s)",
+                         unusable=len(missing))
     try:  # journaled before anything is announced: a kill after JobStarted leaves a resumable job
         run.journal.start_job(job)
     except OutputError as exc:
@@ -647,6 +739,8 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     if found.ignored:
         sink(Notice(f"Ignored {len(found.ignored)} file(s) that are not pictures, e.g. "
                     f"{found.ignored[0].name}."))
+    for line in _discovery_notes(found):
+        sink(Notice(line))
     run.eta.plan(job.settings, [len(a.photos) for a in albums], kit.layer1 is not None,
                  kit.layer2 is not None, polish=kit.polish is not None, unusable=len(missing))
     for photo, (_, reason) in zip(missing, unusable, strict=True):
@@ -668,6 +762,52 @@ def _run_locked(job: ProtectJob, kit: EngineKit, sink: EventSink, cancel: Cancel
     sink(JobFinished(run.done, run.failed, run.skipped, seconds, run.unprotected))
     return JobSummary(run.done, run.failed, run.skipped, False, str(run.out), seconds,
                       run.unprotected)
+
+
+def _known_albums(journal: Journal, job: ProtectJob) -> dict[str, str]:
+    """Album origin -> name as earlier runs of this job gave them, so they stay whatever was
+    added to the inputs: from the album records, else (a journal of an older version) from
+    where its photos came from."""
+    import os
+
+    known = {str(f["origin"]): name for name, f in journal.albums.items() if f.get("origin")}
+    if known or job.album_mode is AlbumMode.SINGLE:
+        return known
+    for e in journal.photos.values():
+        if not e.album or e.album == "missing" or e.source.startswith("path:"):
+            continue
+        origin = (os.path.realpath(os.path.dirname(e.source))
+                  if job.album_mode is AlbumMode.PER_FOLDER else e.source)
+        known.setdefault(origin, e.album)
+    return known
+
+
+# Exports of photos no shield changed are published before their record is written.
+_UNPROTECTED_NAME = re.compile(r".*-unprotected(-\d+)?\.(png|jpg|webp)$", re.DOTALL)
+
+
+def _own_files(journal: Journal) -> Callable[[str], bool]:
+    """Whether a temporary file's final name is one this job writes: a photo's planned or
+    written file or an album's manifest or report (each journaled before it is written), or an
+    unprotected export. A user's file that looks like a temporary one is not ours."""
+    from dladiff_app.core.atomic import shortened
+
+    paths = [p for e in journal.photos.values() for p in (e.planned, e.output) if p]
+    paths += [str(f[k]) for f in journal.albums.values() for k in ("manifest", "report")
+              if f.get(k)]
+    known = {shortened(Path(p).name) for p in paths}
+    return lambda target: target in known or bool(_UNPROTECTED_NAME.match(target))
+
+
+def _discovery_notes(found: Discovery) -> list[str]:
+    """What discovery left out on purpose and the user may not expect."""
+    notes = [f"Skipped {folder}: it holds the protected copies of an earlier DLADiff job, and "
+             "protecting them again would stack protections on copies." for folder in
+             found.job_folders]
+    notes += [f"{folder} has no pictures of its own, only sub-folders: include sub-folders to "
+              "protect their photos (-r in the command line)." for folder in
+              found.only_subfolders]
+    return notes
 
 
 def _path_key(path: Path) -> str:

@@ -49,7 +49,9 @@ def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJ
                         "keep_metadata": job.export.keep_metadata}},
         device={"kind": kit.device_kind, "name": kit.device_name},
         models=kit.models,
-        photos=[{**e.result, "output": e.output or e.result.get("output", "")}
+        # The journal's source is absolute (a result of an older version may hold the path
+        # as typed, relative to where that run started).
+        photos=[{**e.result, "source": e.source, "output": e.output or e.result.get("output", "")}
                 for e in done if e.result is not None],
         failed=[{"source": e.source, "reason": e.reason or "unknown reason"} for e in failed],
         unprotected=[{"source": e.source, "reason": e.reason or "no shield could change it",

@@ -376,7 +376,7 @@ class MainWindow(QMainWindow):
     def add_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
             self, "Add photos", str(Path.home()),
-            "Photos (*.jpg *.jpeg *.png *.webp *.bmp *.tif *.tiff);;All files (*)")
+            "Photos (*.jpg *.jpeg *.png *.webp *.bmp *.tif *.tiff *.avif);;All files (*)")
         self.add_paths([Path(f) for f in files])
 
     def add_folder_dialog(self) -> None:

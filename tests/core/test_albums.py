@@ -57,11 +57,30 @@ def test_grouping_modes_and_unique_names(tmp_path: Path) -> None:
     found = discover_inputs([tmp_path / "one" / "anna", tmp_path / "two" / "Anna",
                              tmp_path / "two" / "bo"])
     albums = group_albums(found.files)
-    assert [(a.name, len(a.photos)) for a in albums] == [("anna", 2), ("Anna-2", 1), ("bo", 1)]
-    assert albums[0].output_dir(tmp_path / "o") == tmp_path / "o" / "anna"
+    # Folders of the same name are told apart by their parents, not by their position.
+    assert [(a.name, len(a.photos)) for a in albums] == [("one-anna", 2), ("two-Anna", 1),
+                                                         ("bo", 1)]
+    assert albums[0].output_dir(tmp_path / "o") == tmp_path / "o" / "one-anna"
     single = group_albums(found.files, AlbumMode.SINGLE)
     assert len(single) == 1 and len(single[0].photos) == 4
     per = group_albums(found.files, AlbumMode.PER_PHOTO)
     assert [a.name for a in per] == ["1", "2", "1-2", "3"]
     assert group_albums([], AlbumMode.SINGLE) == []
     assert files[0] in albums[0].photos
+
+
+def test_album_names_do_not_depend_on_what_else_is_protected(tmp_path: Path) -> None:
+    later = _touch(tmp_path / "lib" / "2022" / "Camera" / "b.jpg")
+    first = group_albums(discover_inputs([later.parent]).files)
+    assert [a.name for a in first] == ["Camera"]
+    earlier = _touch(tmp_path / "lib" / "2021" / "Camera" / "a.jpg")
+    both = discover_inputs([tmp_path / "lib"], recursive=True).files
+    # Without the job's memory the two folders get names of their own ...
+    assert sorted(a.name for a in group_albums(both)) == ["2021-Camera", "2022-Camera"]
+    # ... and with it (a resume) the first folder keeps the name it had.
+    known = {a.origin: a.name for a in first}
+    again = {a.origin: a.name for a in group_albums(both, known=known)}
+    assert again == {str(later.parent.resolve()): "Camera",
+                     str(earlier.parent.resolve()): "2021-Camera"}
+    per_photo = group_albums(both, AlbumMode.PER_PHOTO, known={str(later.absolute()): "mine"})
+    assert [a.name for a in per_photo] == ["a", "mine"]

@@ -63,7 +63,7 @@ def load_unchanged(path: Path, **kwargs: object):
     (bf.empty_file, NotAnImageError, "empty"),
     (bf.text_as_jpg, NotAnImageError, "not an image"),
     (bf.tiny_png, ImageTooSmallError, "at least 64"),
-    (bf.gif_file, UnsupportedFormatError, "JPEG, PNG, WebP, TIFF or BMP"),
+    (bf.gif_file, UnsupportedFormatError, "JPEG, PNG, WebP, AVIF, TIFF or BMP"),
     (bf.bomb_png, ImageTooLargeError, "200 megapixels"),
 ])
 def test_bad_file_is_refused_with_a_typed_readable_error(tmp_path, maker, error, words):
@@ -506,3 +506,18 @@ def test_next_free_path(tmp_path):
     p.write_bytes(b"1")
     (tmp_path / "x-2.png").write_bytes(b"2")
     assert atomic.next_free_path(p) == tmp_path / "x-3.png"
+
+
+def test_avif_photos_are_read(tmp_path: Path) -> None:
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow was built without AVIF")
+    rgb = np.zeros((80, 96, 3), np.uint8)
+    rgb[:, :48] = (200, 60, 40)
+    rgb[:, 48:] = (40, 90, 200)
+    Image.fromarray(rgb).save(tmp_path / "p.avif", quality=95)
+    loaded = load_image(tmp_path / "p.avif")
+    assert loaded.format == "AVIF" and loaded.pixels.shape == (80, 96, 3)
+    assert np.abs(loaded.pixels[40, 10] * 255 - (200, 60, 40)).max() < 12
+    assert np.abs(loaded.pixels[40, 80] * 255 - (40, 90, 200)).max() < 12

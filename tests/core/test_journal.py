@@ -72,3 +72,13 @@ def test_unknown_state_and_unwritable_folder(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(OutputError, match="journal cannot be written"):
         Journal(blocker / "sub").set_state("k", "queued", album="a", source="s")
+
+
+def test_names_that_are_not_utf8_round_trip_byte_for_byte(tmp_path: Path) -> None:
+    source = "/photos/caf\udce9 \u00e9t\u00e9.jpg"  # an undecodable byte beside real Unicode
+    j = Journal(tmp_path / "o")
+    j.set_state("k", "failed", album="a", source=source, reason=f"{source}: broken")
+    text = (tmp_path / "o" / JOURNAL_NAME).read_bytes().decode("utf-8")
+    assert "\u00e9t\u00e9" in text  # readable names stay readable
+    back = Journal(tmp_path / "o").entry("k")
+    assert back is not None and back.source == source and back.reason == f"{source}: broken"

@@ -122,3 +122,16 @@ def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="two files named"):
         safe_extract_zip(archive, dest, **LIMITS)
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("order", ["file first", "folder first"])
+def test_a_file_that_is_also_a_folder_is_refused(tmp_path: Path, order: str) -> None:
+    members = [("pack/a", b"file"), ("pack/a/b.onnx", b"model")]
+    archive = _zip(tmp_path / "pack.zip", members if order == "file first" else members[::-1])
+    with pytest.raises(ModelIntegrityError, match="both a file and the folder"):
+        safe_extract_zip(archive, tmp_path / "models" / "pack", **LIMITS)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    # An explicit folder entry for a folder that files also sit in is fine.
+    fine = _zip(tmp_path / "fine.zip", [("pack/a/", b""), ("pack/a/b.onnx", b"model"),
+                                        ("pack/c.onnx", b"x")])
+    assert len(safe_extract_zip(fine, tmp_path / "models" / "fine", **LIMITS)) == 2

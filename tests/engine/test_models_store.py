@@ -198,3 +198,19 @@ def test_sface_comes_from_package_and_its_fp32_file_downloads(tmp_path: Path) ->
     path, packaged = faces._sface_file(online)
     assert path == folder / FP32_FILE and not packaged
     assert faces.load_encoder("sface", online).name == "sface"
+
+
+def test_a_missing_model_package_is_named_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = REGISTRY["edgeface"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == spec.source else real(name, *a))
+    store = ModelStore(tmp_path / "models", offline=True)
+    assert store.status("edgeface").detail == "not installed"
+    with pytest.raises(ModelMissingError) as info:
+        store.path("edgeface")
+    text = str(info.value)
+    assert text.count(spec.title) == 1 and text.count("pip install") == 1, text

@@ -61,9 +61,13 @@ def _strip_common_folder(members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]]
 def _refuse_duplicates(zip_path: Path,
                        members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]]) -> None:
     """Two members with one name (case-insensitively, as macOS and Windows see it): which one
-    is the model is ambiguous, and the second would silently replace the first."""
+    is the model is ambiguous, and the second would silently replace the first. A file that is
+    also a folder of another member (``pack/a`` and ``pack/a/b.onnx``) cannot be extracted."""
     seen: dict[str, str] = {}
+    folders: dict[str, str] = {}
     for info, parts in members:
+        for depth in range(1, len(parts) if not info.is_dir() else len(parts) + 1):
+            folders.setdefault("/".join(parts[:depth]).lower(), info.filename)
         if info.is_dir():
             continue
         key = "/".join(parts).lower()
@@ -71,6 +75,10 @@ def _refuse_duplicates(zip_path: Path,
             raise _refuse(zip_path, info.filename,
                           f"the archive holds two files named {seen[key]!r}; it was not used")
         seen[key] = "/".join(parts)
+    for key, name in seen.items():
+        if key in folders:
+            raise _refuse(zip_path, name, f"it is both a file and the folder of "
+                                          f"{folders[key]!r}")
 
 
 def safe_extract_zip(
@@ -131,6 +139,10 @@ def safe_extract_zip(
             if dest_dir.exists():
                 shutil.rmtree(dest_dir)
             os.replace(staging, dest_dir)
+        except OSError as exc:  # e.g. a name this file system cannot hold
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelIntegrityError(f"{zip_path.name}: could not be extracted ({exc}); it was "
+                                      "not used.") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
+from dladiff_app.core.errors import DladiffError, ModelIntegrityError, ModelMissingError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -91,9 +91,42 @@ def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
             )
         else:
             raise ModelMissingError(f"Stable Diffusion model not found at {path}.")
-    except (OSError, ValueError) as exc:
-        raise ModelIntegrityError(f"Could not load Stable Diffusion from {path}: {exc}") from exc
+    except (DladiffError, MemoryError):
+        raise
+    except Exception as exc:  # diffusers raises KeyError, TypeError, ... for a broken folder
+        raise ModelIntegrityError(f"Could not load Stable Diffusion from {path}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     return pipe.to(device)
+
+
+def check_pipeline_folder(path: Path) -> None:
+    """Cheap checks of a diffusers folder before a job starts (loading it takes long): its
+    ``model_index.json`` names a pipeline class and each component folder it lists exists.
+    Raises :class:`ModelIntegrityError` naming what is wrong; a single-file checkpoint or a
+    missing path is left to :func:`load_sd_pipeline`."""
+    import json
+
+    path = Path(path)
+    if not path.is_dir():
+        return
+    index = path / "model_index.json"
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{path} is not a diffusers folder (no model_index.json): "
+                                  "point --pipeline at a Stable Diffusion folder saved by "
+                                  "diffusers.") from None
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"{index} cannot be read ({exc}): the Stable Diffusion "
+                                  "folder is damaged.") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
+        raise ModelIntegrityError(f"{index} does not name a pipeline (no _class_name): the "
+                                  "Stable Diffusion folder is damaged.")
+    missing = [name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+               if name in doc and not (path / name).is_dir()]
+    if missing:
+        raise ModelIntegrityError(f"The Stable Diffusion folder {path} lacks its "
+                                  f"{', '.join(missing)} folder(s): it is incomplete.")
 
 
 def _from_single_file(path: Path, config_dir: Path | None,

@@ -143,8 +143,9 @@ class ModelStore:
         if spec.kind == "python_package":
             try:
                 installed = package_folder(spec)
-            except ModelMissingError as exc:
-                return ModelStatus(model_id, False, None, spec.size_bytes, "missing", str(exc))
+            except ModelMissingError:  # the error built from this status says how to install
+                return ModelStatus(model_id, False, None, spec.size_bytes, "missing",
+                                   "not installed")
             # The distribution's name (what pip installs), which may differ from the import's.
             package = spec.extra.get("pip_name", spec.source)
             return ModelStatus(model_id, True, installed, spec.size_bytes, "package",
