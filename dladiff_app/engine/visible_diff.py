@@ -17,8 +17,9 @@ constants are ours:
   turned into local band-limited contrast (Peli 1990): the band over the local mean luminance of
   the next coarser level.
 - **Contrast sensitivity**: Barten's (1999) achromatic CSF at each pixel's adaptation luminance;
-  for colour, low-pass sensitivities shaped after Mullen's (1985) red-green and blue-yellow
-  gratings (sensitivity falls by ~6x from 0.5 to 5 cycles per degree, and faster for S-cones).
+  for colour, low-pass sensitivities in cone-contrast units shaped after Mullen's (1985)
+  red-green and blue-yellow gratings (high at low frequencies, falling about 6x by 4 cycles per
+  degree, and faster for S-cones): a colour tint on grey skin is seen, fine colour noise is not.
   ``Viewing.sensitivity`` scales all of them: grating thresholds are measured on long, steady
   patterns seen with full attention, while a change in a photo is short-lived in space.
 - **Contrast masking**: the clean photo's own contrast in the same band and place raises the
@@ -96,9 +97,13 @@ def chroma_csf(u: float, peak: float, decay: float) -> float:
     return peak * math.exp(-decay * u)
 
 
-# (peak sensitivity, decay per cpd) of the red-green and yellow-violet cone contrasts.
-RG_CSF = (100.0, 0.35)
-YV_CSF = (50.0, 0.45)
+# (peak sensitivity, decay per cpd) of the red-green and yellow-violet cone contrasts. Mullen's
+# red-green gratings are detected at 0.5-1% of the gratings' own contrast near 0.5 cpd, and
+# the L and M cones see about a tenth of it (their spectra overlap): in cone-contrast units
+# the sensitivity is over 1000 at low frequencies, and falls about 6x by 4 cpd; the S-cone
+# (yellow-violet) channel is weaker and falls faster.
+RG_CSF = (1500.0, 0.45)
+YV_CSF = (500.0, 0.6)
 
 
 def _binomial(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
