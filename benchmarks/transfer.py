@@ -166,6 +166,18 @@ def run_photo(item, photos: Photos, encoders, judges, detector, settings, opts, 
 
 
 BASELINE = layer2.FIRST_RELEASE
+# The previous release's presets (budget 1/255, zero-shot steps), held at face SSIM.
+PREVIOUS_PRESETS = {"low": (4.0, 50), "medium": (8.0, 100), "high": (12.0, 200)}
+
+
+def previous_settings(name: str):
+    """The previous release's settings of preset ``name`` (its budget, steps, step scale eps/20
+    and face SSIM target), for ``--previous``."""
+    from dladiff_app.core.presets import face_ssim_for_eps
+
+    eps, steps = PREVIOUS_PRESETS.get(name, PREVIOUS_PRESETS["medium"])
+    return preset(name).with_overrides(eps=eps, layer2_steps=steps,
+                                       face_ssim=face_ssim_for_eps(eps))
 WARM_UP_STEPS = 3
 
 
@@ -278,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action="store_true",
                     help="also time the first release's shield (dlib only, no transfer or "
                          "visibility options) on each photo, alternating, for a time ratio")
+    ap.add_argument("--previous", action="store_true",
+                    help="also run the previous release's shield (SSIM-held, its own preset "
+                         "budget and steps) on each photo, alternating, for a side-by-side "
+                         "table and time ratio")
     ap.add_argument("--only", nargs="*", default=None, help="photo file names to run")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/transfer"))
     ap.add_argument("--threads", type=int, default=1)
@@ -316,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.layer2_steps} steps of {settings.step2:g}/255, face SSIM target "
             f"{settings.face_ssim_target:g}), encoders {'+'.join(e.name for e in encoders)}, "
             f"options {opts}, {args.threads} thread(s), load average {load:.2f}")
-    results, base = [], []
+    results, base, prev = [], [], []
+    previous = previous_settings(args.preset)
+    if args.previous:
+        warm_up(clean.items, encoders, previous, layer2.SSIM_RELEASE)
     # The first release's ensemble (dlib alone), loaded once for every photo's baseline run.
     first_encoders = load_encoders(["dlib"]) if args.baseline else []
     warm_up(clean.items, encoders, settings, opts,
@@ -328,11 +347,19 @@ def main(argv: list[str] | None = None) -> int:
             base.append(run_photo(item, clean, first_encoders, judges, detector,
                                   first_release, BASELINE, args.out,
                                   f"{settings.preset}-baseline"))
+        if args.previous:
+            prev.append(run_photo(item, clean, encoders, judges, detector, previous,
+                                  layer2.SSIM_RELEASE, args.out, f"{settings.preset}-previous"))
     text = [report(results, judges, "attack: " + head)]
     if base:
         text.append(report(base, judges, "first release's shield (dlib only, no options), same "
                                          "run"))
         text.append(time_table(results, base))
+    if prev:
+        text.append(report(prev, judges, f"previous release's shield (SSIM-held, eps "
+                                         f"{previous.eps:g}/255, {previous.layer2_steps} steps, "
+                                         f"face SSIM {previous.face_ssim_target:g}), same run"))
+        text.append(time_table(results, prev).replace("first release", "previous release"))
     if args.leave_one_out and len(encoders) > 1:
         for held in encoders:
             rest = [e for e in encoders if e is not held]

@@ -31,6 +31,8 @@ LAYER1_OBJECTIVES = ("attention", "dual")
 # The paper's fine-tuning budget and PGD step in 1/255 units (7/255 and 5e-3 in [0, 1] pixels).
 PAPER_EPS_FT = 7.0
 PAPER_STEP_FT = 0.005 * 255
+# Medium's zero-shot budget on the faces (the paper's 11/255, held under its visibility target).
+MEDIUM_EPS = 11.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class ProtectionSettings:
 
     Budgets, L-inf in 1/255 units, one per layer (METHOD.md "Composition and strength"):
     ``eps`` is the zero-shot shield's budget on the faces, added ON TOP of the fine-tuning
-    shield's ``finetune_eps`` (``eps_ft``; None: derived from ``eps``, 7/8 of it), which covers
+    shield's ``finetune_eps`` (``eps_ft``; None: derived from ``eps``, 7/11 of it, Medium's
+    ratio), which covers
     the whole photo. A face may so end ``finetune_eps + eps`` from the clean photo, the rest of
     the photo at most ``finetune_eps``.
 
@@ -53,19 +56,22 @@ class ProtectionSettings:
     ``prior_refresh_every`` epochs. ``alpha1``/``alpha2`` are PGD step sizes in 1/255 units
     (None: the paper's 5e-3 scaled by ``finetune_eps / 7``, and eps/20). ``face_ssim`` is how
     much of each face's look the zero-shot shield may change, as the luma SSIM of the face
-    box widened 1.5x (:mod:`core.visibility`; None: :func:`face_ssim_for_eps` of ``eps``, so
-    that a stronger budget may also be more visible).
+    box widened 1.5x (:mod:`core.visibility`; None: :func:`face_ssim_for_eps` of ``eps``), for
+    the SSIM-held shield (``ShieldOptions.visibility == "ssim"``); ``face_jnd`` is the promise
+    of the default shield: the most visible face's predicted visibility at 100% in JND
+    (:mod:`engine.visible_diff`; None: :func:`face_jnd_for_eps` of ``eps``), so that a
+    stronger budget may also be more visible.
     """
 
     preset: str = "medium"
-    eps: float = 8.0
+    eps: float = MEDIUM_EPS
     layers: Layers = Layers.BOTH
     layer1_rounds: int = 10
     layer1_pgd_steps: int = 5
     layer1_lora_steps: int = 5
     prior_steps: int = 200
     prior_refresh_every: int = 5
-    layer2_steps: int = 100
+    layer2_steps: int = 50
     polish_steps: int = 10
     alpha1: float | None = None
     alpha2: float | None = None
@@ -88,6 +94,8 @@ class ProtectionSettings:
                 raise ValueError(f"{name} must be >= 0")
         if self.prior_refresh_every < 1:
             raise ValueError("prior_refresh_every must be >= 1")
+        if self.face_jnd is not None and not 0.1 <= self.face_jnd <= 10.0:
+            raise ValueError(f"face_jnd must be in [0.1, 10] (JND), got {self.face_jnd}")
         if self.face_ssim is not None and not 0.5 <= self.face_ssim < 1.0:
             raise ValueError(f"face_ssim must be in [0.5, 1), got {self.face_ssim}")
         if self.layer1_objective not in LAYER1_OBJECTIVES:
@@ -97,7 +105,7 @@ class ProtectionSettings:
     @property
     def finetune_eps(self) -> float:
         """Layer 1's budget on the whole photo, 1/255 units (see ``eps_ft``)."""
-        return self.eps_ft if self.eps_ft is not None else self.eps * PAPER_EPS_FT / 8.0
+        return self.eps_ft if self.eps_ft is not None else self.eps * PAPER_EPS_FT / MEDIUM_EPS
 
     @property
     def epochs(self) -> int:
@@ -127,7 +135,7 @@ class ProtectionSettings:
     @property
     def face_jnd_target(self) -> float:
         """The visibility (JND at 100%) the zero-shot shield keeps every face at or under."""
-        return self.face_jnd if self.face_jnd is not None else 0.9
+        return self.face_jnd if self.face_jnd is not None else face_jnd_for_eps(self.eps)
 
     @property
     def step1(self) -> float:
@@ -171,6 +179,23 @@ class ProtectionSettings:
 FACE_SSIM_POINTS = ((4.0, 0.985), (8.0, 0.972), (12.0, 0.958))
 
 
+# The zero-shot shield's visibility promise per budget: the most visible face's predicted
+# visibility at 100% on a normal display, in JND (engine.visible_diff; under 1: not visible),
+# piecewise linear in eps through the presets' points. Low and Medium are not visible (Low
+# with a margin); High is the strong option, visible at 100% and less than the SSIM-held
+# release's Medium (3.5-5.5 JND on the tuning faces).
+FACE_JND_POINTS = ((8.0, 0.7), (11.0, 1.0), (16.0, 3.0))
+
+
+def face_jnd_for_eps(eps: float) -> float:
+    """The visibility target of a budget of ``eps``/255 (:data:`FACE_JND_POINTS`, extended
+    with the end slopes and kept in [0.5, 6])."""
+    pts = FACE_JND_POINTS
+    i = 0 if eps <= pts[1][0] else 1
+    (e0, v0), (e1, v1) = pts[i], pts[i + 1]
+    return min(6.0, max(0.5, v0 + (v1 - v0) * (eps - e0) / (e1 - e0)))
+
+
 def face_ssim_for_eps(eps: float) -> float:
     """The face SSIM target of a budget of ``eps``/255 (:data:`FACE_SSIM_POINTS`, extended
     with the end slopes and kept in [0.9, 0.995])."""
@@ -185,16 +210,16 @@ def face_ssim_for_eps(eps: float) -> float:
 # benchmarks/results/fine_tune_ablation_cpu.md). Each layer-1 epoch: iter1 attention-loss PGD
 # steps, iter2 denoising-loss PGD steps, iter3 fine-tuning steps of the dynamic surrogate.
 PRESETS: dict[str, ProtectionSettings] = {
-    "low": ProtectionSettings(preset="low", eps=4.0, eps_ft=4.0, layer1_rounds=4,
+    "low": ProtectionSettings(preset="low", eps=8.0, eps_ft=4.0, layer1_rounds=4,
                               layer1_pgd_steps=5, layer1_denoise_steps=5, layer1_lora_steps=5,
-                              prior_steps=100, layer2_steps=50, polish_steps=5),
-    "medium": ProtectionSettings(preset="medium", eps=8.0, eps_ft=PAPER_EPS_FT, layer1_rounds=10,
-                                 layer1_pgd_steps=5, layer1_denoise_steps=5,
-                                 layer1_lora_steps=5, prior_steps=200, layer2_steps=100,
+                              prior_steps=100, layer2_steps=25, polish_steps=5),
+    "medium": ProtectionSettings(preset="medium", eps=MEDIUM_EPS, eps_ft=PAPER_EPS_FT,
+                                 layer1_rounds=10, layer1_pgd_steps=5, layer1_denoise_steps=5,
+                                 layer1_lora_steps=5, prior_steps=200, layer2_steps=50,
                                  polish_steps=10),
-    "high": ProtectionSettings(preset="high", eps=12.0, eps_ft=10.0, layer1_rounds=20,
+    "high": ProtectionSettings(preset="high", eps=16.0, eps_ft=10.0, layer1_rounds=20,
                                layer1_pgd_steps=5, layer1_denoise_steps=5, layer1_lora_steps=5,
-                               prior_steps=400, layer2_steps=200, polish_steps=20),
+                               prior_steps=400, layer2_steps=100, polish_steps=20),
 }
 
 

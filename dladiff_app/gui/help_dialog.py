@@ -37,8 +37,10 @@ no longer recognise it, also after the photo is recompressed and resized the way
 do. It works offline with the bundled dlib model.</li>
 </ul>
 <h3>Strength and thoroughness</h3>
-<p><b>Strength</b> is the largest change any pixel may get (Medium: at most 3%). Stronger
-protects better and is easier to see. <b>Thoroughness</b> is how long the protection keeps
+<p><b>Strength</b> sets how much a face may change. Low and Medium are held where a person
+does not see the change at 100% on a normal screen (a visual model of the eye checks every
+face), and protect only as much as that allows: against face models they are weak. High
+protects much better and the change can be seen up close. <b>Thoroughness</b> is how long the protection keeps
 improving. The before/after viewer shows, for every face, whether each identity model still
 recognises the person, on the saved file and after sharing.</p>
 <p>After the method of <i>DLADiff: A Dual-Layer Defense Framework against Fine-Tuning and

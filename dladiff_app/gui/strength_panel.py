@@ -20,9 +20,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings
+from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings, face_jnd_for_eps
+from dladiff_app.core.visibility_words import seen_level
 
-EPS_MIN, EPS_MAX = 2, 16
+EPS_MIN, EPS_MAX = 2, 20
 # Thoroughness is measured against Medium's step counts, so a preset's own steps land on a mark
 # of the slider (Low is half of Medium, High twice): the slider moves with the preset.
 THOROUGHNESS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -53,12 +54,15 @@ def nearest_mark(factor: float) -> int:
 
 
 def strength_words(eps: float) -> str:
-    """The budget as people say it: "Medium: changes each pixel by at most 3%"."""
-    level = ("Low" if eps <= 5 else "Medium" if eps <= 9 else "High" if eps <= 13
+    """The strength as people say it, its look first: "Medium: not visible at 100% (a face
+    pixel changes by at most 4%)"; the look is the zero-shot shield's promise for that budget
+    (``core.presets.face_jnd_for_eps``, in the viewer's words)."""
+    level = ("Low" if eps <= 9 else "Medium" if eps <= 13 else "High" if eps <= 17
              else "Very high")
     pct = 100 * eps / 255
     figure = f"{pct:.0f}%" if pct >= 1.5 else f"{pct:.1f}%"
-    return f"{level}: changes each pixel by at most {figure}"
+    look = seen_level(face_jnd_for_eps(eps)).split(" (")[0]
+    return f"{level}: {look} (a face pixel changes by at most {figure})"
 
 
 def technical_details(settings: ProtectionSettings) -> str:
@@ -78,7 +82,9 @@ def technical_details(settings: ProtectionSettings) -> str:
                      f"{s.prior_steps} static-surrogate LoRA steps")
     if s.layers.zeroshot:
         lines.append(f"Zero-shot shield: {s.layer2_steps} steps per face"
-                     + (" with JPEG/resize robustness (EOT)" if s.eot else ""))
+                     + (" with JPEG/resize robustness (EOT)" if s.eot else "")
+                     + f"; every face held at or under {s.face_jnd_target:.2g} JND at 100% "
+                       "(predicted visibility; under 1 is not visible)")
     if s.layers.finetune and s.layers.zeroshot and s.polish_steps:
         lines.append(f"Joint polish: {s.polish_steps} steps")
     return "\n".join(lines)
@@ -119,8 +125,8 @@ class StrengthPanel(QGroupBox):
         self.eps_label = QLabel()
         self.eps_label.setAccessibleName("Strength in words")
         self.eps_label.setWordWrap(True)
-        self.eps.setToolTip("How much any pixel may change. Stronger protects better but is "
-                            "more visible.")
+        self.eps.setToolTip("How much a face may change. Low and Medium are held where the eye "
+                            "does not see them at 100%; High protects better and can be seen.")
 
         self.steps = QSlider(Qt.Orientation.Horizontal)
         self.steps.setAccessibleName("Thoroughness")

@@ -14,9 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from dladiff_app.core.presets import PRESETS, ProtectionSettings, face_ssim_for_eps
+from dladiff_app.core.presets import (
+    PRESETS,
+    ProtectionSettings,
+    face_jnd_for_eps,
+    face_ssim_for_eps,
+)
 from dladiff_app.core.visibility import face_visibility
-from dladiff_app.engine.shield.layer2 import FIRST_RELEASE, ShieldOptions, protect_faces
+from dladiff_app.engine.shield.layer2 import (
+    FIRST_RELEASE,
+    SSIM_RELEASE,
+    ShieldOptions,
+    protect_faces,
+)
 from dladiff_app.engine.shield.ssim_target import RATE, SsimController, SsimReference
 from tests.engine.test_layer2 import PLAIN, BoxEncoder
 from tests.engine.test_layer2 import astronaut as astronaut  # noqa: F401 (fixture)
@@ -68,7 +78,7 @@ def test_controller_tightens_under_the_target_and_relaxes_over_it(astronaut) -> 
 @pytest.mark.parametrize("penalty", [0.0, 0.5])
 def test_the_shield_ends_at_its_face_ssim_target(astronaut, penalty: float) -> None:  # type: ignore[no-untyped-def]
     img, faces = astronaut
-    opts = ShieldOptions(ssim_penalty=penalty)
+    opts = replace(SSIM_RELEASE, ssim_penalty=penalty)
     got = {}
     for target in (0.96, 0.985):
         settings = PLAIN.with_overrides(face_ssim=target)
@@ -81,7 +91,7 @@ def test_the_shield_ends_at_its_face_ssim_target(astronaut, penalty: float) -> N
 
 def test_without_the_controller_the_weight_is_fixed(astronaut) -> None:  # type: ignore[no-untyped-def]
     img, faces = astronaut
-    fixed = replace(ShieldOptions(), face_ssim_control=False, ssim_penalty=0.0)
+    fixed = replace(SSIM_RELEASE, face_ssim_control=False, ssim_penalty=0.0)
     a = protect_faces(img, None, faces, [BoxEncoder()], PLAIN.with_overrides(face_ssim=0.95),
                       steps=20, options=fixed)
     b = protect_faces(img, None, faces, [BoxEncoder()], PLAIN.with_overrides(face_ssim=0.99),
@@ -90,16 +100,28 @@ def test_without_the_controller_the_weight_is_fixed(astronaut) -> None:  # type:
     assert not FIRST_RELEASE.face_ssim_control and FIRST_RELEASE.ssim_penalty == 0.0
 
 
-def test_presets_promise_ordered_face_ssim() -> None:
-    low, medium, high = (PRESETS[n].face_ssim_target for n in ("low", "medium", "high"))
-    assert (low, medium, high) == (0.985, 0.972, 0.958)
-    assert low > medium > high and medium > 0.97  # issue 13: Medium at least 0.97
-    # A custom budget from the strength slider gets a target between its neighbours.
+def test_face_ssim_targets_by_budget() -> None:
+    # The SSIM-held shield's targets (SSIM_RELEASE): a stronger budget may change more.
+    assert (face_ssim_for_eps(4), face_ssim_for_eps(8), face_ssim_for_eps(12)) == (
+        0.985, 0.972, 0.958)
     assert face_ssim_for_eps(8) > face_ssim_for_eps(10) > face_ssim_for_eps(12)
     assert 0.9 <= face_ssim_for_eps(32) < face_ssim_for_eps(1) <= 0.995
     assert ProtectionSettings(eps=6, face_ssim=0.99).face_ssim_target == 0.99
     with pytest.raises(ValueError, match="face_ssim"):
         ProtectionSettings(face_ssim=1.0)
+
+
+def test_presets_promise_ordered_visibility() -> None:
+    low, medium, high = (PRESETS[n].face_jnd_target for n in ("low", "medium", "high"))
+    assert (low, medium, high) == (0.7, 1.0, 3.0)
+    # Low and Medium are not visible at 100% (under 1 JND); High is the strong option.
+    assert low < medium <= 1.0 < high
+    assert face_jnd_for_eps(9) == pytest.approx(0.8)
+    assert face_jnd_for_eps(8) < face_jnd_for_eps(12) < face_jnd_for_eps(16)
+    assert face_jnd_for_eps(1) >= 0.5 and face_jnd_for_eps(32) <= 6.0
+    assert ProtectionSettings(eps=6, face_jnd=0.9).face_jnd_target == 0.9
+    with pytest.raises(ValueError, match="face_jnd"):
+        ProtectionSettings(face_jnd=0.0)
 
 
 def test_ssim_penalty_is_ssims_own_gradient_inside_the_face_boxes(astronaut) -> None:  # type: ignore[no-untyped-def]

@@ -200,19 +200,21 @@ def test_strength_panel_drives_the_job(qtbot, make_window, photos) -> None:  # t
     window = make_window()
     panel = window.strength
     panel.preset.setCurrentIndex(panel.preset.findData("high"))
-    assert panel.settings().eps == 12 and panel.settings().preset == "high"
+    assert panel.settings().eps == 16 and panel.settings().preset == "high"
     # High takes twice Medium's steps: the thoroughness slider moves with the preset.
     assert panel.steps_label.text() == "Thorough" and panel.steps.value() == 4
-    assert panel.eps_label.text() == "High: changes each pixel by at most 5%"
+    assert panel.eps_label.text() == ("High: visible at 100% (a face pixel changes by at most "
+                                      "6%)")
     panel.preset.setCurrentIndex(panel.preset.findData("low"))
-    assert panel.steps_label.text() == "Quick" and panel.settings().layer2_steps == 50
-    assert panel.eps_label.text() == "Low: changes each pixel by at most 2%"
+    assert panel.steps_label.text() == "Quick" and panel.settings().layer2_steps == 25
+    assert panel.eps_label.text() == ("Low: not visible at 100% (a face pixel changes by at "
+                                      "most 3%)")
     panel.preset.setCurrentIndex(panel.preset.findData("high"))
     # The figures behind the words are one click away.
     assert not panel.details.isVisibleTo(panel)
     panel.details_button.click()
     assert panel.details.isVisibleTo(panel)
-    assert "12/255" in panel.details.text() and "200 steps per face" in panel.details.text()
+    assert "16/255" in panel.details.text() and "100 steps per face" in panel.details.text()
     panel.eps.setValue(6)
     panel.steps.setValue(0)  # a quarter of Medium's steps
     s = panel.settings()

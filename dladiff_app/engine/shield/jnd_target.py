@@ -139,3 +139,24 @@ def capped(start: torch.Tensor, result: torch.Tensor, ctl: JndController) -> tor
             else:
                 hi = mid
         return blend(lo)
+
+
+def cap_faces(clean: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+              boxes: Sequence[Sequence[float]], target: float) -> torch.Tensor:
+    """``after`` with each face's change since ``before`` blended back (:func:`capped`) where
+    that face, against ``clean``, is over ``target`` JND and ``before`` was not: a later pass
+    on the whole photo (the joint polish) keeps the visibility the zero-shot shield promised.
+    All (1, 3, H, W) [0, 1] on the 8-bit grid; boxes (x0, y0, x1, y1) in the photo's pixels."""
+    h, w = clean.shape[-2:]
+    out = after.clone()
+    for box in boxes:
+        x0, y0, x1, y1 = widened_box(box, w, h)
+        cx0, cy0 = max(0, x0 - 2 * CONTEXT), max(0, y0 - 2 * CONTEXT)
+        cx1, cy1 = min(w, x1 + 2 * CONTEXT), min(h, y1 + 2 * CONTEXT)
+        local = (box[0] - cx0, box[1] - cy0, box[2] - cx0, box[3] - cy0)
+        ctl = JndController(clean[..., cy0:cy1, cx0:cx1], [local], target)
+        crop = (..., slice(cy0, cy1), slice(cx0, cx1))
+        if float(ctl.value(before[crop])) > target:
+            continue
+        out[crop] = capped(before[crop], out[crop], ctl)
+    return out

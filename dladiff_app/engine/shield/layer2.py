@@ -77,70 +77,40 @@ CROP_EXACT_COS = 0.9999
 class ShieldOptions:
     """Levers that make the perturbation transfer to face models the shield never saw, and keep
     it out of sight. The defaults are what ``benchmarks/transfer.py`` measured best on the
-    tuning photos (README, "Decisions"); each lever at its neutral value gives the first
-    release's shield (``FIRST_RELEASE``).
+    tuning photos (the figures and the levers tried and dropped are in
+    ``benchmarks/results/transfer_cpu.md`` and the README's "Decisions"); each lever at its
+    neutral value gives the first release's shield (``FIRST_RELEASE``).
 
     Transfer: ``flip``, the share of steps on which every encoder looks at the mirror image of
-    the aligned face; ``jitter``, the size of a random similarity transform of the landmarks on
-    every step (box sides; see :func:`face_region.jitter_face`), standing for an attack tool's
-    own face alignment; ``one_encoder_per_step`` cycles through the encoders, one per step
-    (about half the cost of two encoders per step, measured no weaker); ``grad_blur``, a
-    Gaussian sigma (pixels) smoothing each step's gradient (translation invariance; off: it
-    raised the colour difference for little transfer); ``colour_jitter``, the size of a random
-    contrast (1 +- a) and brightness (+- a/2) change of every view, standing for another camera
-    pipeline or a filter; ``skip_gradient``, the factor on the gradient through every residual
-    branch of an encoder (:mod:`faces.gradient_decay`; below 1 it favours the skip paths that
-    networks of a family share); ``antialias``, a factor on the Gaussian pre-blur of every
-    encoder's face crop while the shield takes its gradients (:func:`align.antialiased_warps`;
-    0: the crop exactly as the real encoder aligns it, aliased). An attack tool shrinks a large
-    face about 3x to its 112 px crop and samples pixels of its own choosing (its own landmarks);
-    a perturbation made through one exact aliased crop lives in the pixels that crop happened to
-    sample. Through the pre-blurred crop every step's gradient is smooth at the crop's scale,
-    so the perturbation survives any sampling. Scores are still taken on the exact crop. On the
-    large-face tuning photos (``transfer.py --set tune-large``, two seeds) factor 2 lowered the
-    held-out-style MobileNet cosine 0.462 -> 0.384 and MobileNetV2 0.643 -> 0.578 with the face
-    SSIM 0.965 -> 0.967; small faces (``--set tune``), which no crop shrinks, did not move
-    (factors 1, 1.5 and 3 measured weaker; a 0.5 px blur floor on every crop, no gain). Tried
-    and dropped (tuning photos, README): linear backpropagation through SFace's last
-    activations, a larger share of steps for dlib or for the ArcFace-family encoders, Nesterov
-    look-ahead.
+    the aligned face; ``jitter``, the size of a random similarity transform of the landmarks
+    on every step (box sides; :func:`face_region.jitter_face`): noise on the alignment matrix,
+    standing for an attack tool's own face alignment; ``one_encoder_per_step`` cycles through
+    the encoders, one per step; ``grad_blur``, a Gaussian sigma (pixels) smoothing each step's
+    gradient; ``colour_jitter``, the size of a random contrast (1 +- a) and brightness (+- a/2)
+    change of every view; ``skip_gradient``, the factor on the gradient through every residual
+    branch of an encoder (:mod:`faces.gradient_decay`); ``antialias``, a factor on the Gaussian
+    pre-blur of every encoder's crop while gradients are taken
+    (:func:`align.antialiased_warps`; scores use the exact crop).
 
-    Visibility (see :mod:`perceptual`): ``texture_floor`` < 1 turns on the texture-masking
-    budget, the smallest share of ``eps`` a flat pixel keeps, and ``texture_reference`` the local
-    contrast (luma standard deviation in 1/255) that earns the whole budget; ``soft_budget`` > 0
-    uses that map as a penalty of this weight instead of a hard per-pixel bound (at 0.3 it
-    protected as well as the hard bound with a third less colour difference; 0.35 with the
-    colour jitter and skip gradient, and 0.32 since EdgeFace joined dlib and SFace: each time the
-    value that keeps the face SSIM of the tuning photos where it was, 0.958); ``chroma`` scales
-    the colour part of every step (0: steps change luma only). Tried and dropped in session 4
-    (tuning photos, README): a smooth 3x3 field of colour gains, dropout on SFace's activations
-    ("ghost" surrogates), a reverse (identity-restoring) probe before each step, full-strength
-    colour steps, a 2 px gradient blur, fewer turns for dlib, no skip gradient on EdgeFace.
-    ``face_ssim_control`` turns the soft budget's fixed weight into one that steers every
-    face to its preset's face SSIM (``ProtectionSettings.face_ssim_target``, see
-    :mod:`ssim_target`): the same promise of visibility on every photo, where one weight left
-    a group photo of small faces past it and smooth large faces well under it.
-    ``ssim_penalty``: inside the measured face boxes, this share of the penalty's luma part is
-    the gradient of the faces' lost SSIM itself (session 6, tuning photos at face SSIM 0.972:
-    MobileNet 0.474 -> 0.416 and 0.441 -> 0.385 on the small and large faces, dE 0.8 -> 1.0
-    and 0.9 -> 1.2; 1.0 took a photo's dE past 2.0). Dropped in session 6: the texture map
-    measured with the face at 112 px.
+    Visibility: ``visibility`` names what holds every face's look. ``"jnd"`` (default): the
+    visible-difference model (:mod:`engine.visible_diff`): inside the face boxes the soft
+    penalty follows its gradient, every 2 steps the change is scaled down where the face's map
+    is over ``ProtectionSettings.face_jnd_target`` (:meth:`jnd_target.JndController.local_scale`),
+    and with ``jnd_cap`` the saved face is blended back until its figure is at or under the
+    target. ``"ssim"`` (the previous release, ``SSIM_RELEASE``): a controller steers the soft
+    penalty's weight to the preset's face SSIM (``face_ssim_control``) and ``ssim_penalty`` of
+    the penalty's luma part inside the faces is SSIM's gradient. In both, ``texture_floor`` < 1
+    turns on the texture-masking map (:mod:`perceptual`; the share of ``eps`` a flat pixel
+    keeps; ``texture_reference`` the local contrast, 1/255, that earns the whole budget),
+    ``soft_budget`` > 0 uses the map as a penalty of that weight (relative to the identity
+    gradient) instead of a hard per-pixel bound, and ``chroma`` scales the colour part of every
+    step.
 
-    Optimiser: ``momentum``, the MI-FGSM decay of the accumulated direction (the first release's
-    0.75). With the soft penalty and the SSIM controller in the objective, a long memory keeps
-    stepping along directions the penalty has already pushed back, so the face reaches its SSIM
-    target with less of the identity change it could carry. Session 8, tuning photos at face
-    SSIM 0.972, two seeds each (MobileNet / MobileNetV2 means after sharing): small faces 0.439
-    / 0.589 at 0.75, 0.424 / 0.579 at 0.5, 0.405 / 0.567 at 0.3; large faces 0.394 / 0.575,
-    0.376 / 0.551, 0.367 / 0.561; no momentum (0, seed 0) weaker than 0.3 on both sets, 0.9
-    weaker than 0.75 (session 7). Tried and dropped in session 8: momentum on the identity
-    gradient alone with the penalty added after it (within noise of 0.3, more colour
-    difference), random spectral gains on the encoders' crops (spectrum simulation; weaker at
-    rho 0.5 and 0.15), a smaller random start, antialias factor 3, steps on the sum of every
-    encoder's latest gradient (weaker than the turn's own encoder), and a coarse step grid for
-    large faces (steps signed on a grid of 160 cells across the face box: a gain on the
-    enlarged tuning faces that the held-out portraits did not show, at 1.65x the first
-    release's time).
+    Optimiser: ``momentum``, the MI-FGSM decay of the accumulated direction; ``random_start``,
+    the random start's size as a share of ``eps`` (at delta = 0 a warp's gradient can be 0);
+    ``stop_margin`` (None: off), the stopping rule: from step 20 on, every 10 steps, a region
+    whose every face is past every encoder's line by this margin (cosine, or ``1 - d /
+    threshold`` for a Euclidean encoder), saved and shared, takes no more steps.
     """
 
     flip: float = 0.5
@@ -157,17 +127,22 @@ class ShieldOptions:
     face_ssim_control: bool = True
     ssim_penalty: float = 0.5
     momentum: float = 0.3
-    visibility: str = "ssim"
+    visibility: str = "jnd"
     random_start: float = 1.0
     stop_margin: float | None = None
-    jnd_cap: bool = False
+    jnd_cap: bool = True
 
+
+# The zero-shot shield of the release before the visible-difference model: every face held at
+# its preset's face SSIM (benchmarks compare against it side by side).
+SSIM_RELEASE = ShieldOptions(visibility="ssim", jnd_cap=False, stop_margin=None, chroma=0.3)
 
 # The zero-shot shield as the first release shipped it: every lever neutral.
 FIRST_RELEASE = ShieldOptions(flip=0.0, jitter=0.0, one_encoder_per_step=False, grad_blur=0.0,
                               texture_floor=1.0, soft_budget=0.0, chroma=1.0, colour_jitter=0.0,
                               skip_gradient=1.0, antialias=0.0, face_ssim_control=False,
-                              ssim_penalty=0.0, momentum=0.75)
+                              ssim_penalty=0.0, momentum=0.75, visibility="ssim",
+                              jnd_cap=False)
 
 
 class _Cancel(Protocol):

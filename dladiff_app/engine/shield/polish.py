@@ -40,6 +40,7 @@ from dladiff_app.engine.shield.eot import (
     sample_transform,
 )
 from dladiff_app.engine.shield.face_region import FaceRegion
+from dladiff_app.engine.shield.jnd_target import cap_faces
 from dladiff_app.engine.shield.layer1 import Layer1Surrogates
 from dladiff_app.engine.shield.layer2 import (
     ShieldOptions,
@@ -168,6 +169,11 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     x, done = driver.xs[0], driver.done
     dual_seen = result.losses.get(dual.name, [])
     protected = torch.minimum(torch.maximum(torch.round(x * 255.0) / 255.0, lo), hi)
+    if faces:
+        # The polish steps on the whole photo: the faces keep the visibility layer 2 promised.
+        protected = cap_faces(clean, torch.round(current.detach().float() * 255.0) / 255.0,
+                              protected, [tuple(map(float, f.box[:4])) for f in faces],
+                              settings.face_jnd_target)
     after = identity_now(protected)
     log.info("Polish: %d steps, identity %.4f -> %.4f, dual loss %s", done, before, after,
              f"{dual_seen[0]:.4f} -> {dual_seen[-1]:.4f}" if dual_seen else "not run")
