@@ -237,3 +237,80 @@ def test_no_float64_in_a_step_on_an_accelerator(monkeypatch: pytest.MonkeyPatch)
             [Phase(2, {"t": 1.0})])
     assert torch.float64 not in watch.dtypes
     assert torch.float32 in watch.dtypes
+
+
+def test_memory_plan_for_card_sizes() -> None:
+    """4 photos, 2 views each, 512 px, half precision; free memory after the base is loaded."""
+    from dladiff_app.engine.shield.memory_plan import plan_layer1
+
+    gib = 2**30
+    small = plan_layer1(int(5.6 * gib), photos=4, views_per_photo=2, size=512, element_bytes=2)
+    assert (small.micro_batch, small.checkpointing, small.fits) == (1, True, True)
+    mid = plan_layer1(14 * gib, photos=4, views_per_photo=2, size=512, element_bytes=2)
+    assert (mid.micro_batch, mid.checkpointing) == (2, False)
+    big = plan_layer1(77 * gib, photos=4, views_per_photo=2, size=512, element_bytes=2)
+    assert (big.micro_batch, big.checkpointing) == (4, False)
+    tiny = plan_layer1(1 * gib, photos=4, views_per_photo=2, size=512, element_bytes=2)
+    assert (tiny.micro_batch, tiny.checkpointing, tiny.fits) == (1, True, False)
+    # The CPU: no free-memory figure, one photo per pass as before.
+    cpu = plan_layer1(None, photos=4, views_per_photo=2, size=512, element_bytes=4)
+    assert (cpu.micro_batch, cpu.checkpointing, cpu.budget_bytes) == (1, False, None)
+    assert all(p.split_backward for p in (small, mid, big, tiny, cpu))
+
+
+def test_activation_bytes_scale_with_pixels_and_precision() -> None:
+    from dladiff_app.engine.shield.memory_plan import activation_bytes
+
+    assert activation_bytes(2, 512, 2, checkpointing=True) == 2_720_000_000
+    assert activation_bytes(1, 512, 2, checkpointing=False) == 2_940_000_000
+    assert activation_bytes(1, 512, 2, checkpointing=False, split=False) == 3_720_000_000
+    # 256 px is a quarter of the pixels; fp32 twice the bytes.
+    assert activation_bytes(1, 256, 4, checkpointing=False) == 1_470_000_000
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_split_gradient_equals_one_backward(fp16: bool) -> None:
+    """Each term differentiated on its own gives the gradient of the sum."""
+    from dladiff_app.engine.shield.memory_plan import split_gradient
+    from dladiff_app.engine.shield.precision import PixelLossScale
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    xs = [torch.rand(3, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
+          for _ in range(2)]
+
+    def head_of(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.tanh(torch.cat(parts) @ w.T)
+
+    terms = [lambda h: 0.5 * (h ** 2).sum(), lambda h: -2.0 * torch.sin(h).mean()]
+    joint = terms[0](head_of(xs)) + terms[1](head_of(xs))
+    expected = torch.autograd.grad(joint, xs)
+    scale = PixelLossScale("cpu", enabled=fp16, init=4.0)
+    grads, total = split_gradient(head_of(xs), terms, xs, scale, factor=1.0)
+    for g, e in zip(grads, expected, strict=True):
+        # A loss scale multiplies the gradient (signs, all PGD uses, unchanged).
+        assert torch.allclose(g, e * (4.0 if fp16 else 1.0), atol=1e-12)
+    assert torch.isclose(total, joint.detach())
+
+
+def test_noise_is_drawn_on_the_cpu_and_handed_to_the_device() -> None:
+    """The draws come from the seeded CPU generator (the same numbers on every device) and
+    arrive on the surrogate's device already (no copy inside the UNet call)."""
+    from dladiff_app.engine.shield.surrogate import NoiseDraw
+
+    def sur_on(device: str) -> Surrogate:
+        cfg = SimpleNamespace
+        return Surrogate(vae=cfg(config=cfg(block_out_channels=(32, 64))),
+                         unet=cfg(config=cfg(in_channels=4)), text_embeddings=torch.zeros(1),
+                         scheduler=cfg(config=cfg(num_train_timesteps=1000)),
+                         device=torch.device(device), autocast_dtype=None)
+
+    on_meta = NoiseDraw.draw(sur_on("meta"), 3, 64, torch.Generator().manual_seed(5),
+                             prompts=torch.tensor([0, 1, 0]))
+    assert on_meta.noise.shape == (3, 4, 32, 32)
+    assert all(t is not None and t.device.type == "meta" for t in
+               (on_meta.latent_eps, on_meta.noise, on_meta.timesteps, on_meta.prompts))
+    on_cpu = NoiseDraw.draw(sur_on("cpu"), 3, 64, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    eps = torch.randn(3, 4, 32, 32, generator=gen)
+    assert torch.equal(on_cpu.latent_eps, eps)

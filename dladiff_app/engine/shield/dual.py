@@ -8,6 +8,8 @@ Layer 1's PGD, the evaluation of a finished album and the polish all call :func:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
@@ -23,9 +25,22 @@ def dual_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw,
     ``draw``: N noise/timestep/prompt draws; ``weights``: (w_dyn, w_prior). Returns the mean
     over the N images as a 0-d fp32 tensor, differentiable with respect to ``work`` through the
     VAE. Leaves the ``"prior"`` adapter active."""
-    w_dyn, w_prior = weights
     latents = sg.encode(sur, work, draw)
-    sg.use_adapter(sur, DYN)
-    loss = w_dyn * sg.unet_loss(sur, latents, draw)
-    sg.use_adapter(sur, PRIOR)
-    return loss + w_prior * sg.unet_loss(sur, latents, draw)
+    dyn, prior = dual_terms(sur, draw, weights)
+    return dyn(latents) + prior(latents)
+
+
+def dual_terms(sur: sg.Surrogate, draw: sg.NoiseDraw, weights: tuple[float, float]
+               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+    """The two weighted terms of the dual loss as functions of the latents (N, 4, S/8, S/8):
+    ``w_dyn * L(S_dyn)`` and ``w_prior * L(S_prior)``, each a 0-d fp32 tensor (each switches
+    to its adapter first). Taken apart so each can be differentiated on its own
+    (``memory_plan.split_gradient``)."""
+    w_dyn, w_prior = weights
+
+    def term(name: str, weight: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        def loss(latents: torch.Tensor) -> torch.Tensor:
+            sg.use_adapter(sur, name)
+            return weight * sg.unet_loss(sur, latents, draw)
+        return loss
+    return term(DYN, w_dyn), term(PRIOR, w_prior)

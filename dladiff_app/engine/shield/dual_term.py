@@ -19,8 +19,9 @@ from functools import partial
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
-from dladiff_app.engine.shield.dual import dual_loss
+from dladiff_app.engine.shield.dual import dual_loss, dual_terms
 from dladiff_app.engine.shield.memory import StepDown
+from dladiff_app.engine.shield.memory_plan import split_gradient
 from dladiff_app.engine.shield.pgd import quantise_ste
 from dladiff_app.engine.shield.precision import PixelLossScale
 from dladiff_app.engine.shield.resize import to_working
@@ -80,9 +81,14 @@ class DualSurrogateTerm:
             draw = sg.NoiseDraw.draw(sur, len(rows), size, self.noise, prompts=None
                                      if prompts is None else torch.cat([prompts[i] for i in idx]))
             # Mean over the chunk's views = mean over its photos (each has as many views).
-            loss = dual_loss(sur, torch.cat(crops), draw, self.weights)
-            for i, g in zip(idx, self.pixel_scale.grad(loss * (len(idx) / n), leaves),
-                            strict=True):
+            if album.split_backward:  # one UNet graph alive at a time (memory_plan)
+                step_grads, loss = split_gradient(
+                    sg.encode(sur, torch.cat(crops), draw), dual_terms(sur, draw, self.weights),
+                    leaves, self.pixel_scale, len(idx) / n)
+            else:
+                loss = dual_loss(sur, torch.cat(crops), draw, self.weights)
+                step_grads = self.pixel_scale.grad(loss * (len(idx) / n), leaves)
+            for i, g in zip(idx, step_grads, strict=True):
                 grads[i] = g.detach().to(xs[i].device)
             loss_sum = loss_sum + loss.detach() * len(idx)
         return grads, loss_sum / n
