@@ -111,45 +111,72 @@ def album(n: int, size: int) -> list[torch.Tensor]:
 
 def reference_pgd_seconds(folder: Path, photos: list[torch.Tensor], size: int, steps: int,
                           device: torch.device, surrogates: int = 2,
-                          views: int = 1) -> list[float]:
-    """The same PGD step written the plain way: fp32, diffusers calls only, and each of the
+                          views: int = 1, *, dtype: torch.dtype | None = None,
+                          micro_batch: int = 1) -> list[float]:
+    """The same PGD step written the plain way: diffusers calls only, and each of the
     ``surrogates`` (2 = DSUR's dynamic and prior surrogate) a UNet of its own whose loss
     L(S, x) is computed from scratch (its own resize, VAE encode, noise and UNet pass), summed,
-    then one backward to the pixels. Seconds per step for the whole album, one photo at a time.
+    then one backward to the pixels. Seconds per step for the whole album.
     ``surrogates=1`` is the single-model textbook step, reported for scale. ``views=2``: each
-    loss also on the mirrored crop (the work layer 1's default view pair does)."""
+    loss also on the mirrored crop (the work layer 1's default view pair does).
+    ``dtype``: the half dtype the frozen weights are loaded in and autocast to (what our
+    layer 1 runs on CUDA), None for fp32; ``micro_batch``: photos per pass (ours: its plan's),
+    1 = one photo at a time. The folder's fp16 files are read when only they exist
+    (``variant="fp16"``, as a CUDA ``models download sd15`` leaves it)."""
+    import contextlib
     import copy
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).requires_grad_(False)
+    from dladiff_app.engine.models.loaders import folder_variant
+
+    weights = dtype or torch.float32
+    variant = folder_variant(folder, weights)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", variant=variant).to(
+        device, weights).requires_grad_(False)
     unets = [unet] + [copy.deepcopy(unet) for _ in range(surrogates - 1)]
-    vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", variant=variant).to(
+        device, weights).requires_grad_(False)
     sched = DDPMScheduler.from_pretrained(folder / "scheduler")
     cond = torch.randn(1, 77, int(unet.config.cross_attention_dim), device=device)
     gen = torch.Generator().manual_seed(0)
     xs = [p.clone().to(device) for p in photos]
+
+    def autocast() -> contextlib.AbstractContextManager[object]:
+        return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                else contextlib.nullcontext())
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        rh, rw = round(h * scale), round(w * scale)
+        top, left = (rh - size) // 2, (rw - size) // 2
+        img = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True)
+        return img[..., top: top + size, left: left + size]
+
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        for i, x in enumerate(xs):
-            x = x.detach().requires_grad_(True)
-            h, w = x.shape[-2:]
-            scale = size / min(h, w)
-            rh, rw = round(h * scale), round(w * scale)
-            top, left = (rh - size) // 2, (rw - size) // 2
+        for first in range(0, len(xs), micro_batch):
+            idx = list(range(first, min(first + micro_batch, len(xs))))
+            leaves = [xs[i].detach().requires_grad_(True) for i in idx]
             loss = torch.zeros((), device=device)
-            for model, view in [(m, v) for m in unets for v in range(views)]:
-                img = F.interpolate(x[None], size=(rh, rw), mode="bilinear", antialias=True)
-                img = img[..., top: top + size, left: left + size]
-                img = img.flip(-1) if view else img
-                lat = vae.encode(img * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
-                noise = torch.randn(lat.shape, generator=gen).to(device)
-                t = torch.randint(0, 1000, (1,), generator=gen).to(device)
-                pred = model(sched.add_noise(lat, noise, t), t, encoder_hidden_states=cond).sample
-                loss = loss + F.mse_loss(pred, noise)
-            (grad,) = torch.autograd.grad(loss, x)
-            xs[i] = (x.detach() + grad.sign() / 255).clamp(0, 1)
+            for model in unets:
+                for view in range(views):
+                    img = torch.cat([crop(x) for x in leaves])
+                    img = img.flip(-1) if view else img
+                    with autocast():
+                        lat = vae.encode(img * 2 - 1).latent_dist.sample().float() \
+                            * vae.config.scaling_factor
+                    noise = torch.randn(lat.shape, generator=gen).to(device)
+                    t = torch.randint(0, 1000, (len(idx),), generator=gen).to(device)
+                    with autocast():
+                        pred = model(sched.add_noise(lat, noise, t), t,
+                                     encoder_hidden_states=cond.expand(len(idx), -1, -1)).sample
+                    loss = loss + F.mse_loss(pred.float(), noise)
+            grads = torch.autograd.grad(loss, leaves)
+            for i, x, g in zip(idx, leaves, grads, strict=True):
+                xs[i] = (x.detach() + g.sign() / 255).clamp(0, 1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

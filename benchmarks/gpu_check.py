@@ -1,31 +1,30 @@
-"""GPU readiness check: the Medium preset with both layers on 4 photos, through the real job
-runner, on the full-size SD 1.5 architecture with random weights (no download needed).
+"""GPU readiness check in stages, each written to the results file as it finishes (a stage that
+fails is written too, with its error, and the next stage still runs): device facts; layer 1 on
+the tiny SD and on the full-size SD 1.5 architecture with random weights (no download), beside
+a plain reference loop in the same precision and batching; layer 2 on the device; a whole album
+job (Medium, both layers, 4 photos) through the real job runner; peak memory against the plan.
 
 Writes ``gpu_check_<device>_<size>.json`` and ``.md`` to ``--out`` (default
-``benchmarks/results``): total time, time per PGD step and per LoRA step (the device is waited
-for at the end of each phase, so these are real), peak VRAM (CUDA) or peak RSS (CPU), achieved
-TFLOPS of the PGD step (FLOPs counted by ``torch.utils.flop_counter``) against the card's dense
-bf16 peak when the card is known, and the same PGD step as a plain reference loop (two fp32
-UNets, each loss computed from scratch: ``benchmarks/fine_tune_shield.py``) side by side.
+``benchmarks/results``). README targets on one datacenter GPU (Medium, both layers, 4 photos at
+512 px): whole job <= 20 s, peak VRAM <= 8 GB, PGD step <= 0.8 x the plain reference.
 
-README targets on one datacenter GPU (Medium, both layers, 4 photos at 512 px): whole job
-<= 20 s, peak VRAM <= 8 GB, PGD step <= 0.8 x the plain reference.
+    bash benchmarks/gpu_check.sh                         # CUDA, 512 px (<= 10 min on one GPU)
+    bash benchmarks/gpu_check.sh --device cpu --size 64  # CI: tiny SD only, ~1-2 min
 
-    bash benchmarks/gpu_check.sh                         # CUDA, 512 px, full SD 1.5 architecture
-    bash benchmarks/gpu_check.sh --device cpu --size 64  # CI: the tiny SD config, ~1-2 min
-
-Below 256 px the tiny random SD of the tests (native 64 px) stands in for SD 1.5, so CI can
-afford the run; the photos stay large enough (>= 256 px) for the face detector either way.
+Below 256 px the tiny random SD of the tests stands in for SD 1.5 everywhere and the
+full-architecture stage is skipped (it takes hours on a CPU). ``--fail-stage NAME`` raises in
+that stage (to test that the results are still written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,14 @@ from benchmarks.fine_tune_shield import (  # noqa: E402
     reset_rss_peak,
     rss_peak_bytes,
 )
-from dladiff_app.core.events import Event, PhotoDone, PhotoFailed  # noqa: E402
-from dladiff_app.core.jobs import ProtectJob  # noqa: E402
 from dladiff_app.core.presets import Layers, preset  # noqa: E402
 
+STAGES = ("device", "layer1_tiny", "layer1_full", "layer2", "album", "peak_memory")
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOPS.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0,
                     "RTX 4090": 165.0, "RTX 3090": 71.0}
+GIB = 2**30
 
 
 def bf16_peak(name: str) -> float | None:
@@ -73,20 +72,123 @@ def face_photos(folder: Path, n: int, side: int) -> list[Path]:
     return paths
 
 
-def pgd_step_flops(kit: Any, size: int) -> float | None:
-    """FLOPs of the dual loss of one view of one photo (forward + backward to the pixels),
-    counted on the surrogates the job left loaded."""
-    from torch.utils.flop_counter import FlopCounterMode
+class Results:
+    """The stages' records, written as JSON and Markdown after every stage."""
 
-    session = getattr(kit.layer1, "__self__", None)
-    surrogates = getattr(session, "surrogates", None)
-    if surrogates is None:
-        return None
-    x = torch.full((1, 3, size, size), 0.5, device=surrogates.sur.device, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:
-        loss = surrogates.dual_loss(x, torch.Generator().manual_seed(0))
-        torch.autograd.grad(loss, x)
-    return float(counter.get_total_flops())
+    def __init__(self, stem: Path, header: dict[str, Any]) -> None:
+        self.stem, self.header = stem, header
+        self.stages: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, work: Callable[[], dict[str, Any]], device: torch.device,
+            fail: str | None) -> dict[str, Any] | None:
+        """Run one stage: its figures, its seconds and its peak memory, or its error."""
+        from dladiff_app.engine.device import empty_cache, is_out_of_memory
+
+        reset_rss_peak()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        record: dict[str, Any]
+        try:
+            if fail == name:
+                raise RuntimeError(f"failure injected into stage {name} (--fail-stage)")
+            record = {"status": "ok", **work()}
+        except Exception as exc:  # a stage's failure is a result: written, then the next
+            oom = is_out_of_memory(exc)
+            record = {"status": "out of memory" if oom else "failed",
+                      "error": f"{type(exc).__name__}: {exc}",
+                      "traceback": traceback.format_exc(limit=6)}
+            if oom:
+                empty_cache(device.type)
+        record["seconds"] = time.perf_counter() - started
+        record["peak_rss_bytes"] = rss_peak_bytes()
+        if device.type == "cuda":
+            record["peak_vram_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        self.stages[name] = record
+        self.write()
+        print(f"[{name}] {record['status']} in {record['seconds']:.1f} s"
+              + (f": {record['error']}" if "error" in record else ""), flush=True)
+        return record if record["status"] in ("ok", "skipped") else None
+
+    def skip(self, name: str, reason: str) -> None:
+        self.stages[name] = {"status": "skipped", "reason": reason}
+        self.write()
+        print(f"[{name}] skipped: {reason}", flush=True)
+
+    @property
+    def passed(self) -> bool:
+        return all(r["status"] in ("ok", "skipped") for r in self.stages.values())
+
+    def write(self) -> None:
+        self.stem.parent.mkdir(parents=True, exist_ok=True)
+        data = {**self.header, "stages": self.stages, "passed": self.passed}
+        self.stem.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        self.stem.with_suffix(".md").write_text(markdown(data))
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [f"# GPU check: {data['device_name']} ({data['device']}), {data['size']} px", "",
+             f"Command: `bash benchmarks/gpu_check.sh {data['command']}`; precision "
+             f"{data['precision']}; {data['threads']} torch thread(s).", "",
+             "| stage | status | seconds | peak VRAM (GiB) | peak RSS (GiB) | figures |",
+             "|---|---|---|---|---|---|"]
+    for name, r in data["stages"].items():
+        figures = r.get("error") or r.get("reason") or "; ".join(
+            f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in r.items()
+            if k in SUMMARY_KEYS)
+        vram = r.get("peak_vram_bytes")
+        lines.append(f"| {name} | {r['status']} | {_fmt(r.get('seconds'), '.1f')} | "
+                     f"{_fmt(vram / GIB if vram else None, '.2f')} | "
+                     f"{_fmt(r['peak_rss_bytes'] / GIB if r.get('peak_rss_bytes') else None, '.2f')}"
+                     f" | {str(figures).splitlines()[0][:300]} |")
+    lines += ["", "All stages passed." if data["passed"] else "Some stage failed: see the JSON "
+              "file's tracebacks.", ""]
+    return "\n".join(lines)
+
+
+SUMMARY_KEYS = ("kind", "autocast", "capability", "native_bf16", "memory_gib", "plan",
+                "pgd_step_s", "reference_step_s", "ratio", "reference_note", "steps",
+                "step_s", "changed", "done", "layers_done", "total_s", "achieved_tflops",
+                "planned_peak_gib", "measured_peak_gib", "within_8gb")
+
+
+def layer1_stage(folder: Path, photos: list[torch.Tensor], info: Any, size: int, steps: int,
+                 n_photos: int) -> dict[str, Any]:
+    """Our PGD step and the reference's, same model, precision, photos and batching."""
+    from dladiff_app.engine.device import is_out_of_memory
+    from dladiff_app.engine.shield.layer1 import protect_album_layer1
+
+    # The dual objective and no denoising stage: the very step the reference writes the plain
+    # way (two surrogates' denoising losses, one backward). The album stage runs the default
+    # attention objective.
+    settings = preset("medium").with_overrides(layer1_rounds=1, layer1_pgd_steps=steps,
+                                               layer1_denoise_steps=0, layer1_objective="dual",
+                                               prior_steps=1)
+    dev = torch.device(info.torch_device)
+    res = protect_album_layer1(photos[:n_photos], folder, settings, device=info,
+                               working_size=size)
+    st = res.stats
+    pgd_s = st.pgd_seconds / steps
+    views = 2 if "mirrored" in st.attacker_views else 1
+    out: dict[str, Any] = {"plan": st.memory_plan, "micro_batch": st.micro_batch,
+                           "checkpointing": st.gradient_checkpointing,
+                           "step_downs": st.step_downs, "pgd_step_s": pgd_s}
+    del res
+    try:
+        ref = reference_pgd_seconds(folder, photos[:n_photos], size, steps, dev, surrogates=2,
+                                    views=views, dtype=info.autocast_dtype,
+                                    micro_batch=st.micro_batch)
+        ref_s = sorted(ref)[len(ref) // 2]
+        out.update(reference_step_s=ref_s, ratio=pgd_s / ref_s)
+    except Exception as exc:  # the reference may not fit where ours does
+        if not is_out_of_memory(exc):
+            raise
+        out["reference_note"] = f"the reference ran out of memory ({exc})"[:200]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,137 +198,162 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--reference-steps", type=int, default=3)
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
+    ap.add_argument("--fail-stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--model-dir", type=Path, default=None,
-                    help="keep/reuse the random SD folder here (default: a temp folder)")
+                    help="keep/reuse the random SD folders here (default: a temp folder)")
     args = ap.parse_args(argv)
+    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(wanted) - set(STAGES)
+    if unknown:
+        ap.error(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
 
     from dladiff_app.engine.device import resolve_device
-    from dladiff_app.engine.faces.dlib_detect import DlibDetector
-    from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
-    from dladiff_app.engine.kit import build_kit
-    from dladiff_app.engine.runner import run_job
 
     info = resolve_device(args.device)
     dev = torch.device(info.torch_device)
-    cuda = dev.type == "cuda"
-    tiny = args.size < 256
-    settings = preset(args.preset).with_overrides(layers=Layers.BOTH)
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
-        tmp = Path(tmp_name)
-        folder = args.model_dir or tmp / ("tiny_sd" if tiny else "sd15_random")
-        t0 = time.perf_counter()
-        if not (folder / "model_index.json").is_file():
-            if tiny:
-                from tests.fixtures.tiny_sd import build_tiny_sd
-
-                build_tiny_sd(folder)
-            else:
-                build_sd15_random(folder)
-        build_s = time.perf_counter() - t0
-        photos = face_photos(tmp / "album", args.photos, max(args.size, 256))
-        # The tiny CI run takes up to 4 photos per pass, layer 1's CUDA default, so it does
-        # the GPU run's work in the same batches (the CPU default of one photo per pass is for
-        # full-size SD's memory, which the tiny model does not need).
-        kit = build_kit(settings, device=args.device, pipeline_dir=folder,
-                        detector=DlibDetector(), encoders=[DlibEncoder.load()],
-                        working_size=args.size, cache_dir=tmp / "prior_cache",
-                        micro_batch=min(args.photos, 4) if tiny else None)
-        events: list[Event] = []
-        job = ProtectJob(inputs=(tmp / "album",), output_dir=tmp / "out", settings=settings)
-        reset_rss_peak()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(dev)
-        t_job = time.perf_counter()
-        summary = run_job(job, kit, events.append)
-        total_s = time.perf_counter() - t_job
-        peak_rss = rss_peak_bytes()
-        peak_vram = torch.cuda.max_memory_allocated(dev) if cuda else None
-        failed = [e.reason for e in events if isinstance(e, PhotoFailed)]
-        done = [e.result for e in events if isinstance(e, PhotoDone)]
-        stats = kit.layer1.__self__.last_stats
-        pgd_s = stats.pgd_seconds / max(1, settings.layer1_total_pgd)
-        lora_steps = (settings.layer1_rounds - 1) * settings.layer1_lora_steps
-        lora_s = stats.lora_seconds / lora_steps if lora_steps else float("nan")
-        flops = pgd_step_flops(kit, stats.working_size)
-        del kit
-        if cuda:
-            torch.cuda.empty_cache()
-        from dladiff_app.core.imageio import load_image
-
-        tensors = [torch.from_numpy(load_image(p).pixels).permute(2, 0, 1) for p in photos]
-        # The reference does the same work: both surrogates, on as many views per photo.
-        views = 2 if "mirrored" in stats.attacker_views else 1
-        ref = reference_pgd_seconds(folder, tensors, stats.working_size,
-                                    args.reference_steps, dev, surrogates=2, views=views)
-    ref_s = sorted(ref)[len(ref) // 2]
-    # FLOPs were counted on one view of one photo; a PGD step does ``views`` per photo.
-    achieved = flops * views * args.photos / pgd_s / 1e12 if flops and pgd_s > 0 else None
-    peak = bf16_peak(info.name) if cuda else None
-    report = {
-        "device": info.torch_device, "device_name": info.name,
+    tiny_only = args.size < 256
+    results = Results(args.out / f"gpu_check_{dev.type}_{args.size}", {
+        "device": info.torch_device, "device_name": info.name, "size": args.size,
         "precision": str(info.autocast_dtype or torch.float32),
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-        "model": "tiny random SD (test config)" if tiny else "SD 1.5 architecture, random",
-        "model_build_seconds": build_s, "working_size": stats.working_size,
-        "photos": args.photos, "photo_size": list(tensors[0].shape[-2:]),
-        "preset": args.preset, "layers": "both",
-        "done": summary.done, "failed": failed,
-        "layers_done": sorted({"+".join(r.layers_done) for r in done}),
-        "total_seconds": total_s,
-        "attacker_views": stats.attacker_views, "reference_views_per_photo": views,
-        "pgd_step_seconds_album": pgd_s, "lora_step_seconds": lora_s,
-        "prior_seconds": stats.prior_seconds, "step_downs": stats.step_downs,
-        "reference_pgd_step_seconds_album": ref_s, "reference_pgd_steps": ref,
-        "pgd_ratio_vs_reference": pgd_s / ref_s,
-        "dual_loss_flops_per_view": flops, "achieved_tflops": achieved,
-        "bf16_peak_tflops": peak,
-        "peak_vram_bytes": peak_vram, "peak_rss_bytes": peak_rss,
+        "threads": torch.get_num_threads(), "photos": args.photos, "preset": args.preset,
+        "command": " ".join(argv if argv is not None else sys.argv[1:]),
         "targets": {"total_seconds": 20.0, "peak_vram_bytes": 8 * 10**9,
                     "pgd_ratio_vs_reference": 0.8,
-                    "apply_to": "cuda, 512 px, 4 photos, medium, both layers"},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"gpu_check_{dev.type}_{args.size}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    gib = 2**30
+                    "apply_to": "cuda, 512 px, 4 photos, medium, both layers"}})
+    results.write()  # the file exists from the start, whatever happens next
+    fail = args.fail_stage
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
+        tmp = Path(tmp_name)
+        models = args.model_dir or tmp
+        photo_paths = face_photos(tmp / "album", args.photos, max(args.size, 256))
+        from dladiff_app.core.imageio import load_image
 
-    def fmt(v: float | None, spec: str) -> str:
-        return "n/a" if v is None else format(v, spec)
+        photos = [torch.from_numpy(load_image(p).pixels).permute(2, 0, 1).contiguous()
+                  for p in photo_paths]
 
-    on_target = cuda and args.size == 512 and args.photos == 4 and args.preset == "medium"
-    lines = [
-        f"# GPU check: {args.preset}, both layers, {args.photos} photos, {args.size} px, "
-        f"{info.name}",
-        "",
-        f"Command: `bash benchmarks/gpu_check.sh --device {args.device} --size {args.size}`; "
-        f"{report['model']}; {report['precision']}; {report['threads']} torch thread(s), "
-        f"load average {report['load_average']:.1f} at the end. Layer-1 views: "
-        f"{stats.attacker_views}; the reference loop does the same {views} view(s) per photo "
-        "with two fp32 UNets and every loss computed from scratch.",
-        "",
-        "| measure | ours | plain reference | target (CUDA, 512 px) |",
-        "|---|---|---|---|",
-        f"| whole job (s) | {total_s:.1f} | | <= 20 |",
-        f"| PGD step, album of {args.photos} (s) | {pgd_s:.3f} | {ref_s:.3f} | |",
-        f"| PGD step ratio ours / reference | {pgd_s / ref_s:.2f} | 1 | <= 0.8 |",
-        f"| LoRA step (s) | {fmt(lora_s, '.3f')} | | |",
-        f"| prior surrogate, all steps (s) | {stats.prior_seconds:.1f} | | |",
-        f"| peak VRAM (GiB) | {fmt(peak_vram / gib if peak_vram else None, '.2f')} | | <= 7.45 (8 GB) |",
-        f"| peak RSS (GiB) | {peak_rss / gib:.2f} | | |",
-        f"| achieved TFLOPS (PGD) | {fmt(achieved, '.3g')} | | |",
-        f"| card's dense bf16 peak (TFLOPS) | {fmt(peak, '.0f')} | | |",
-        "",
-        f"Photos done {summary.done}/{args.photos}, layers {report['layers_done']}"
-        + (f", failures: {failed}" if failed else "")
-        + (f"; step-downs: {stats.step_downs}" if stats.step_downs else "") + ".",
-        "" if on_target else "Not the target configuration: the targets above are not "
-        "judged by this run.",
-    ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written: {stem}.json, {stem}.md")
-    return 0 if summary.done == args.photos else 1
+        def sd_folder(tiny: bool) -> Path:
+            folder = models / ("tiny_sd" if tiny else "sd15_random")
+            if not (folder / "model_index.json").is_file():
+                if tiny:
+                    from tests.fixtures.tiny_sd import build_tiny_sd
+
+                    build_tiny_sd(folder)
+                else:
+                    build_sd15_random(folder)
+            return folder
+
+        def device_facts() -> dict[str, Any]:
+            import onnxruntime
+
+            from dladiff_app.engine.shield.memory_plan import free_bytes, plan_layer1
+
+            facts: dict[str, Any] = {"kind": info.kind, "autocast": str(info.autocast_dtype),
+                                     "memory_gib": (info.memory_bytes or 0) / GIB,
+                                     "torch": torch.__version__,
+                                     "onnxruntime_providers": onnxruntime.get_available_providers()}
+            if dev.type == "cuda":
+                facts["capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
+                facts["native_bf16"] = info.autocast_dtype == torch.bfloat16
+                facts["emulated_bf16_reported"] = bool(torch.cuda.is_bf16_supported())
+            free = free_bytes(dev)
+            facts["free_gib"] = None if free is None else free / GIB
+            # Nothing is loaded yet: the plan sees the memory left after SD 1.5's UNet + VAE
+            # in half precision (1.76 GiB) and the context's share (layer1_memory.md).
+            facts["plan"] = plan_layer1(None if free is None else free - 2 * GIB,
+                                        photos=args.photos, views_per_photo=2, size=args.size,
+                                        element_bytes=2 if info.autocast_dtype else 4
+                                        ).describe()
+            return facts
+
+        def layer2_on_device() -> dict[str, Any]:
+            from dladiff_app.engine.device import to_device
+            from dladiff_app.engine.faces.dlib_detect import DlibDetector
+            from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+            from dladiff_app.engine.faces.registry import place
+            from dladiff_app.engine.shield.layer2 import protect_faces
+
+            pixels = photos[0].permute(1, 2, 0).numpy()
+            faces = DlibDetector().detect(pixels)
+            enc = place(DlibEncoder.load(), dev, info.autocast_dtype)
+            steps = 20
+            settings = preset(args.preset)
+            image = to_device(photos[0][None], dev)
+            started = time.perf_counter()
+            res = protect_faces(image, None, faces, [enc], settings, steps=steps)
+            changed = float((res.protected - image).abs().max()) * 255
+            return {"faces": len(faces), "steps": res.steps_done,
+                    "step_s": (time.perf_counter() - started) / steps,
+                    "changed": f"max {changed:.0f}/255", "on": str(res.protected.device),
+                    "similarity": res.final_similarity}
+
+        def album_job() -> dict[str, Any]:
+            from dladiff_app.core.events import Event, PhotoDone, PhotoFailed
+            from dladiff_app.core.jobs import ProtectJob
+            from dladiff_app.engine.faces.dlib_detect import DlibDetector
+            from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
+            from dladiff_app.engine.kit import build_kit
+            from dladiff_app.engine.runner import run_job
+
+            settings = preset(args.preset).with_overrides(layers=Layers.BOTH)
+            kit = build_kit(settings, device=args.device, pipeline_dir=sd_folder(tiny_only),
+                            detector=DlibDetector(), encoders=[DlibEncoder.load()],
+                            working_size=args.size, cache_dir=tmp / "prior_cache",
+                            micro_batch=min(args.photos, 4) if tiny_only else None)
+            events: list[Event] = []
+            job = ProtectJob(inputs=(tmp / "album",), output_dir=tmp / "out", settings=settings)
+            started = time.perf_counter()
+            summary = run_job(job, kit, events.append)
+            total = time.perf_counter() - started
+            session = getattr(kit.layer1, "__self__", None)
+            st = getattr(session, "last_stats", None)
+            failed = [e.reason for e in events if isinstance(e, PhotoFailed)]
+            if summary.done != args.photos:
+                raise RuntimeError(f"{summary.done}/{args.photos} photos done: {failed}")
+            done = [e.result for e in events if isinstance(e, PhotoDone)]
+            return {"done": summary.done, "total_s": total,
+                    "layers_done": sorted({"+".join(r.layers_done) for r in done}),
+                    "plan": getattr(st, "memory_plan", None),
+                    "pgd_step_s": st.pgd_seconds / max(1, settings.layer1_total_pgd)
+                    if st else None}
+
+        def peak_memory() -> dict[str, Any]:
+            from dladiff_app.engine.shield.memory_plan import activation_bytes
+
+            full = results.stages.get("layer1_full") or results.stages.get("layer1_tiny") or {}
+            job = results.stages.get("album", {})
+            measured = max((r.get("peak_vram_bytes") or 0) for r in results.stages.values())
+            views = 2 * int(full.get("micro_batch") or 1)
+            planned = activation_bytes(views, args.size, 2 if info.autocast_dtype else 4,
+                                       checkpointing=bool(full.get("checkpointing")))
+            return {"planned_peak_gib": planned / GIB,
+                    "measured_peak_gib": measured / GIB if measured else None,
+                    "album_peak_vram_bytes": job.get("peak_vram_bytes"),
+                    "within_8gb": bool(measured and measured <= 8 * 10**9)
+                    if dev.type == "cuda" else None}
+
+        stages: dict[str, Callable[[], dict[str, Any]]] = {
+            "device": device_facts,
+            "layer1_tiny": lambda: layer1_stage(sd_folder(True), photos, info, 64,
+                                                args.reference_steps, min(2, args.photos)),
+            "layer1_full": lambda: layer1_stage(sd_folder(False), photos, info, args.size,
+                                                args.reference_steps, args.photos),
+            "layer2": layer2_on_device,
+            "album": album_job,
+            "peak_memory": peak_memory,
+        }
+        for name in STAGES:
+            if name not in wanted:
+                continue
+            if name == "layer1_full" and tiny_only:
+                results.skip(name, f"--size {args.size} is below 256: the tiny SD stands in")
+                continue
+            results.run(name, stages[name], dev, fail)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    print(f"written: {results.stem}.json, {results.stem}.md")
+    return 0 if results.passed else 1
 
 
 if __name__ == "__main__":

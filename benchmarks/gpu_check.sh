@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU readiness check (see benchmarks/gpu_check.py): Medium, both layers, 4 photos, 512 px on
-# the full-size SD 1.5 architecture with random weights; results in benchmarks/results/.
-#   bash benchmarks/gpu_check.sh                          # on a CUDA machine (<= 8 min)
+# GPU readiness check in stages (see benchmarks/gpu_check.py): device facts, layer 1 on the tiny
+# and the full-size SD 1.5 architecture (random weights) beside a plain reference loop, layer 2
+# on the device, a Medium album job (both layers, 4 photos, 512 px), peak memory. Each stage is
+# written to the results file (--out, default benchmarks/results/) as it finishes, failed or not.
+#   bash benchmarks/gpu_check.sh                          # on a CUDA machine (<= 10 min)
 #   bash benchmarks/gpu_check.sh --device cpu --size 64   # what CI runs (tiny SD, ~1-2 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,11 @@ request from the settings or the command line wins over the variable). Precision
 the frozen base models run under bf16 autocast where the GPU supports it, else fp16 autocast;
 perturbations and LoRA weights always stay fp32 (their small updates vanish in half precision).
 MPS and CPU run fp32.
+
+"Supports bf16" means natively: compute capability 8.0 or newer (Ampere, Ada, Hopper...).
+``torch.cuda.is_bf16_supported()`` also answers True on T4, V100 and RTX 20xx, which only
+emulate bf16 (several times slower than their fp16 tensor cores), so it is not asked; those
+cards take fp16 with loss scaling (``shield.precision``).
 """
 
 from __future__ import annotations
@@ -63,12 +68,48 @@ def _cpu_info(reason: str) -> DeviceInfo:
     return DeviceInfo("cpu", "cpu", f"CPU {cpu} ({threads} thread{'s' if threads != 1 else ''})", memory, None, reason)
 
 
+def native_bf16(index: int = 0) -> bool:
+    """Whether CUDA device ``index`` computes bf16 in hardware (compute capability >= 8.0)."""
+    return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
+
+
+def cuda_autocast_dtype(index: int = 0) -> torch.dtype:
+    """bf16 on cards with native bf16, else fp16 (which then needs loss scaling)."""
+    return torch.bfloat16 if native_bf16(index) else torch.float16
+
+
+def autocast_dtype_for(device: torch.device | str) -> torch.dtype | None:
+    """The frozen bases' half dtype on ``device`` (CUDA only), None for fp32 (MPS, CPU)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    return cuda_autocast_dtype(dev.index if dev.index is not None else 0)
+
+
+def accumulate_dtype(device: torch.device | str) -> torch.dtype:
+    """dtype for the few scalars and sample positions computed more precisely than fp32:
+    float64 on the CPU (the CPU results stay bit-identical to the references they were checked
+    against), float32 on an accelerator (MPS has no float64; consumer CUDA cards run it at
+    1/32-1/64 of fp32's rate)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host ``tensor`` on ``device``: through pinned memory without blocking for CUDA (the
+    copy overlaps the host's next work; the stream orders it before any use), a plain copy for
+    MPS, unchanged for the CPU."""
+    dev = torch.device(device)
+    if dev.type == "cpu" or tensor.device == dev:
+        return tensor
+    if dev.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(dev, non_blocking=True)
+    return tensor.to(dev)
+
+
 def _cuda_info(index: int, reason: str) -> DeviceInfo:
     props = torch.cuda.get_device_properties(index)
-    with torch.cuda.device(index):
-        bf16 = torch.cuda.is_bf16_supported()
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    return DeviceInfo("cuda", f"cuda:{index}", props.name, int(props.total_memory), dtype, reason)
+    return DeviceInfo("cuda", f"cuda:{index}", props.name, int(props.total_memory),
+                      cuda_autocast_dtype(index), reason)
 
 
 def _mps_available() -> bool:

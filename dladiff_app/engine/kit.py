@@ -84,7 +84,11 @@ def _with_dlib_shapes(image: np.ndarray, faces: list[Face],
             for f in faces]
 
 
-def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings) -> Any:
+def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings,
+               device: str) -> Any:
+    """Layer 2 on ``device`` (where the encoders are): the runner's CPU photos cross once
+    each way per photo."""
+    from dladiff_app.engine.device import to_device
     from dladiff_app.engine.runner import Layer2Output
     from dladiff_app.engine.shield.layer2 import protect_faces
 
@@ -92,12 +96,13 @@ def _layer2_fn(encoders: Sequence[IdentityEncoder], settings: ProtectionSettings
             step: StepFn) -> Layer2Output:
         pixels = clean[0].permute(1, 2, 0).numpy()
         faces = _with_dlib_shapes(pixels, faces, encoders)
-        res = protect_faces(clean, start, faces, list(encoders), settings, cancel=cancel,
+        res = protect_faces(to_device(clean, device), to_device(start, device), faces,
+                            list(encoders), settings, cancel=cancel,
                             progress=lambda i, n: step("layer2", i, n),
                             generator_seed=settings.seed)
         sims = "; ".join(", ".join(f"{k} {v:.3f}" for k, v in face.items())
                          for face in res.final_similarity)
-        return Layer2Output(res.protected, res.steps_done, tuple(res.warnings),
+        return Layer2Output(res.protected.cpu(), res.steps_done, tuple(res.warnings),
                             f"{len(faces)} face(s), {res.steps_done} steps; identity after: {sims}")
     return run
 
@@ -125,7 +130,9 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
     ``micro_batch``: layer 1's photos per pass (None: its default for the device).
 
     Models not given explicitly are looked up in ``store`` (default: the user's store, with the
-    local copies saved in the settings). The polish runs when both layers can run and
+    local copies saved in the settings). Every encoder, given or looked up, is placed on the
+    run's device (``registry.place``), so layer 2, the polish and the scores run there; the
+    detector runs there where its runtime can. The polish runs when both layers can run and
     ``settings.polish_steps > 0``."""
     from dladiff_app.engine.device import resolve_device
     from dladiff_app.engine.face_results import make_face_scorer
@@ -136,12 +143,15 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
 
         check_pipeline_folder(pipeline_dir)  # a folder named by the user: say now if it is broken
     info = resolve_device(device)
-    if detector is None or encoders is None:
-        from dladiff_app.engine.faces import registry
+    from dladiff_app.engine.faces import registry
 
+    if detector is None or encoders is None:
         store = store if store is not None else _default_store()
-        detector = detector if detector is not None else registry.available_detector(store)
-        encoders = encoders if encoders is not None else registry.available_encoders(store)
+        detector = detector if detector is not None else registry.available_detector(
+            store, device=info.torch_device)
+        encoders = encoders if encoders is not None else registry.available_encoders(
+            store, device=info.torch_device, half=info.autocast_dtype)
+    encoders = [registry.place(e, info.torch_device, info.autocast_dtype) for e in encoders]
     layer1_missing = ""
     if pipeline_dir is None and settings.layers.finetune:
         try:
@@ -182,7 +192,7 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         score_faces=make_face_scorer(detector, encoders),
         layer1=session.protect_album if session is not None else None,
         layer1_missing=layer1_missing,
-        layer2=_layer2_fn(encoders, settings) if encoders else None,
+        layer2=_layer2_fn(encoders, settings, info.torch_device) if encoders else None,
         layer2_missing=layer2_missing,
         notices=notices,
         polish=(session.polish(encoders, settings,

@@ -192,6 +192,7 @@ def test_phase_hooks_see_the_variables_and_the_losses_read_once() -> None:
     assert torch.equal(at_end, torch.full((2,), 0.5))
 
 
+@pytest.mark.gpu_readiness
 def test_steps_run_on_the_meta_device() -> None:
     """A meta tensor has no values: any read-back in a step would raise."""
     x = torch.zeros(1, 3, 4, 4, device="meta")
@@ -203,6 +204,7 @@ def test_steps_run_on_the_meta_device() -> None:
     assert driver.done == 4 and driver.xs[0].device.type == "meta"
 
 
+@pytest.mark.gpu_readiness
 def test_no_value_is_read_back_during_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("host read-back inside a step")

@@ -131,6 +131,7 @@ def test_dequantize_linear_matches_the_onnx_reference(kind: str) -> None:
     assert np.abs(got - expected).max() < 1e-6
 
 
+@pytest.mark.gpu_readiness
 def test_folded_modules_run_on_another_device(tiny_arcface_onnx: Path,
                                               sface: SFaceEncoder) -> None:
     """No tensor is made on the host at forward time: the converted graphs run on the meta

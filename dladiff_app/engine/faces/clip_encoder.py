@@ -57,6 +57,7 @@ class ClipImageEncoder(nn.Module):
     """
 
     metric = "cosine"
+    runs_in_half = True  # embed() casts the pixels to the weights' dtype and back
     mean: torch.Tensor
     std: torch.Tensor
 

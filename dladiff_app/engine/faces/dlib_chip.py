@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dladiff_app.engine.device import accumulate_dtype
+
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 
@@ -203,7 +205,8 @@ def pyramid_down2(img: torch.Tensor) -> torch.Tensor:
 
 def _bilinear_dlib(src: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """dlib's ``interpolate_bilinear`` + truncation to 8 bits: ``src`` (1, C, H, W) float32,
-    ``x``/``y`` float64 sample positions of any shape S (pixel centres at integers). Returns
+    ``x``/``y`` sample positions of any shape S (pixel centres at integers), float64 on the
+    CPU and float32 on an accelerator (``device.accumulate_dtype``). Returns
     (1, C, *S) float32; a sample whose 2x2 neighbourhood leaves ``src`` is 0 (black)."""
     _, c, h, w = src.shape
     left = torch.floor(x)
@@ -218,7 +221,8 @@ def _bilinear_dlib(src: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch
 
     def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
         picked = flat[:, (yy * w + xx).reshape(-1)].reshape(c, *x.shape)
-        return picked.to(torch.float64)  # dlib interpolates in double before truncating
+        # dlib interpolates in double before truncating (float32 on an accelerator).
+        return picked.to(x.dtype)
 
     tl, tr = at(ti, li), at(ti, li + 1)
     bl, br = at(ti + 1, li), at(ti + 1, li + 1)
@@ -278,8 +282,9 @@ def extract_chip(image: torch.Tensor, details: ChipDetails) -> torch.Tensor:
     # Affine map chip (0,0), (cols-1,0), (0,rows-1) -> rotated tl, tr, bl of the level rect.
     tl, tr, bl_, _ = local.rotated_corners(details.angle)
     dev = image.device
-    cols = torch.arange(details.cols, dtype=torch.float64, device=dev)
-    rows = torch.arange(details.rows, dtype=torch.float64, device=dev)
+    wide = accumulate_dtype(dev)
+    cols = torch.arange(details.cols, dtype=wide, device=dev)
+    rows = torch.arange(details.rows, dtype=wide, device=dev)
     yy, xx = torch.meshgrid(rows, cols, indexing="ij")
     ex = (tr - tl) / max(details.cols - 1, 1)
     ey = (bl_ - tl) / max(details.rows - 1, 1)

@@ -1,5 +1,9 @@
 """Which face detector and identity encoders this machine can run, built from what is present.
 
+Every encoder is built on the run's device (``device``) in the dtype :func:`encoder_dtype` gives
+it; the detector runs on that device where its runtime can (SCRFD through onnxruntime's CUDA
+provider; dlib's HOG detector is CPU-only by nature and stays there).
+
 Model locations come from the model store (``engine.models.store.ModelStore``: downloads and
 the user's local copies) or from any object with the same ``path(model_id) -> Path`` method
 raising ``ModelMissingError``. Nothing here downloads: an absent model is reported with the
@@ -12,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+import torch
 
 from dladiff_app.core.errors import DladiffError, ModelMissingError
 from dladiff_app.engine.faces.types import FaceDetector, IdentityEncoder
@@ -90,8 +96,34 @@ def _clip_folder(folder: Path) -> Path:
     return sub if (sub / "config.json").is_file() else folder
 
 
-def load_encoder(name: str, store: ModelPaths | None = None) -> IdentityEncoder:
-    """Build the encoder ``name`` (see :data:`ENCODERS`); raises ``ModelMissingError``."""
+def encoder_dtype(encoder: object, half: torch.dtype | None) -> torch.dtype:
+    """The weight dtype of ``encoder`` on a device whose bases run in ``half`` (None: fp32).
+    The face recognizers stay fp32: their same-person lines were measured in fp32 and they are
+    small (10-90 MB), so the warps, not their weights, cost the time. Encoders that say
+    ``runs_in_half`` (CLIP's 0.3-0.6 B parameter towers, which cast their own input) take
+    ``half``."""
+    return half if half is not None and getattr(encoder, "runs_in_half", False) \
+        else torch.float32
+
+
+def place(encoder: IdentityEncoder, device: torch.device | str,
+          half: torch.dtype | None = None) -> IdentityEncoder:
+    """``encoder`` with its weights moved to ``device`` in :func:`encoder_dtype`'s dtype (an
+    encoder that is no ``nn.Module``, a test's fake, is returned as it is)."""
+    if isinstance(encoder, torch.nn.Module):
+        encoder.to(device=torch.device(device), dtype=encoder_dtype(encoder, half))
+    return encoder
+
+
+def load_encoder(name: str, store: ModelPaths | None = None, *,
+                 device: torch.device | str = "cpu",
+                 half: torch.dtype | None = None) -> IdentityEncoder:
+    """Build the encoder ``name`` (see :data:`ENCODERS`) on ``device``, in
+    :func:`encoder_dtype`'s dtype for ``half``; raises ``ModelMissingError``."""
+    return place(_build_encoder(name, store), device, half)
+
+
+def _build_encoder(name: str, store: ModelPaths | None) -> IdentityEncoder:
     key = canonical_name(name)
     if key == "dlib":
         from dladiff_app.engine.faces.dlib_resnet import DlibEncoder
@@ -196,9 +228,10 @@ def encoder_statuses(store: ModelPaths | None = None) -> list[EncoderStatus]:
 
 
 def available_encoders(
-    store: ModelPaths | None = None, names: Sequence[str] | None = None
+    store: ModelPaths | None = None, names: Sequence[str] | None = None, *,
+    device: torch.device | str = "cpu", half: torch.dtype | None = None,
 ) -> list[IdentityEncoder]:
-    """The identity encoders to use.
+    """The identity encoders to use, built on ``device`` (see :func:`load_encoder`).
 
     ``names`` None: every encoder present on this machine (absent ones are skipped; see
     :func:`encoder_statuses` for why). Named encoders (or paths of ONNX recognizers) must all
@@ -207,7 +240,8 @@ def available_encoders(
     """
     if names:
         return [
-            encoder_from_path(n) if Path(n).suffix.lower() == ".onnx" else load_encoder(n, store)
+            place(encoder_from_path(n), device, half) if Path(n).suffix.lower() == ".onnx"
+            else load_encoder(n, store, device=device, half=half)
             for n in names
         ]
     store = store if store is not None else default_store()
@@ -218,7 +252,7 @@ def available_encoders(
             reasons.append(f"{status.name}: {status.reason}")
             continue
         try:
-            encoders.append(load_encoder(status.name, store))
+            encoders.append(load_encoder(status.name, store, device=device, half=half))
         except DladiffError as exc:
             reasons.append(f"{status.name}: {exc}")
     if not encoders:
@@ -238,8 +272,10 @@ def encoder_from_path(path: Path | str) -> IdentityEncoder:
     return ArcFaceEncoder(path)
 
 
-def available_detector(store: ModelPaths | None = None) -> FaceDetector:
-    """SCRFD (buffalo_l's ``det_10g.onnx``) when present, else the offline dlib detector."""
+def available_detector(store: ModelPaths | None = None,
+                       device: torch.device | str = "cpu") -> FaceDetector:
+    """SCRFD (buffalo_l's ``det_10g.onnx``) when present, on ``device`` where onnxruntime has
+    a provider for it; else the offline dlib detector (HOG: CPU only, whatever ``device``)."""
     store = store if store is not None else default_store()
     try:
         det_path = _find_file(store.path("buffalo_l"), DETECTOR_FILE, "buffalo_l")
@@ -251,4 +287,4 @@ def available_detector(store: ModelPaths | None = None) -> FaceDetector:
         return DlibDetector()
     from dladiff_app.engine.faces.scrfd import ScrfdDetector
 
-    return ScrfdDetector(det_path)
+    return ScrfdDetector(det_path, device=str(device))

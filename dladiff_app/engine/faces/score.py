@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from dladiff_app.core.results import IdentityScore
-from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder
+from dladiff_app.engine.device import to_device
+from dladiff_app.engine.faces.types import Face, FaceDetector, IdentityEncoder, encoder_device
 
 MIN_IOU = 0.3  # below this two boxes are not the same face position
 
@@ -113,11 +114,16 @@ def score_pair(
     clean: np.ndarray, clean_face: Face, other: np.ndarray, other_face: Face,
     encoders: Sequence[IdentityEncoder],
 ) -> tuple[IdentityScore, ...]:
-    """One :class:`IdentityScore` per encoder for two located faces (no gradient)."""
-    ct, ot = to_tensor(clean), to_tensor(other)
+    """One :class:`IdentityScore` per encoder for two located faces (no gradient), each on
+    its encoder's device (the photos cross to it once per device, pinned, without blocking)."""
+    on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
     scores = []
     with torch.no_grad():
         for enc in encoders:
+            dev = encoder_device(enc)
+            if dev not in on:
+                on[dev] = (to_device(to_tensor(clean), dev), to_device(to_tensor(other), dev))
+            ct, ot = on[dev]
             a = enc.embed(ct, _prepare_face(enc, clean, clean_face))
             b = enc.embed(ot, _prepare_face(enc, other, other_face))
             value = float(similarity(enc, a, b))

@@ -65,3 +65,15 @@ class IdentityEncoder(Protocol):
         differentiable with respect to ``image``. ``flip``: embed the mirror image of the
         aligned face (what recognizers that average a face with its mirror see)."""
         ...
+
+
+def encoder_device(encoder: object) -> torch.device:
+    """The device an encoder's weights live on (its first parameter or buffer); the CPU for
+    an encoder without weights (a test's fake). Images go there before ``embed``."""
+    for getter in ("parameters", "buffers"):
+        tensors = getattr(encoder, getter, None)
+        if callable(tensors):
+            first = next(iter(tensors()), None)
+            if isinstance(first, torch.Tensor):
+                return first.device
+    return torch.device("cpu")

@@ -20,7 +20,8 @@ shape, dtype and device.
 
 Bit-for-bit choices (the refactor kept every CPU result identical): the momentum update is one
 fused ``addcmul`` with the factor rounded to float32 from a float64 ratio, exactly what the
-former ``add_(grad, alpha=python_float)`` computed.
+former ``add_(grad, alpha=python_float)`` computed. float64 only on the CPU: an accelerator
+takes the ratio in float32 (``device.accumulate_dtype``; MPS has no float64).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Protocol
 
 import torch
 
+from dladiff_app.engine.device import accumulate_dtype
 from dladiff_app.engine.shield.pgd import ball_bounds, grid_bounds
 
 
@@ -226,7 +228,8 @@ class Driver:
         with torch.no_grad():
             if self.momentum is not None:
                 # MI-FGSM: L1-normalised gradients accumulate, the sign of the sum steps.
-                l1 = torch.linalg.vector_norm(direction, ord=1).double() / direction.numel()
+                wide = accumulate_dtype(direction.device)
+                l1 = torch.linalg.vector_norm(direction, ord=1).to(wide) / direction.numel()
                 factor = (1.0 / torch.clamp(l1, min=1e-20)).to(direction.dtype)
                 direction = torch.addcmul(self.velocity[i].mul_(self.momentum), direction,
                                           factor)

@@ -14,12 +14,20 @@ prompt draw (``surrogate.NoiseDraw``) shared by every pass it makes:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from dladiff_app.engine.shield import surrogate as sg
 from dladiff_app.engine.shield.attention import AttentionStore, attention_distance
 
 DYN, PRIOR = "dyn", "prior"
+
+# The losses here split at the latents: one VAE encode of the perturbed images, then one or
+# more terms, each a function of those latents (N, 4, S/8, S/8) to a 0-d fp32 tensor that
+# switches to its adapter first. Taken apart so each term can be differentiated on its own
+# (``memory_plan.split_gradient``): only one UNet graph is alive at a time.
+LatentTerm = Callable[[torch.Tensor], torch.Tensor]
 
 
 def dual_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw,
@@ -30,19 +38,13 @@ def dual_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw,
     ``draw``: N noise/timestep/prompt draws; ``weights``: (w_dyn, w_prior). Returns the mean
     over the N images as a 0-d fp32 tensor, differentiable with respect to ``work`` through the
     VAE. Leaves the ``"prior"`` adapter active."""
-    w_dyn, w_prior = weights
     latents = sg.encode(sur, work, draw)
-    sg.use_adapter(sur, DYN)
-    loss = w_dyn * sg.unet_loss(sur, latents, draw)
-    sg.use_adapter(sur, PRIOR)
-    return loss + w_prior * sg.unet_loss(sur, latents, draw)
+    return total_loss(dual_terms(sur, draw, weights), latents)
 
 
 def denoise_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw) -> torch.Tensor:
     """S_dyn's denoising loss on ``work`` (as :func:`dual_loss`'s images), 0-d fp32 mean."""
-    latents = sg.encode(sur, work, draw)
-    sg.use_adapter(sur, DYN)
-    return sg.unet_loss(sur, latents, draw)
+    return total_loss(denoise_terms(sur, draw), sg.encode(sur, work, draw))
 
 
 def attention_loss(sur: sg.Surrogate, work: torch.Tensor, clean: torch.Tensor,
@@ -54,11 +56,52 @@ def attention_loss(sur: sg.Surrogate, work: torch.Tensor, clean: torch.Tensor,
     checkpointing recomputes the layers then. Returns the mean over the N images of
     :func:`attention.attention_distance` as a 0-d fp32 tensor, differentiable with respect to
     ``work`` only (the reference pass runs without gradient)."""
+    terms = attention_terms(sur, clean, draw, store)
+    return total_loss(terms, sg.encode(sur, work, draw))
+
+
+def total_loss(terms: Sequence[LatentTerm], latents: torch.Tensor) -> torch.Tensor:
+    """The sum of ``terms`` at ``latents``, one graph (see :data:`LatentTerm`)."""
+    total = terms[0](latents)
+    for term in terms[1:]:
+        total = total + term(latents)
+    return total
+
+
+def dual_terms(sur: sg.Surrogate, draw: sg.NoiseDraw, weights: tuple[float, float]
+               ) -> tuple[LatentTerm, ...]:
+    """The two weighted terms of the dual loss: ``w_dyn * L(S_dyn)`` and
+    ``w_prior * L(S_prior)``."""
+    w_dyn, w_prior = weights
+    return _adapter_term(sur, DYN, w_dyn, draw), _adapter_term(sur, PRIOR, w_prior, draw)
+
+
+def denoise_terms(sur: sg.Surrogate, draw: sg.NoiseDraw) -> tuple[LatentTerm, ...]:
+    """S_dyn's denoising loss, one term."""
+    return (_adapter_term(sur, DYN, 1.0, draw),)
+
+
+def _adapter_term(sur: sg.Surrogate, name: str, weight: float, draw: sg.NoiseDraw
+                  ) -> LatentTerm:
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        sg.use_adapter(sur, name)
+        return weight * sg.unet_loss(sur, latents, draw)
+    return loss
+
+
+def attention_terms(sur: sg.Surrogate, clean: torch.Tensor, draw: sg.NoiseDraw,
+                    store: AttentionStore) -> tuple[LatentTerm, ...]:
+    """``L_att`` as one term of the perturbed images' latents (see :func:`attention_loss`):
+    the static surrogate's reference pass on ``clean`` runs here, at once and without
+    gradient; the term runs the dynamic surrogate's pass and compares the maps."""
     store.clear()
     with torch.no_grad():
         sg.use_adapter(sur, PRIOR)
         sg.predict(sur, sg.encode(sur, clean, draw), draw)
         reference = store.take()
-    sg.use_adapter(sur, DYN)
-    sg.predict(sur, sg.encode(sur, work, draw), draw)
-    return attention_distance(reference, store.take()).mean()
+
+    def loss(latents: torch.Tensor) -> torch.Tensor:
+        sg.use_adapter(sur, DYN)
+        sg.predict(sur, latents, draw)
+        return attention_distance(reference, store.take()).mean()
+    return (loss,)

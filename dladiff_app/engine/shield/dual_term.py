@@ -30,27 +30,37 @@ from dladiff_app.engine.shield.attention import (
     AttentionStore,
     capturing,
 )
-from dladiff_app.engine.shield.dual import attention_loss, denoise_loss, dual_loss
+from dladiff_app.engine.shield.dual import (
+    LatentTerm,
+    attention_terms,
+    denoise_terms,
+    dual_terms,
+    total_loss,
+)
 from dladiff_app.engine.shield.memory import StepDown
+from dladiff_app.engine.shield.memory_plan import split_gradient
 from dladiff_app.engine.shield.pgd import quantise_ste
 from dladiff_app.engine.shield.precision import PixelLossScale
 from dladiff_app.engine.shield.resize import to_working
 from dladiff_app.engine.shield.views import CENTRE_ONLY, View, ViewPolicy, to_view
 
-# (perturbed working-size images, their clean counterparts or None, draw) -> 0-d mean loss
-AlbumLoss = Callable[[torch.Tensor, "torch.Tensor | None", sg.NoiseDraw], torch.Tensor]
+# (the clean counterparts of a batch's working-size images or None, draw) -> the loss's terms
+# as functions of the perturbed images' latents (``shield.dual``)
+AlbumTerms = Callable[["torch.Tensor | None", sg.NoiseDraw], Sequence[LatentTerm]]
 
 
 class SurrogateTerm:
-    """``name``: the term's name in a schedule. ``loss``: the per-batch loss. ``album``: the
-    micro-batching and step-down state (its ``size`` is the working size now). ``noise``:
-    draws the noise and timesteps, ``view_gen`` the views and prompts (CPU generators).
-    ``clean``: the clean photos, when ``loss`` needs them. ``quantise``: see each photo through
-    the 8-bit file it will be written as (straight-through rounding; the polish).
+    """``name``: the term's name in a schedule. ``terms``: the per-batch loss, split at the
+    latents (each part differentiated on its own when the album's plan says
+    ``split_backward``). ``album``: the micro-batching and step-down state (its ``size`` is the
+    working size now). ``noise``: draws the noise and timesteps, ``view_gen`` the views and
+    prompts (CPU generators). ``clean``: the clean photos, when ``terms`` needs them.
+    ``quantise``: see each photo through the 8-bit file it will be written as
+    (straight-through rounding; the polish).
     ``around``: a context every step's forward and backward passes run inside (the attention
     capture)."""
 
-    def __init__(self, sur: sg.Surrogate, album: StepDown, loss: AlbumLoss,
+    def __init__(self, sur: sg.Surrogate, album: StepDown, terms: AlbumTerms,
                  pixel_scale: PixelLossScale, noise: torch.Generator, *, name: str,
                  clean: Sequence[torch.Tensor] | None = None,
                  policy: ViewPolicy = CENTRE_ONLY, view_gen: torch.Generator | None = None,
@@ -58,7 +68,7 @@ class SurrogateTerm:
                  around: Callable[[], AbstractContextManager[object]] | None = None) -> None:
         if policy != CENTRE_ONLY and view_gen is None:
             raise ValueError("random attacker views need a generator")
-        self.name, self.loss, self.clean = name, loss, clean
+        self.name, self.terms, self.clean = name, terms, clean
         self.around = around or nullcontext
         self.sur, self.album = sur, album
         self.pixel_scale, self.noise, self.view_gen = pixel_scale, noise, view_gen
@@ -106,9 +116,16 @@ class SurrogateTerm:
             draw = sg.NoiseDraw.draw(sur, rows, album.size, self.noise, prompts=None
                                      if prompts is None else torch.cat([prompts[i] for i in idx]))
             # Mean over the chunk's views = mean over its photos (each has as many views).
-            loss = self.loss(crops, clean, draw)
-            for i, g in zip(idx, self.pixel_scale.grad(loss * (len(idx) / n), leaves),
-                            strict=True):
+            # The reference passes (if any) before the encode: the VAE's graph is not alive
+            # during them.
+            terms = self.terms(clean, draw)
+            head, factor = sg.encode(sur, crops, draw), len(idx) / n
+            if album.split_backward:  # one UNet graph alive at a time (memory_plan)
+                step_grads, loss = split_gradient(head, terms, leaves, self.pixel_scale, factor)
+            else:
+                loss = total_loss(terms, head)
+                step_grads = self.pixel_scale.grad(loss * factor, leaves)
+            for i, g in zip(idx, step_grads, strict=True):
                 grads[i] = g.detach().to(xs[i].device)
             loss_sum = loss_sum + loss.detach() * len(idx)
         return grads, loss_sum / n
@@ -119,7 +136,7 @@ def dual_term(sur: sg.Surrogate, album: StepDown, weights: tuple[float, float],
               policy: ViewPolicy = CENTRE_ONLY, view_gen: torch.Generator | None = None,
               quantise: bool = False) -> SurrogateTerm:
     """The dual denoising loss ``w_dyn * L(S_dyn) + w_prior * L(S_prior)`` as a term."""
-    return SurrogateTerm(sur, album, lambda w, _c, d: dual_loss(sur, w, d, weights),
+    return SurrogateTerm(sur, album, lambda _c, d: dual_terms(sur, d, weights),
                          pixel_scale, noise, name=name, policy=policy, view_gen=view_gen,
                          quantise=quantise)
 
@@ -133,10 +150,10 @@ def attention_term(sur: sg.Surrogate, album: StepDown, clean: Sequence[torch.Ten
     ``choice``) as a term."""
     store = AttentionStore()
 
-    def loss(work: torch.Tensor, ref: torch.Tensor | None, draw: sg.NoiseDraw) -> torch.Tensor:
+    def terms(ref: torch.Tensor | None, draw: sg.NoiseDraw) -> Sequence[LatentTerm]:
         assert ref is not None
-        return attention_loss(sur, work, ref, draw, store)
-    return SurrogateTerm(sur, album, loss, pixel_scale, noise, name=name, clean=clean,
+        return attention_terms(sur, ref, draw, store)
+    return SurrogateTerm(sur, album, terms, pixel_scale, noise, name=name, clean=clean,
                          policy=policy, view_gen=view_gen,
                          around=lambda: capturing(sur.unet, store, choice))
 
@@ -146,5 +163,5 @@ def denoise_term(sur: sg.Surrogate, album: StepDown, pixel_scale: PixelLossScale
                  policy: ViewPolicy = CENTRE_ONLY,
                  view_gen: torch.Generator | None = None) -> SurrogateTerm:
     """S_dyn's denoising loss as a term."""
-    return SurrogateTerm(sur, album, lambda w, _c, d: denoise_loss(sur, w, d), pixel_scale,
+    return SurrogateTerm(sur, album, lambda _c, d: denoise_terms(sur, d), pixel_scale,
                          noise, name=name, policy=policy, view_gen=view_gen)

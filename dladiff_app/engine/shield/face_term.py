@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from dladiff_app.engine.device import accumulate_dtype
 from dladiff_app.engine.faces.align import antialiased_warps, gaussian_blur
 from dladiff_app.engine.faces.gradient_decay import residual_gradient_decay
 from dladiff_app.engine.faces.types import IdentityEncoder
@@ -94,8 +95,8 @@ def perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, px: RegionPixels, e
     ``opts.chroma``, and with a soft budget the gradient of ``sum(((x - clean) / (eps *
     share))^2)`` added at ``opts.soft_budget`` times the identity gradient's L1 size (both
     L1-normalised, so the weight is a ratio whatever the loss scale). The ratio of the two
-    norms is taken in float64 and rounded to float32, as a Python float scalar would be, and
-    stays on the device. ``gain`` (0-d, optional) multiplies the soft budget's weight: the
+    norms is taken in float64 on the CPU (float32 on an accelerator: MPS has none) and rounded
+    to float32, as a Python float scalar would be, and stays on the device. ``gain`` (0-d, optional) multiplies the soft budget's weight: the
     face-SSIM controller's (:mod:`ssim_target`). ``ssim_grad``: the gradient of the faces'
     lost SSIM and the (1, 1, h, w) mask of the boxes it was measured on; inside them,
     ``opts.ssim_penalty`` of the penalty's luma part is that gradient instead (scaled to the
@@ -123,11 +124,12 @@ def perceptual_gradient(grad: torch.Tensor, x: torch.Tensor, px: RegionPixels, e
             tp1 = torch.linalg.vector_norm(grey, ord=1)
             sp = sp * torch.where(sp1 > 0, tp1 / sp1, torch.zeros_like(sp1))
             pen = pen + opts.ssim_penalty * (sp - grey)
-        g1 = torch.linalg.vector_norm(grad, ord=1).double()
-        p1 = torch.linalg.vector_norm(pen, ord=1).double()
+        wide = accumulate_dtype(grad.device)
+        g1 = torch.linalg.vector_norm(grad, ord=1).to(wide)
+        p1 = torch.linalg.vector_norm(pen, ord=1).to(wide)
         ratio = torch.where(p1 > 0, g1 / p1, torch.zeros_like(g1)) * opts.soft_budget
         if gain is not None:
-            ratio = ratio * gain.double()
+            ratio = ratio * gain.to(wide)
         grad = grad + ratio.to(grad.dtype) * pen
     return grad
 

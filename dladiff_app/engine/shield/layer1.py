@@ -31,13 +31,14 @@ import torch
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.presets import ProtectionSettings
-from dladiff_app.engine.device import DeviceInfo
+from dladiff_app.engine.device import DeviceInfo, autocast_dtype_for
 from dladiff_app.engine.shield import pgd
 from dladiff_app.engine.shield import surrogate as sg
 from dladiff_app.engine.shield.driver import Ball, Constant, Driver, Phase, PhaseResult
 from dladiff_app.engine.shield.dual import DYN, PRIOR, dual_loss
 from dladiff_app.engine.shield.dual_term import attention_term, denoise_term, dual_term
 from dladiff_app.engine.shield.memory import StepDown, size_multiple
+from dladiff_app.engine.shield.memory_plan import free_bytes, plan_layer1
 from dladiff_app.engine.shield.precision import grad_scaler_for, pixel_scale_for
 from dladiff_app.engine.shield.prior_cache import PriorCache, prior_cache_key
 from dladiff_app.engine.shield.resize import to_working
@@ -80,6 +81,7 @@ class Layer1Stats:
     gradient_checkpointing: bool = False
     step_downs: list[str] = field(default_factory=list)  # what an out-of-memory changed
     attacker_views: str = ""  # the attacker views PGD averaged over (ViewPolicy.describe)
+    memory_plan: str = ""  # photos per pass and checkpointing as planned (memory_plan)
     seconds: float = 0.0
     # Wall time of the phases (album-wide; the device is waited for at the end of each):
     pgd_seconds: float = 0.0    # PGD steps of both stages, for time estimates
@@ -174,13 +176,10 @@ class Layer1Surrogates:
 
 def _device_parts(device: DeviceInfo | str) -> tuple[torch.device, torch.dtype | None, str]:
     """(torch device, autocast dtype or None, display name) of a DeviceInfo or a plain device
-    string (CUDA strings get bf16 where supported, else fp16)."""
+    string (CUDA strings get bf16 where the card has it natively, else fp16)."""
     if isinstance(device, str):
         dev = torch.device(device)
-        dtype: torch.dtype | None = None
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return dev, dtype, str(dev)
+        return dev, autocast_dtype_for(dev), str(dev)
     return torch.device(device.torch_device), device.autocast_dtype, device.name
 
 
@@ -282,12 +281,19 @@ def protect_album_layer1(
                          "this model")
     eps, alpha = pgd.from_255(settings.finetune_eps), pgd.from_255(settings.step1)
     n = len(images)
-    album = StepDown(sur, n, micro_batch or (min(n, 4) if dev.type == "cuda" else 1), size,
-                     dev_name, notify)
     policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
+    # Photos per pass and checkpointing planned from the free memory before the first step.
+    plan = plan_layer1(free_bytes(dev), photos=n, views_per_photo=2 if policy.flip_pairs else 1,
+                       size=size, element_bytes=2 if autocast_dtype else 4,
+                       micro_batch=micro_batch)
+    if plan.checkpointing:
+        sur.unet.enable_gradient_checkpointing()
+        sur.vae.enable_gradient_checkpointing()
+    album = StepDown(sur, n, plan.micro_batch, size, dev_name, notify,
+                     split_backward=plan.split_backward)
     objective = settings.layer1_objective
     stats = Layer1Stats(objective=objective, working_size=size,
-                        attacker_views=policy.describe())
+                        attacker_views=policy.describe(), memory_plan=plan.describe())
     pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
     gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (

@@ -30,11 +30,14 @@ class StepDown:
     """Micro-batches of an album of ``n`` photos and the rungs taken so far.
 
     ``size``: the working size now (read it on every retry: a rung may lower it).
-    ``notes``: one sentence per rung taken; ``notify`` is called with each as it happens."""
+    ``notes``: one sentence per rung taken; ``notify`` is called with each as it happens.
+    ``split_backward``: each surrogate term differentiated on its own (``memory_plan``)."""
 
     def __init__(self, sur: sg.Surrogate, n: int, micro_batch: int, size: int,
-                 device_name: str, notify: Callable[[str], None] | None = None) -> None:
+                 device_name: str, notify: Callable[[str], None] | None = None, *,
+                 split_backward: bool = True) -> None:
         self.sur, self.n, self.micro_batch, self.size = sur, n, max(1, micro_batch), size
+        self.split_backward = split_backward
         self.device_name = device_name
         self.checkpointing = bool(getattr(sur.unet, "is_gradient_checkpointing", False))
         self.min_size = max(size_multiple(sur), sur.native_size // 2)

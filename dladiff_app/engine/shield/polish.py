@@ -15,8 +15,9 @@ VAE), so without it the sign of the sum would be the sign of whichever loss is l
 other would be ignored. An identity gradient lives only on the face chips, so after the
 normalisation it decides the sign there, and the dual-loss gradient decides it everywhere else.
 
-Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1] on the CPU, full resolution; the
-surrogates may live on another device (their loss is moved back here).
+Tensor contract: photos are (1, 3, H, W) float32 RGB in [0, 1], full resolution, on any device;
+the polish runs on the surrogates' device (the photo crosses there once and back once, never per
+step), so the identity encoders must live there too (``registry.place``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Protocol
 import torch
 
 from dladiff_app.core.presets import ProtectionSettings
+from dladiff_app.engine.device import to_device
 from dladiff_app.engine.faces.align import antialiased_warps
 from dladiff_app.engine.faces.types import Face, IdentityEncoder
 from dladiff_app.engine.shield.driver import Box, Constant, Driver, Phase, grid_box
@@ -120,12 +122,12 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
                  generator_seed: int | None = None) -> PolishResult:
     """Polish one photo that both layers protected.
 
-    ``clean``/``current``: (1, 3, H, W) float32 RGB [0, 1] CPU, ``current`` what the two
-    layers made of ``clean``; the result stays, per pixel, within
-    ``settings.finetune_eps``/255 of ``clean`` or between ``clean`` and ``current``.
-    ``faces``: detections on the clean photo (with dlib landmarks where a dlib encoder is
-    used). ``steps``: default ``settings.polish_steps``; step size ``settings.step2``/255
-    (layer 2's). ``dual_weight``: lambda. With ``settings.eot`` the
+    ``clean``/``current``: (1, 3, H, W) float32 RGB [0, 1] on any device (the result comes
+    back there), ``current`` what the two layers made of ``clean``; the result stays, per
+    pixel, within ``settings.finetune_eps``/255 of ``clean`` or between ``clean`` and
+    ``current``. ``faces``: detections on the clean photo (with dlib landmarks where a dlib
+    encoder is used). ``steps``: default ``settings.polish_steps``; step size
+    ``settings.step2``/255 (layer 2's). ``dual_weight``: lambda. With ``settings.eot`` the
     identity term sees one random sharing transformation per step, as in layer 2.
     ``cancel.check()`` runs before every step (raises ``Cancelled``); ``progress(done, total)``
     after every step. Deterministic for ``generator_seed`` (default ``settings.seed``) on the CPU.
@@ -135,8 +137,9 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
                          "both be (1, 3, H, W)")
     eps_ft, alpha = settings.finetune_eps / 255.0, settings.step2 / 255.0
     total = settings.polish_steps if steps is None else int(steps)
-    clean = clean.detach().float()
-    x = current.detach().float()
+    home, sur = clean.device, surrogates.sur
+    clean = to_device(clean.detach().float(), sur.device)
+    x = to_device(current.detach().float(), sur.device)
     # Layer 1's box on the whole photo, widened per pixel to hold what layer 2 already did on
     # the faces (its budget is on top of layer 1's there): the polish re-balances inside the
     # change the two layers made and never goes past either budget.
@@ -159,7 +162,6 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
             return float(identity.loss(torch.round(image * 255.0) / 255.0, None))
 
     before = identity_now(x)
-    sur = surrogates.sur
     dual = dual_term(sur, StepDown(sur, 1, 1, surrogates.working_size, str(sur.device)),
                      surrogates.weights, pixel_scale_for(sur), gen_dual, quantise=True)
     # Identity down, the surrogates' loss up: each gradient normalised, the sign of the sum.
@@ -177,7 +179,7 @@ def polish_photo(clean: torch.Tensor, current: torch.Tensor, faces: list[Face],
     after = identity_now(protected)
     log.info("Polish: %d steps, identity %.4f -> %.4f, dual loss %s", done, before, after,
              f"{dual_seen[0]:.4f} -> {dual_seen[-1]:.4f}" if dual_seen else "not run")
-    return PolishResult(protected=protected, steps_done=done, identity_before=before,
+    return PolishResult(protected=protected.to(home), steps_done=done, identity_before=before,
                         identity_after=after,
                         dual_first=dual_seen[0] if dual_seen else float("nan"),
                         dual_last=dual_seen[-1] if dual_seen else float("nan"))

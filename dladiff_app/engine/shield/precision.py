@@ -36,9 +36,18 @@ class PixelLossScale:
         self._good = torch.zeros((), dtype=torch.int64, device=device)
 
     def grad(self, loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.screen(list(torch.autograd.grad(self.scaled(loss), list(inputs))))
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` times the scale (unchanged when scaling is off)."""
+        return loss * self.scale if self.enabled else loss
+
+    def screen(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Gradients of a :meth:`scaled` loss as PGD may use them: all zeros when any is not
+        finite (and the scale halves), else unchanged (and the scale grows after a run of
+        good steps). Unchanged when scaling is off."""
         if not self.enabled:
-            return list(torch.autograd.grad(loss, list(inputs)))
-        grads = torch.autograd.grad(loss * self.scale, list(inputs))
+            return grads
         finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
         self._good = torch.where(finite, self._good + 1, torch.zeros_like(self._good))
         grow = self._good >= self.growth_interval

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dladiff_app.engine.device import to_device
 from dladiff_app.engine.models.loaders import load_sd_pipeline
 
 INSTANCE_PROMPT = "a photo of sks person"
@@ -175,9 +176,11 @@ def load_lora_state(sur: Surrogate, name: str, state: dict[str, torch.Tensor]) -
 
 @dataclass(frozen=True)
 class NoiseDraw:
-    """The random parts of one loss evaluation (on CPU, so seeds reproduce on any device):
-    the VAE latent sample eps, the diffusion noise and the timesteps, for N images, and which
-    instance prompt (row of ``Surrogate.text_embeddings``) each image is conditioned on."""
+    """The random parts of one loss evaluation: the VAE latent sample eps, the diffusion noise
+    and the timesteps, for N images, and which instance prompt (row of
+    ``Surrogate.text_embeddings``) each image is conditioned on. Drawn from a CPU generator,
+    so seeds reproduce on any device, and handed to the surrogate's device at once through
+    pinned memory without blocking (a plain copy would wait for the GPU's queue every step)."""
 
     latent_eps: torch.Tensor
     noise: torch.Tensor
@@ -197,8 +200,10 @@ class NoiseDraw:
         if timesteps is None:
             steps = int(sur.scheduler.config.num_train_timesteps)
             timesteps = torch.randint(0, steps, (n,), generator=generator)
-        return NoiseDraw(latent_eps, noise, timesteps.long(),
-                         None if prompts is None else prompts.long())
+        dev = sur.device
+        return NoiseDraw(to_device(latent_eps, dev), to_device(noise, dev),
+                         to_device(timesteps.long(), dev),
+                         None if prompts is None else to_device(prompts.long(), dev))
 
 
 @dataclass(frozen=True)
