@@ -72,7 +72,9 @@ def load_encoders(names: list[str]) -> list:
 def shield_options(pairs: list[str]) -> layer2.ShieldOptions:
     """``key=value`` overrides of :class:`layer2.ShieldOptions`."""
     opts = layer2.ShieldOptions()
-    kinds = {f.name: type(getattr(opts, f.name)) for f in fields(opts)}
+    # Options whose default is None (off) take a number.
+    kinds = {f.name: (float if getattr(opts, f.name) is None else type(getattr(opts, f.name)))
+             for f in fields(opts)}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in kinds:
