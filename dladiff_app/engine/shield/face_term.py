@@ -49,6 +49,9 @@ P_SHARED, P_SAVED = 0.4, 0.2
 # gradient are kept in between): a measure costs about a third of an encoder's step on a
 # large face, and x moves by one small step at a time.
 SSIM_EVERY = 2
+# The same for the visible-difference model, whose pass over a large face at full resolution
+# costs more than an encoder's step on its downscaled crop.
+JND_EVERY = 4
 # The stopping rule: from step STOP_FROM on, every STOP_EVERY steps each region's faces are
 # looked at as saved and as shared; a region whose every face is past every encoder's line by
 # ``ShieldOptions.stop_margin`` takes no more steps (one host read per check).
@@ -187,8 +190,9 @@ class FaceIdentityTerm:
             with torch.no_grad():
                 if self.opts.grad_blur > 0:
                     grad = gaussian_blur(grad, self.opts.grad_blur, mode="reflect")
+                every = JND_EVERY if self.shapers is not None else SSIM_EVERY
                 if (self.controllers is not None or self.shapers is not None) \
-                        and step % SSIM_EVERY == 0:
+                        and step % every == 0:
                     self.measure_visibility(r, x)
                 grads.append(perceptual_gradient(grad, x, px, self.eps, self.opts,
                                                  self.gains[r], self.ssim_grads[r]))
@@ -220,7 +224,7 @@ class FaceIdentityTerm:
         return self.stopped[r]
 
     def measure_visibility(self, r: int, x: torch.Tensor) -> None:
-        """Region ``r``'s visibility, kept for the next SSIM_EVERY steps: with the
+        """Region ``r``'s visibility, kept until the next measure: with the
         visible-difference model (``shapers``), its gradient, which shapes the penalty inside
         the faces at a fixed weight (the shield projects the change under the target itself);
         otherwise the face SSIM controller's new gain and, with the SSIM penalty on, the

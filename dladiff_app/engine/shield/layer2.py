@@ -94,7 +94,7 @@ class ShieldOptions:
 
     Visibility: ``visibility`` names what holds every face's look. ``"jnd"`` (default): the
     visible-difference model (:mod:`engine.visible_diff`): inside the face boxes the soft
-    penalty follows its gradient, every 2 steps the change is scaled down where the face's map
+    penalty follows its gradient, every 4 steps the change is scaled down where the face's map
     is over ``ProtectionSettings.face_jnd_target`` (:meth:`jnd_target.JndController.local_scale`),
     and with ``jnd_cap`` the saved face is blended back until its figure is at or under the
     target. ``"ssim"`` (the previous release, ``SSIM_RELEASE``): a controller steers the soft
@@ -297,7 +297,7 @@ def _face_crops(image: torch.Tensor, faces: Sequence[Face], encoders: Sequence[I
 
 
 # Steps between two projections of the change under the visibility target.
-PROJECT_EVERY = 2
+PROJECT_EVERY = 4
 
 
 def _phases(total: int, name: str, shapers: Sequence[JndController],
