@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 dev.py test --co -q >/dev/null   # makes sure .venv exists with the app installed
-.venv/bin/pip install -q --disable-pip-version-check -e ".[packaging]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[packaging]"
 
 start=$(date +%s)
 (cd packaging && ../.venv/bin/pyinstaller --noconfirm --log-level WARN --distpath ../dist \
