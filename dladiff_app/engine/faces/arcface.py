@@ -21,7 +21,7 @@ from dladiff_app.engine.faces.types import Face
 
 # Cosine "same person" threshold. insightface 2.1's own GUI default is 0.4
 # (insightface/gui/core/constants.py, DEFAULT_THRESHOLD) and 1:1 verification operating points
-# quoted for w600k_r50 lie around 0.3-0.4 (see shared/METHOD.md). We take the low end: a
+# quoted for w600k_r50 lie around 0.3-0.4. We take the low end: a
 # "different person" verdict from a protection tool must hold also for a lenient attacker.
 ARCFACE_THRESHOLD = 0.3
 

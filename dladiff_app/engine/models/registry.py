@@ -229,8 +229,11 @@ REGISTRY: dict[str, ModelSpec] = {
                     "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
             },
             license_name="CC0 1.0 (weights); dlib: Boost Software License",
-            license_text="Public domain dedication (CC0) for the model files.",
-            license_url="https://github.com/ageitgey/face_recognition_models",
+            license_text="Public domain dedication (CC0) for the model files. The 68-point "
+                         "landmark model was trained on the iBUG 300-W dataset, whose licence "
+                         "excludes commercial use; dlib's author advises checking before using "
+                         "it in a commercial product.",
+            license_url="https://github.com/davisking/dlib-models",
             required_for=("layer2", "verify"),
         ),
         ModelSpec(

@@ -3,7 +3,7 @@
 The soft texture budget (:mod:`perceptual`) weighs a penalty against the identity gradient with
 one fixed weight. With one weight, how visible the result is depends on the photo: on the tuning
 photos Medium ended at a face SSIM of 0.958, on the held-out ones at 0.973-0.983, while the preset
-promises one figure (issue 13: at least 0.97 at Medium). :class:`SsimController` turns the
+promises one figure (at Medium a face SSIM of at least 0.97). :class:`SsimController` turns the
 weight into a per-region multiplier that follows the face's luma SSIM, measured exactly as
 :func:`core.visibility.face_visibility` measures it (the face box widened 1.5x, an 11x11
 Gaussian window of sigma 1.5, data range 1): above the target the penalty relaxes and the face
