@@ -190,15 +190,15 @@ class FacePreviewDialog(QDialog):
             f"{s.verdict}</span>" for s in result.scores) or "No identity model measured it.")
         self.scores.setToolTip(UNSEEN_MODELS_NOTE if result.scores else "")
         others = result.faces_in_photo - 1
+        partial = result.steps < result.full_steps
         self.note.setText(
-            f"A preview: {result.steps} of the {result.full_steps} steps a real run takes per "
-            "face, on this face only" + (f" ({others} other face{'s' if others > 1 else ''} "
-                                         "in the photo are protected in the real run)"
-                                         if others > 0 else "")
-            # benchmarks/results/preview_fidelity_cpu.md: 86-96% of the real run's colour
-            # difference at Low..High on a test photo.
-            + ". With the same budget and more steps, the real run protects better and changes "
-            "the face a little more (on a test photo, a 4-14% larger colour difference)."
+            (f"A preview: {result.steps} of the {result.full_steps} steps a real run takes per "
+             "face" if partial else "This face as the real run protects it")
+            + ", on this face only" + (f" ({others} other face{'s' if others > 1 else ''} "
+                                       "in the photo are protected in the real run)"
+                                       if others > 0 else "")
+            + (". With more steps the real run protects better within the same look."
+               if partial else ": the look and the verdicts are the album's for this face.")
             + (" The fine-tuning shield adds its own change over the whole photo."
                          if self.settings.layers.finetune else ""))
         # Wrapped labels report one line to the layout; reserve their real height so the

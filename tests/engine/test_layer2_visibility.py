@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dladiff_app.engine.shield import face_term
+from dladiff_app.engine.shield.jnd_target import cap_faces
 from dladiff_app.engine.shield.layer2 import ShieldOptions, protect_faces
 from dladiff_app.engine.visible_diff import face_jnd
 from tests.engine.test_layer2 import SETTINGS, BoxEncoder
@@ -70,3 +71,26 @@ def test_a_face_past_every_line_by_the_margin_stops(astronaut, monkeypatch) -> N
 
     protect_faces(img, None, faces, [Strict()], SETTINGS, steps=8, options=opts)
     assert calls["n"] == 8
+
+
+def test_cap_faces_keeps_a_later_pass_under_the_target(astronaut) -> None:  # type: ignore[no-untyped-def]
+    """What the joint polish calls: a face the zero-shot shield left under its target stays
+    under it after a pass on the whole photo; a face already over it is left as it was."""
+    img, faces = astronaut
+    box = tuple(float(v) for v in faces[0].box[:4])
+    g = torch.Generator().manual_seed(4)
+    before = torch.round((img + (torch.rand(img.shape, generator=g) * 2 - 1) / 255)
+                         .clamp(0, 1) * 255) / 255
+    after = torch.round((before + (torch.rand(img.shape, generator=g) * 2 - 1) * 8 / 255)
+                        .clamp(0, 1) * 255) / 255
+    seen_before, seen_after = (face_jnd(img, x, [box]) for x in (before, after))
+    assert seen_before is not None and seen_after is not None
+    target = seen_before + 0.3
+    assert seen_after > target + 0.5
+    out = cap_faces(img, before, after, [box], target)
+    seen = face_jnd(img, out, [box])
+    assert seen is not None and seen <= target + 0.02
+    assert not torch.equal(out, before)  # blended back, not erased
+    assert torch.equal(torch.round(out * 255) / 255, out)
+    # Already over the target before the pass: nothing to keep, the pass is left as it was.
+    assert torch.equal(cap_faces(img, before, after, [box], seen_before - 0.2), after)

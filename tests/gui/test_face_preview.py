@@ -44,7 +44,7 @@ def test_preview_shows_the_face_at_100_and_300_percent_and_saves_nothing(  # typ
     wait_idle(qtbot, window)
     # The selected photo, at the chosen strength, on the engine thread; nothing written.
     (photo, settings, thread), = fake_protect.previews
-    assert photo == big.resolve() and settings.eps == 12.0 and settings.preset == "high"
+    assert photo == big.resolve() and settings.eps == 16.0 and settings.preset == "high"
     assert thread != threading.main_thread().name
     assert _files(tmp_path) == before
     preview = dialog.result
@@ -70,8 +70,8 @@ def test_preview_shows_the_face_at_100_and_300_percent_and_saves_nothing(  # typ
     assert f"colour difference {vis.de_mean:.1f}, visible from about 2.3" in dialog.words.text()
     assert f"face ΔE2000 mean {vis.de_mean:.2f}" in dialog.words.toolTip()
     assert "dlib face recognition: different person" in dialog.scores.text()
-    assert "12 of the 200 steps" in dialog.note.text()
-    assert "changes the face a little more" in dialog.note.text()
+    assert "12 of the 100 steps" in dialog.note.text()
+    assert "protects better within the same look" in dialog.note.text()
     assert "Nothing was saved" in dialog.status.text()
     dialog.close_button.click()
     assert not dialog.isVisible()

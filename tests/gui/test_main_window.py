@@ -218,7 +218,7 @@ def test_strength_panel_drives_the_job(qtbot, make_window, photos) -> None:  # t
     panel.eps.setValue(6)
     panel.steps.setValue(0)  # a quarter of Medium's steps
     s = panel.settings()
-    assert s.preset == "custom" and s.eps == 6 and s.layer2_steps == 25
+    assert s.preset == "custom" and s.eps == 6 and s.layer2_steps == 12
     assert panel.steps_label.text() == "Quick look"
     assert panel.preset.currentData() == "custom"
     window.add_paths(photos[:1])
