@@ -95,7 +95,7 @@ def test_the_figure_is_differentiable_and_stays_in_float32(astronaut):
     assert grad.dtype == torch.float32 and grad.abs().sum() > 0
 
 
-def test_the_controller_s_gradient_points_to_more_visible(astronaut):
+def test_the_controller_s_gradient_points_to_more_visible_and_its_scale_tones_down(astronaut):
     crop = astronaut[..., 40:230, 140:320].contiguous()
     box = (30.0, 20.0, 150.0, 160.0)
     ctl = JndController(crop, [box], target=0.9)
@@ -104,9 +104,9 @@ def test_the_controller_s_gradient_points_to_more_visible(astronaut):
     # A small step against the gradient lowers the face's figure; along it raises it.
     step = 1.0 / 255 * torch.sign(grad)
     assert float(ctl.value(x - step)) < float(before) < float(ctl.value(x + step))
-    # Over the target the multiplier on the penalty goes up, under it down.
-    up = float(ctl.update(x, before))
-    assert before > 0.9 and up > 1.0
-    down = float(ctl.update(crop, ctl.value(crop)))
-    assert down < up
+    # Where the face is over the target the change is toned down, elsewhere it is kept.
+    assert float(before) > 0.9
+    scale = ctl.local_scale(x)
+    assert float(scale.min()) < 1.0 and float(scale.max()) == 1.0
+    assert float(ctl.value(crop + (x - crop) * scale)) < float(before)
 

@@ -1,23 +1,21 @@
-"""Hold every face below the visibility its preset promises, as the eye would judge it.
+"""Hold every face at or under the visibility its preset promises, as the eye would judge it.
 
-:class:`JndController` is the zero-shot shield's visibility controller on the visible-difference
-model (:mod:`engine.visible_diff`): it measures each face's predicted visibility at 100% (in JND,
-the figure the app reports) and moves a multiplier on the soft budget's weight, up while a face is
-over its target, down while it is under; and it gives the gradient of a smooth version of that
-figure (the faces' JND maps pooled with a high Minkowski exponent, so the most visible spots weigh
-most), which the shield's penalty follows inside the face boxes: the change leaves smooth skin
-and the frequencies the eye is most sensitive to, and goes where texture masks it.
-
-It has the interface of :class:`ssim_target.SsimController` (``measure``, ``update``,
-``inside``), so the identity term takes either.
+:class:`JndController` wraps the visible-difference model (:mod:`engine.visible_diff`) for one
+face region of the zero-shot shield: the worst face's figure at 100% (in JND, the figure the app
+reports); the gradient of a smooth version of it (the faces' JND maps pooled with a high
+Minkowski exponent, so the most visible spots weigh most), which the shield's penalty follows
+inside the face boxes, so the change leaves smooth skin and the frequencies the eye is most
+sensitive to and goes where texture masks it; and a per-pixel factor that tones the change
+down where the map is over the target. :func:`capped` and :func:`cap_faces` hold the promise on
+the file as written: after the shield, and after the joint polish.
 
 Tensor contract: region crops (1, 3, h, w) float32 RGB in [0, 1]; boxes are (x0, y0, x1, y1)
-slice bounds in the crop; everything stays on the crop's device, nothing is read back.
+slice bounds in the crop; everything stays on the crop's device (the cap's bisection reads its
+figure back once per step).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -26,20 +24,16 @@ from dladiff_app.core.visibility import widened_box
 from dladiff_app.engine.visible_diff import FACE_CONTEXT as CONTEXT
 from dladiff_app.engine.visible_diff import FACE_QUANTILE, VisibleDifference
 
-# Largest change of the log multiplier in one update, reached at a gap of JND_UNIT; the
-# multiplier's range either side of 1.
-RATE, JND_UNIT, LOG_RANGE = 0.2, 0.25, math.log(50.0)
 # Minkowski exponent of the smooth figure whose gradient the penalty follows.
 SMOOTH_P = 8.0
 MIN_SIDE = 16
 
 
 class JndController:
-    """A multiplier on one region's soft-budget weight that keeps the region's faces at or below
-    ``target`` JND. ``boxes``: the faces' detector boxes in the region's coordinates (widened
-    1.5x as the app measures; those under 16 px are not measured: the multiplier stays 1 with
-    none left). ``clean``: the region's clean crop. ``inside``: (1, 1, h, w) mask of the
-    measured boxes."""
+    """The visibility of one region's faces against its clean crop ``clean``, and the target
+    ``target`` (JND) they are held at or under. ``boxes``: the faces' detector boxes in the
+    region's coordinates (widened 1.5x as the app measures; those under 16 px are not
+    measured). ``inside``: (1, 1, h, w) mask of the measured boxes."""
 
     def __init__(self, clean: torch.Tensor, boxes: Sequence[Sequence[float]],
                  target: float) -> None:
@@ -58,7 +52,6 @@ class JndController:
             mask[..., y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = 1.0
             self.parts.append(((cx0, cy0, cx1, cy1), model, mask))
             self.inside[..., y0:y1, x0:x1] = 1.0
-        self.log_m = torch.zeros((), device=clean.device)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The worst face's figure of ``x`` (0-d JND; 0 without a measured face)."""
@@ -67,16 +60,16 @@ class JndController:
             worst = torch.maximum(worst, model.score(x[..., y0:y1, x0:x1], mask, FACE_QUANTILE))
         return worst
 
-    def local_scale(self, x: torch.Tensor, slack: float = 1.0) -> torch.Tensor:
+    def local_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(1, 1, h, w) factor in (0, 1] on the change at each pixel that brings the faces'
-        visibility map to at most ``slack * target`` where it is over (1 elsewhere, and outside
+        visibility map to at most ``target`` where it is over (1 elsewhere, and outside
         the measured crops): the figure grows in proportion to the change, so a visible spot is
         toned down where it is seen, and the change the eye does not see elsewhere is kept."""
         scale = x.new_ones((1, 1, *x.shape[-2:]))
         with torch.no_grad():
             for (x0, y0, x1, y1), model, _ in self.parts:
                 jmap = model.jnd_map(x[..., y0:y1, x0:x1])
-                part = (slack * self.target / jmap.clamp_min(1e-6)).clamp(max=1.0)
+                part = (self.target / jmap.clamp_min(1e-6)).clamp(max=1.0)
                 scale[..., y0:y1, x0:x1] = torch.minimum(scale[..., y0:y1, x0:x1], part)
         return scale
 
@@ -100,19 +93,6 @@ class JndController:
                 smooth = smooth + inside.pow(SMOOTH_P).mean().pow(1.0 / SMOOTH_P)
             grad = torch.autograd.grad(smooth, leaf)[0]
         return worst.detach(), grad
-
-    def update(self, x: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
-        """Measure ``x`` (or take its measured ``value``) and return the new multiplier (0-d, on
-        the device): up by at most ``exp(RATE)`` per call while the faces are over the target,
-        down while they are under."""
-        if not self.parts:
-            return self.log_m.exp()
-        with torch.no_grad():
-            v = self.value(x) if value is None else value
-            gap = ((v - self.target) / JND_UNIT).clamp(-1.0, 1.0)
-            self.log_m = (self.log_m + RATE * gap).clamp(-LOG_RANGE, LOG_RANGE)
-        return self.log_m.exp()
-
 
 
 # Bisection steps of the cap: the blend factor is found to 1/2^CAP_STEPS.
