@@ -113,12 +113,12 @@ def test_face_ssim_targets_by_budget() -> None:
 
 def test_presets_promise_ordered_visibility() -> None:
     low, medium, high = (PRESETS[n].face_jnd_target for n in ("low", "medium", "high"))
-    assert (low, medium, high) == (0.7, 0.95, 3.0)
+    assert (low, medium, high) == (0.7, 0.95, 6.0)
     # Low and Medium are not visible at 100% (under 1 JND); High is the strong option.
     assert low < medium <= 1.0 < high
     assert face_jnd_for_eps(9) == pytest.approx(0.7 + 0.25 / 3)
     assert face_jnd_for_eps(8) < face_jnd_for_eps(12) < face_jnd_for_eps(16)
-    assert face_jnd_for_eps(1) >= 0.5 and face_jnd_for_eps(32) <= 6.0
+    assert face_jnd_for_eps(1) >= 0.5 and face_jnd_for_eps(32) <= 10.0
     assert ProtectionSettings(eps=6, face_jnd=0.9).face_jnd_target == 0.9
     with pytest.raises(ValueError, match="face_jnd"):
         ProtectionSettings(face_jnd=0.0)

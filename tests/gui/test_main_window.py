@@ -203,7 +203,7 @@ def test_strength_panel_drives_the_job(qtbot, make_window, photos) -> None:  # t
     assert panel.settings().eps == 16 and panel.settings().preset == "high"
     # High takes twice Medium's steps: the thoroughness slider moves with the preset.
     assert panel.steps_label.text() == "Thorough" and panel.steps.value() == 4
-    assert panel.eps_label.text() == ("High: visible at 100% (a face pixel changes by at most "
+    assert panel.eps_label.text() == ("High: clearly visible (a face pixel changes by at most "
                                       "6%)")
     panel.preset.setCurrentIndex(panel.preset.findData("low"))
     assert panel.steps_label.text() == "Quick" and panel.settings().layer2_steps == 25
