@@ -39,8 +39,8 @@ do. It works offline with the bundled dlib model.</li>
 <h3>Strength and thoroughness</h3>
 <p><b>Strength</b> sets how much a face may change. Low and Medium are held where a person
 does not see the change at 100% on a normal screen (a visual model of the eye checks every
-face), and protect only as much as that allows: against face models they are weak. High
-protects much better and the change can be seen up close. <b>Thoroughness</b> is how long the protection keeps
+face); at that look they do not fool face-recognition models, as the verdicts show. High is
+the strength that protects, and its change can be seen up close. <b>Thoroughness</b> is how long the protection keeps
 improving. The before/after viewer shows, for every face, whether each identity model still
 recognises the person, on the saved file and after sharing.</p>
 <p>After the method of <i>DLADiff: A Dual-Layer Defense Framework against Fine-Tuning and
