@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attack-rank", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model-dir", type=Path, default=None,
-                    help="reuse/keep the random model folder here (default: a temp folder)")
+                    help="the model folder: reused when it holds a diffusers pipeline (a "
+                         "real SD 1.5 works too), else the random model is built there "
+                         "(default: a temp folder)")
     ap.add_argument("--json", type=Path, default=Path("fine_tune_ablation.json"))
     ap.add_argument("--md", type=Path, default=None, help="also write the table here")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
                 else torch.float16
         sur = sg.load_surrogate(folder, dev, dtype)
-        photos = album(args.photos, args.size)
+        photos = quantised(album(args.photos, args.size))  # as loaded from 8-bit files
         results = {s: run_seed(sur, folder, photos, base, s, args, tmp / "cache", args.rows)
                    for s in args.seeds}
     finally:

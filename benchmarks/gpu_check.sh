@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh                          # on a CUDA machine (<= 8 min)
 #   bash benchmarks/gpu_check.sh --device cpu --size 64   # what CI runs (tiny SD, ~1-2 min)
 #   bash benchmarks/gpu_check.sh --ablation [args]        # layer 1's ablation on the same
-#       architecture (benchmarks/fine_tune_ablation.py: Medium, 512 px, 4 photos, 3 seeds)
+#       architecture (benchmarks/fine_tune_ablation.py: Medium, 512 px, 4 photos, 3 seeds;
+#       untimed on a GPU so far: --seeds 0 for one seed first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # $PY if set, else the project's venv (python3 dev.py creates it), else python3.
