@@ -172,10 +172,9 @@ class ProtectionSettings:
         return d
 
 
-# Face SSIM each budget may cost (luma SSIM of the face box widened 1.5x), piecewise linear in
-# eps through the presets' points. Medium's 0.972 keeps a margin over the 0.97 that issue 13
-# set as "invisible at the default strength"; Low stays less visible and High more, so the
-# presets keep their order in both protection and visibility.
+# Face SSIM each budget may cost under the SSIM-held shield (luma SSIM of the face box widened
+# 1.5x), piecewise linear in eps through the previous release's presets (4, 8 and 12/255), so
+# that they keep their order in both protection and visibility.
 FACE_SSIM_POINTS = ((4.0, 0.985), (8.0, 0.972), (12.0, 0.958))
 
 
