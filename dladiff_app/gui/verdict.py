@@ -52,6 +52,7 @@ def album_verdict(results: list[PhotoResult]) -> AlbumVerdict:
     else:
         zs_text = (f"protected against {ZERO_SHOT}" if n_hidden == n_measured > 0
                    and len(zs_photos) == len(results)
+                   else f"not protected against {ZERO_SHOT}" if n_measured and not n_hidden
                    else f"partly protected against {ZERO_SHOT}")
         names = [s.encoder for f in faces for s in (*f.scores, *f.scores_after_sharing)
                  if s.same_person is not None]
