@@ -390,7 +390,8 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
                          step_mask=mask))
         pixels.append(RegionPixels(clean_c, share, mask))
         local = [tuple(map(float, f.box)) for f in region.local_faces]
-        if (opts.face_ssim_control or opts.ssim_penalty > 0) and opts.soft_budget > 0:
+        if opts.visibility != "jnd" and (opts.face_ssim_control or opts.ssim_penalty > 0) \
+                and opts.soft_budget > 0:
             controllers.append(SsimController(clean_c, local, settings.face_ssim_target))
         if opts.visibility == "jnd" or opts.jnd_cap:
             shapers.append(JndController(clean_c, local, settings.face_jnd_target))
@@ -401,13 +402,14 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         starts.append(start_c + mask * (y - start_c))
         finals.append((start_c, mask, lo, hi))
 
+    # The visible-difference model shapes the penalty and projects the change ("jnd"), or the
+    # face-SSIM controllers steer the penalty's weight ("ssim"); the cap works with either.
+    jnd = opts.visibility == "jnd"
     term = FaceIdentityTerm(regions, crops, pixels, encoders, targets, weights, opts, gen,
-                            eot_cfg, eps, None if opts.visibility == "jnd" else controllers or None,
-                            shapers if opts.visibility == "jnd" and shapers else None)
+                            eot_cfg, eps, controllers or None, shapers if jnd else None)
     driver = Driver(starts, boxes, [term], CosineDecay(ALPHA_PEAK * alpha, ALPHA_FLOOR * alpha),
                     momentum=opts.momentum, cancel=cancel, progress=progress)
-    driver.run(_phases(total, term.name, shapers if opts.visibility == "jnd" else [],
-                       [f[0] for f in finals]))
+    driver.run(_phases(total, term.name, shapers if jnd else [], [f[0] for f in finals]))
     done = driver.done
 
     protected = start.clone()
