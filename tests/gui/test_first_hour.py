@@ -1,0 +1,85 @@
+"""What a new user meets in the first hour: a photo some face model still recognises is not
+shown as "Protected", the counts of a run add up to its photos, the Models window is readable,
+closing during a run asks first, and a shield that cannot run cannot be ticked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from dladiff_app.core.results import IdentityScore, PhotoResult
+from dladiff_app.gui.batch_list import STATUS_COLOURS, Status
+from tests.gui.fakes import fake_faces
+
+pytestmark = pytest.mark.gui
+
+ARC_OTHER = IdentityScore("arcface_buffalo_l", "cosine", 0.12, 0.30, False)
+SFACE_SAME = IdentityScore("sface", "cosine", 0.55, 0.36, True)
+DLIB_SAME = IdentityScore("dlib_resnet", "euclidean", 0.41, 0.60, True)
+DLIB_OTHER = IdentityScore("dlib_resnet", "euclidean", 0.81, 0.60, False)
+LOST = IdentityScore("sface", "cosine", None, 0.36, None, "no face after sharing")
+
+
+def wait_idle(qtbot, window) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not window.engine.busy, timeout=15_000)
+
+
+def test_recognised_after_sharing_is_not_green(qtbot, make_window, photos,  # type: ignore[no-untyped-def]
+                                               fake_protect) -> None:
+    fake_protect.scores = (ARC_OTHER, DLIB_OTHER)
+    fake_protect.after_sharing = (ARC_OTHER, SFACE_SAME)
+    window = make_window()
+    window.add_paths(photos)
+    window.protect()
+    wait_idle(qtbot, window)
+    for entry in window.batch.entries():
+        assert entry.status is Status.RECOGNISED
+        assert entry.status_text.startswith("Changed, still recognised by SFace")
+    assert STATUS_COLOURS[Status.RECOGNISED] != STATUS_COLOURS[Status.DONE]
+    albums = [window.batch.topLevelItem(i).text(1) for i in range(2)]
+    assert albums == ["0/2 protected, 2 still recognised", "0/1 protected, 1 still recognised"]
+    text = window.progress_label.text()
+    assert "0 protected, 3 changed but still recognised by a face model, 0 failed, 0 skipped" \
+        in text, text
+    assert window.export_action.isEnabled()  # the files exist and can still be exported
+
+
+def test_file_scores_count_when_sharing_lost_the_face(qtbot, make_window, photos,  # type: ignore[no-untyped-def]
+                                                      fake_protect) -> None:
+    fake_protect.scores = (ARC_OTHER, DLIB_SAME)
+    fake_protect.after_sharing = (LOST,)
+    window = make_window()
+    window.add_paths(photos[:1])
+    window.protect()
+    wait_idle(qtbot, window)
+    entry, = window.batch.entries()
+    assert entry.status is Status.RECOGNISED
+    assert entry.status_text.startswith("Changed, still recognised by dlib face recognition")
+
+
+def _result(tmp_path: Path, name: str, after: tuple[IdentityScore, ...]) -> PhotoResult:
+    faces = fake_faces(96, 72, 1, (ARC_OTHER,), after)
+    return PhotoResult(source=str(tmp_path / name), output=str(tmp_path / f"p-{name}"),
+                       width=96, height=72, seconds=1.0, scores=(ARC_OTHER,),
+                       scores_after_sharing=after, faces=1, per_face=faces,
+                       layers_done=("layer2",))
+
+
+def test_counts_add_up_to_the_photos(qtbot, make_window, photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.gui.batch_list import run_counts
+
+    window = make_window()
+    window.add_paths(photos)
+    a1, a2, b1 = (p.resolve() for p in photos)
+    window.batch.set_result(a1, _result(tmp_path, "a1.png", (ARC_OTHER, DLIB_OTHER)))
+    window.batch.set_result(a2, _result(tmp_path, "a2.png", (ARC_OTHER, SFACE_SAME)))
+    window.batch.set_status(b1, Status.UNPROTECTED, "no face found in b1.png")
+    assert window.batch.entry(a1).status is Status.DONE
+    assert window.batch.entry(a1).status_text == "Protected"
+    assert window.batch.entry(a2).status is Status.RECOGNISED
+    assert run_counts(window.batch.entries()) == (
+        "1 protected, 1 changed but still recognised by a face model, "
+        "1 NOT protected (no face found), 0 failed, 0 skipped")
+    assert window.batch.topLevelItem(0).text(1) == "1/2 protected, 1 still recognised"
