@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
 
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.gui.batch_list import STATUS_COLOURS, Status
