@@ -82,3 +82,32 @@ def test_counts_add_up_to_the_photos(qtbot, make_window, photos, tmp_path: Path)
         "1 protected, 1 changed but still recognised by a face model, "
         "1 NOT protected (no face found), 0 failed, 0 skipped")
     assert window.batch.topLevelItem(0).text(1) == "1/2 protected, 1 still recognised"
+
+
+def test_models_window_is_readable_at_its_default_size(qtbot, make_window, services) -> None:  # type: ignore[no-untyped-def]
+    from dladiff_app.core.services import ModelRow
+    from dladiff_app.engine.models.registry import REGISTRY
+
+    # The real titles, purposes and licence names: their length is what has to fit.
+    services.models.rows[:] = [
+        ModelRow(s.id, s.title, s.purpose, False, s.size_bytes, s.license_name, s.license_text,
+                 None, "missing") for s in REGISTRY.values()]
+    window = make_window()
+    manager = window.open_model_manager()
+    n = len(REGISTRY)
+    qtbot.waitUntil(lambda: manager.table.rowCount() == n)
+    qtbot.waitExposed(manager)
+    table = manager.table
+    assert not manager.isMaximized() and not manager.isFullScreen()
+    screen = manager.screen().availableGeometry()
+    assert manager.width() <= screen.width() and manager.height() <= screen.height()
+    used_for = table.columnWidth(1)
+    assert used_for >= 0.4 * table.viewport().width() and used_for >= 250, \
+        [table.columnWidth(c) for c in range(5)]
+    line = table.fontMetrics().lineSpacing()
+    tallest = max(table.rowHeight(r) for r in range(n))
+    # At the test screen's 800 px width the longest purpose wraps to six lines, not a word a line.
+    assert tallest <= 7 * line, (tallest, line)
+    visible = sum(table.rowViewportPosition(r) >= 0 and table.rowViewportPosition(r)
+                  + table.rowHeight(r) <= table.viewport().height() for r in range(n))
+    assert visible >= 6, (visible, table.viewport().height(), tallest)
