@@ -44,6 +44,7 @@ from dladiff_app.gui.export_dialog import ExportDialog
 from dladiff_app.gui.face_preview import FacePreviewDialog
 from dladiff_app.gui.model_manager import ModelManagerDialog
 from dladiff_app.gui.notifications import NotificationArea
+from dladiff_app.gui.quit_question import ask_quit_during_run
 from dladiff_app.gui.services import Services
 from dladiff_app.gui.settings_dialog import SettingsDialog
 from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
@@ -821,6 +822,14 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)  # type: ignore[arg-type]
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.engine.job_running:
+            ran = set(self._job_paths)
+            left = sum(e.path in ran and e.status in (Status.QUEUED, Status.RUNNING)
+                       for e in self.batch.entries())
+            if not ask_quit_during_run(self, f"{left} of {counted(len(self._job_paths), 'photo')}"
+                                             " left"):
+                event.ignore()
+                return
         self._estimate_timer.stop()
         self._qsettings().setValue("geometry", self.saveGeometry())
         self.engine.shutdown()

@@ -111,3 +111,52 @@ def test_models_window_is_readable_at_its_default_size(qtbot, make_window, servi
     visible = sum(table.rowViewportPosition(r) >= 0 and table.rowViewportPosition(r)
                   + table.rowHeight(r) <= table.viewport().height() for r in range(n))
     assert visible >= 6, (visible, table.viewport().height(), tallest)
+
+
+def _answer(qtbot, button_text: str, seen: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Click ``button_text`` in the quit question once it is up (it is modal: exec() blocks)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    def click() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, click)
+            return
+        seen.append(box.text())
+        button = next(b for b in box.buttons() if b.text() == button_text)
+        button.click()
+
+    QTimer.singleShot(20, click)
+
+
+def test_closing_during_a_run_asks_first(qtbot, make_window, photos, fake_protect) -> None:  # type: ignore[no-untyped-def]
+    fake_protect.slow_from_photo = 1  # the second photo runs until cancelled
+    window = make_window()
+    window.add_paths(photos)
+    window.protect()
+    first = window.batch.entry(photos[0].resolve())
+    qtbot.waitUntil(lambda: first.status is Status.DONE, timeout=10_000)
+    asked: list[str] = []
+    _answer(qtbot, "Keep running", asked)
+    assert window.close() is False
+    assert asked == ["Photos are still being protected (2 of 3 photos left)."]
+    assert window.isVisible() and window.engine.job_running
+    assert fake_protect.cancel_seen_at is None
+
+    _answer(qtbot, "Cancel and quit", asked)
+    assert window.close() is True
+    assert len(asked) == 2 and not window.isVisible()
+    # The engine saw the cancel at a step and its thread was joined, not killed.
+    from dladiff_app.gui.engine_thread import running_threads
+
+    assert fake_protect.cancel_seen_at is not None and not running_threads()
+
+
+def test_closing_when_idle_does_not_ask(qtbot, make_window, photos) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtWidgets import QApplication
+
+    window = make_window()
+    window.add_paths(photos)
+    assert window.close() is True
+    assert QApplication.activeModalWidget() is None
