@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 
 from dladiff_app.core.results import IdentityScore, PhotoResult
 from dladiff_app.gui.batch_list import STATUS_COLOURS, Status
@@ -160,3 +161,34 @@ def test_closing_when_idle_does_not_ask(qtbot, make_window, photos) -> None:  # 
     window.add_paths(photos)
     assert window.close() is True
     assert QApplication.activeModalWidget() is None
+
+
+def test_finetune_shield_cannot_be_ticked_without_stable_diffusion(qtbot, make_window,  # type: ignore[no-untyped-def]
+                                                                   services) -> None:
+    from dataclasses import replace
+
+    from dladiff_app.core.presets import Layers
+    from dladiff_app.core.services import ModelRow
+
+    services.models.rows.append(ModelRow("sd15", "Stable Diffusion 1.5", "Fine-tuning shield",
+                                         False, 4_000_000_000, "OpenRAIL-M", "text", None,
+                                         "missing"))
+    window = make_window()
+    box, note = window.strength.finetune, window.strength.finetune_missing
+    qtbot.waitUntil(lambda: not box.isEnabled())
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
+    assert not box.isChecked()
+    for preset in ("low", "medium", "high"):  # no preset ticks it behind the user's back
+        window.strength.set_preset(preset)
+        assert window.strength.settings().layers is Layers.ZEROSHOT
+    window.strength.set_layers(Layers.BOTH)
+    assert not box.isChecked()
+    assert note.isVisibleTo(window) and "Stable Diffusion" in note.text()
+    assert "Models" in note.text() and box.toolTip() == note.text()
+    for command_like in ("`", "dladiff ", "dev.py", "--"):
+        assert command_like not in note.text()
+    # Once the model is there the shield can be used again (and is switched back on).
+    services.models.rows[-1] = replace(services.models.rows[-1], present=True)
+    window.open_model_manager()
+    qtbot.waitUntil(box.isEnabled)
+    assert box.isChecked() and not note.isVisibleTo(window)
