@@ -37,6 +37,7 @@ from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.presets import PRESETS, Layers
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
 from dladiff_app.core.settings import Settings, save_settings
+from dladiff_app.core.verdict import AlbumVerdict, report_for, verdicts
 from dladiff_app.gui.batch_list import FINISHED, BatchList, PhotoEntry, Status, run_counts
 from dladiff_app.gui.compare_view import CompareView
 from dladiff_app.gui.engine_thread import EngineThread
@@ -48,7 +49,6 @@ from dladiff_app.gui.quit_question import ask_quit_during_run
 from dladiff_app.gui.services import Services
 from dladiff_app.gui.settings_dialog import SettingsDialog
 from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
-from dladiff_app.gui.verdict import AlbumVerdict, report_for, verdicts
 from dladiff_app.gui.wording import counted, was_were
 
 STAGES = {"load": "Loading", "prior": "Learning the face", "layer1": "Fine-tuning shield",
