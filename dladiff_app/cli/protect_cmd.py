@@ -53,7 +53,7 @@ from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.names import json_text, readable
 from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
-from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE, still_recognising
 from dladiff_app.core.services import JobSummary
 from dladiff_app.core.verdict import report_for, verdicts
 from dladiff_app.core.visibility_words import change_level, seen_level
@@ -287,6 +287,7 @@ class Printer:
         self.unprotected: list[str] = []
         self.results: list[PhotoResult] = []
         self.earlier: list[PhotoResult] = []  # protected by an earlier run, kept as they were
+        self.skipped = 0  # nothing done to them in this run, and no earlier protection either
         self.total = 0
         self._last = 0.0
 
@@ -339,16 +340,29 @@ class Printer:
         if isinstance(event, PhotoSkipped):
             if event.result is not None:
                 self.earlier.append(event.result)
+            else:
+                self.skipped += 1
             return f"skipped {Path(event.source).name}: {event.reason}"
         if isinstance(event, Notice):
             return f"note    {event.message}"
         if isinstance(event, JobFinished):
-            return (f"Finished in {_clock(event.seconds)}: {event.done} protected, "
-                    f"{event.skipped} already done, {event.unprotected} NOT protected, "
-                    f"{event.failed} failed."
+            return (f"Finished in {_clock(event.seconds)}: {self.counts_line()}."
                     + ("\n" + results_table(self.results) if self.results else "")
                     + "".join(f"\n{v.text}" for v in verdicts(self.results)))
         return None  # JobCancelled: run() says how the job stopped and how to finish it
+
+    def counts_line(self) -> str:
+        """Each photo of the run counted once, by what happened to it (the same rule as the
+        app's: "protected" only when every face model reads another person after sharing)."""
+        recognised = sum(bool(still_recognising(r)) for r in self.results)
+        parts = [f"{len(self.results) - recognised} protected"]
+        if recognised:
+            parts.append(f"{recognised} changed but still recognised by a face model")
+        parts += [f"{len(self.earlier)} already done", f"{len(self.unprotected)} NOT protected",
+                  f"{len(self.failures)} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        return ", ".join(parts)
 
     def _line(self, text: str | None) -> None:
         if text is None:
