@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QResizeEvent
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -97,6 +96,7 @@ class ModelManagerDialog(QDialog):
         self.table.verticalHeader().hide()
         self.table.setWordWrap(True)
         self.table.itemSelectionChanged.connect(self._sync)
+        self.table.installEventFilter(self)
         self.license = QPlainTextEdit()
         self.license.setAccessibleName("License text")
         self.license.setReadOnly(True)
@@ -148,9 +148,12 @@ class ModelManagerDialog(QDialog):
         self.resize(*default_size(screen.availableGeometry().size() if screen else None))
         self.refresh()
 
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        self._fit_columns()
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # The table's own resize, not the dialog's: the layout sizes the table after the
+        # dialog's resize event, and widths taken then are the old ones.
+        if watched is self.table and event.type() == QEvent.Type.Resize:
+            self._fit_columns()
+        return super().eventFilter(watched, event)
 
     def _fit_columns(self) -> None:
         """Model and licence columns a share of the width left by status and size (never
