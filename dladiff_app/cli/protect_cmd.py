@@ -53,8 +53,9 @@ from dladiff_app.core.manifest import json_safe
 from dladiff_app.core.names import json_text, readable
 from dladiff_app.core.presets import PRESETS, Layers, ProtectionSettings, preset
 from dladiff_app.core.results import IdentityScore, PhotoResult
-from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
+from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE, still_recognising
 from dladiff_app.core.services import JobSummary
+from dladiff_app.core.verdict import report_for, verdicts
 from dladiff_app.core.visibility_words import change_level, seen_level
 
 HOURS_WARNING_S = 3600.0
@@ -285,6 +286,8 @@ class Printer:
         self.failures: list[str] = []
         self.unprotected: list[str] = []
         self.results: list[PhotoResult] = []
+        self.earlier: list[PhotoResult] = []  # protected by an earlier run, kept as they were
+        self.skipped = 0  # nothing done to them in this run, and no earlier protection either
         self.total = 0
         self._last = 0.0
 
@@ -335,15 +338,31 @@ class Printer:
             where = f" (exported unchanged as {event.output})" if event.output else ""
             return f"NOT PROTECTED {Path(event.source).name}: {event.reason}{where}"
         if isinstance(event, PhotoSkipped):
+            if event.result is not None:
+                self.earlier.append(event.result)
+            else:
+                self.skipped += 1
             return f"skipped {Path(event.source).name}: {event.reason}"
         if isinstance(event, Notice):
             return f"note    {event.message}"
         if isinstance(event, JobFinished):
-            return (f"Finished in {_clock(event.seconds)}: {event.done} protected, "
-                    f"{event.skipped} already done, {event.unprotected} NOT protected, "
-                    f"{event.failed} failed."
-                    + ("\n" + results_table(self.results) if self.results else ""))
+            return (f"Finished in {_clock(event.seconds)}: {self.counts_line()}."
+                    + ("\n" + results_table(self.results) if self.results else "")
+                    + "".join(f"\n{v.text}" for v in verdicts(self.results)))
         return None  # JobCancelled: run() says how the job stopped and how to finish it
+
+    def counts_line(self) -> str:
+        """Each photo of the run counted once, by what happened to it (the same rule as the
+        app's: "protected" only when every face model reads another person after sharing)."""
+        recognised = sum(bool(still_recognising(r)) for r in self.results)
+        parts = [f"{len(self.results) - recognised} protected"]
+        if recognised:
+            parts.append(f"{recognised} changed but still recognised by a face model")
+        parts += [f"{len(self.earlier)} already done", f"{len(self.unprotected)} NOT protected",
+                  f"{len(self.failures)} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        return ", ".join(parts)
 
     def _line(self, text: str | None) -> None:
         if text is None:
@@ -456,6 +475,10 @@ def run(args: argparse.Namespace) -> int:
               "written for them):", file=sys.stderr)
         for reason in printer.unprotected:
             print(readable(f"  {reason}"), file=sys.stderr)
+    if not as_json:
+        folders = sorted({Path(r.output).parent for r in (*printer.results, *printer.earlier)})
+        for report in filter(None, map(report_for, folders)):
+            print(readable(f"Report: {report}"), flush=True)
     if summary.cancelled:
         out = Path(summary.output_dir)
         print(readable(f"Stopped ({stop.name}) after {summary.done} photo(s) protected: they "

@@ -160,9 +160,11 @@ class ProtectionSettings:
         return max(0, self.layer1_rounds - 1) * self.layer1_lora_steps
 
     def with_overrides(self, **changes: object) -> ProtectionSettings:
-        """Copy with explicit overrides (``None`` values are ignored)."""
+        """Copy with explicit overrides (``None`` values are ignored). Any change of strength
+        makes the preset ``custom``; choosing the shields (``layers``) does not: a Medium run of
+        the zero-shot shield alone is still Medium."""
         clean = {k: v for k, v in changes.items() if v is not None}
-        if clean and "preset" not in clean:
+        if set(clean) - {"layers"} and "preset" not in clean:
             clean["preset"] = "custom"
         return replace(self, **clean)  # type: ignore[arg-type]
 

@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from dladiff_app.core.names import readable
+from dladiff_app.core.results import result_from_record
 from dladiff_app.core.score_words import UNSEEN_MODELS_NOTE
+from dladiff_app.core.verdict import album_verdict
 from dladiff_app.core.visibility_words import face_change_figures, face_change_words
 
 _LAYER_TEXT = {
@@ -135,6 +137,19 @@ def _visibility_paragraph(photo: dict[str, Any]) -> str:
     return f"<p>{escape(words)}. <small>({escape(figures)})</small></p>"
 
 
+def _verdict_paragraph(manifest: dict[str, Any]) -> str:
+    """The album's verdict, the sentence the app shows after a run (which attacks the photos
+    are protected against, and which not); empty for an album without a protected photo."""
+    try:
+        results = [result_from_record(p) for p in manifest["photos"]]
+    except (KeyError, TypeError, ValueError):  # a record too old to judge: no verdict
+        return ""
+    if not results:
+        return ""
+    text = album_verdict(results).text.split(": ", 1)[-1]  # the album is the page's title
+    return f"<p class='verdict'><strong>Verdict:</strong> {escape(text[:1].upper() + text[1:])}</p>"
+
+
 def render_report(manifest: dict[str, Any],
                   thumbnails: dict[str, tuple[bytes, bytes]] | None = None) -> str:
     """HTML for one album. ``thumbnails`` maps a photo's ``output`` (or its ``source``) to
@@ -147,6 +162,7 @@ def render_report(manifest: dict[str, Any],
             f"shield could change them), {len(manifest['failed'])} failed. "
             f"{_settings_sentence(manifest)} Device: {escape(manifest['device']['name'])}. "
             f"DLADiff {escape(manifest['app_version'])}, {escape(manifest['created'])}.</p>"
+            f"{_verdict_paragraph(manifest)}"
             "<p>Identity scores compare the original with the protected file as written: "
             "&ldquo;different person&rdquo; means the encoder no longer recognises the face. "
             f"{escape(UNSEEN_MODELS_NOTE)}</p>")
@@ -180,7 +196,13 @@ def _shields_ran(photo: dict[str, Any]) -> str:
     done = set(photo.get("layers_done") or ())
     ran = ("both" if {"layer1", "layer2"} <= done else "zeroshot" if "layer2" in done
            else "finetune" if "layer1" in done else asked)
-    return ran if ran == asked else f"{ran} ({asked} asked for)"
+    words = _SHIELD_WORDS.get(ran, ran)
+    return words if ran == asked else f"{words} ({_SHIELD_WORDS.get(asked, asked)} asked for)"
+
+
+# The manifest's shield ids as a reader says them.
+_SHIELD_WORDS = {"both": "fine-tuning and zero-shot", "zeroshot": "zero-shot only",
+                 "finetune": "fine-tuning only"}
 
 
 def _budget_text(photo: dict[str, Any]) -> str:
@@ -208,7 +230,8 @@ def _settings_sentence(manifest: dict[str, Any]) -> str:
         kinds[key] = kinds.get(key, 0) + 1
     if len(kinds) <= 1:
         preset, eps, layers = next(iter(kinds)) if kinds else (
-            str(job["preset"]), _fmt(job["eps"], 1), str(job["layers"]))
+            str(job["preset"]), _fmt(job["eps"], 1),
+            _SHIELD_WORDS.get(str(job["layers"]), str(job["layers"])))
         return (f"Preset {escape(preset)}, budget {eps}/255, shields: {escape(layers)}.")
     parts = [f"preset {escape(pr)} at {eps}/255, shields {escape(la)} ({n} photo(s))"
              for (pr, eps, la), n in sorted(kinds.items())]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from dladiff_app.core.results import PhotoResult
+
 UNSEEN_MODELS_NOTE = (
     "These verdicts come from the face models the shield worked against. Face models it "
     "never saw, like those inside some attack tools, may still recognise a protected face; "
@@ -41,3 +43,17 @@ def model_list(names: Iterable[str]) -> str:
     if len(labels) <= 1:
         return "".join(labels)
     return ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def still_recognising(result: PhotoResult) -> list[str]:
+    """Labels of the encoders that still read some face of ``result`` as the same person, in
+    their first order: after the sharing transform (what an attacker downloads), or on the file
+    as written for a face that sharing lost. Empty when every measured score says another
+    person (or nothing was measured)."""
+    names: list[str] = []
+    for face in result.scored_faces():
+        scores = face.scores_after_sharing
+        if not any(s.same_person is not None for s in scores):
+            scores = face.scores
+        names.extend(s.encoder for s in scores if s.same_person)
+    return list(dict.fromkeys(encoder_label(n) for n in names))

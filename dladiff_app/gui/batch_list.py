@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTree
 
 from dladiff_app.core.albums import PICTURE_SUFFIXES
 from dladiff_app.core.results import PhotoResult
+from dladiff_app.core.score_words import model_list, still_recognising
 from dladiff_app.gui.engine_thread import track_pool
 
 IMAGE_SUFFIXES = PICTURE_SUFFIXES
@@ -23,7 +24,9 @@ _PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 class Status(str, Enum):
     QUEUED = "Not protected yet"  # before a run, and after a run stopped before it
     RUNNING = "Running"
-    DONE = "Protected"
+    DONE = "Protected"  # every face model that measured a face reads another person
+    # Shielded and written, but some face model still reads a face as the same person.
+    RECOGNISED = "Changed, still recognised"
     # Finished, but no shield could change the photo (no face found): it is NOT protected.
     UNPROTECTED = "Not protected"
     FAILED = "Failed"
@@ -35,11 +38,16 @@ STATUS_COLOURS = {
     Status.QUEUED: "#6b7280",
     Status.RUNNING: "#2563eb",
     Status.DONE: "#15803d",
+    Status.RECOGNISED: "#c2410c",
     Status.UNPROTECTED: "#c2410c",
     Status.FAILED: "#b91c1c",
     Status.SKIPPED: "#b45309",
     Status.CANCELLED: "#6b7280",
 }
+
+
+# A photo the runner finished with a written result (what "Protect again" can redo).
+FINISHED = (Status.DONE, Status.RECOGNISED, Status.UNPROTECTED, Status.SKIPPED)
 
 
 @dataclass
@@ -58,12 +66,35 @@ class PhotoEntry:
             text = f"Running {self.percent}%"
         else:
             text = self.status.value
-        return f"{text}: {self.detail}" if self.detail else text
+        if not self.detail:
+            return text
+        # "Changed, still recognised by SFace" reads as one phrase, not "...: by SFace".
+        joint = " " if self.detail.startswith("by ") else ": "
+        return f"{text}{joint}{self.detail}"
 
     @property
     def runnable(self) -> bool:
         """Should the next Protect include this photo?"""
         return self.status in (Status.QUEUED, Status.FAILED, Status.CANCELLED)
+
+
+def run_counts(entries: Iterable[PhotoEntry]) -> str:
+    """ "2 protected, 1 still recognised by a face model, 0 failed, 0 skipped": each photo
+    counted once, by its status, so the numbers add up to the photos of the run."""
+    entries = list(entries)
+
+    def n(*statuses: Status) -> int:
+        return sum(e.status in statuses for e in entries)
+
+    parts = [f"{n(Status.DONE)} protected"]
+    if recognised := n(Status.RECOGNISED):
+        parts.append(f"{recognised} changed but still recognised by a face model")
+    if unprotected := n(Status.UNPROTECTED):
+        parts.append(f"{unprotected} NOT protected (no face found)")
+    parts.append(f"{n(Status.FAILED)} failed")
+    # Anything the run did not finish (cancelled, still queued) counts as skipped.
+    parts.append(f"{len(entries) - n(Status.DONE, Status.RECOGNISED, Status.UNPROTECTED, Status.FAILED)} skipped")
+    return ", ".join(parts)
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -262,15 +293,19 @@ class BatchList(QTreeWidget):
         if entry is None:
             return
         entry.result = result
-        self.set_status(path, Status.DONE,
-                        "; ".join(result.warnings) if detail is None else detail)
+        notes = ["; ".join(result.warnings) if detail is None else detail]
+        status = Status.DONE
+        if models := still_recognising(result):
+            status = Status.RECOGNISED
+            notes.insert(0, f"by {model_list(models)}")
+        self.set_status(path, status, "; ".join(n for n in notes if n))
 
     def protect_again(self, entries: list[PhotoEntry]) -> int:
         """Make finished photos runnable again (their earlier files are kept: the runner writes
         a protection at other settings to a new file). Returns how many were reset."""
         count = 0
         for e in entries:
-            if e.status in (Status.DONE, Status.UNPROTECTED, Status.SKIPPED) and e.path.exists():
+            if e.status in FINISHED and e.path.exists():
                 e.result = None
                 self.set_status(e.path, Status.QUEUED)
                 count += 1
@@ -293,9 +328,12 @@ class BatchList(QTreeWidget):
         children = (album.child(i) for i in range(album.childCount()))
         photos = [self._entries[Path(c.data(0, _PATH_ROLE))] for c in children if c is not None]
         done = sum(e.status is Status.DONE for e in photos)
+        recognised = sum(e.status is Status.RECOGNISED for e in photos)
         # Files that are not photos at all do not count towards the album's total.
         skipped = sum(e.status is Status.SKIPPED for e in photos)
         text = f"{done}/{len(photos) - skipped} protected"
+        if recognised:
+            text += f", {recognised} still recognised"
         album.setText(1, text + (f" ({skipped} skipped)" if skipped else ""))
 
     # ------------------------------------------------------------------ thumbnails

@@ -37,17 +37,18 @@ from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.presets import PRESETS, Layers
 from dladiff_app.core.services import DeviceSummary, JobSummary, ModelRow
 from dladiff_app.core.settings import Settings, save_settings
-from dladiff_app.gui.batch_list import BatchList, PhotoEntry, Status
+from dladiff_app.core.verdict import AlbumVerdict, report_for, verdicts
+from dladiff_app.gui.batch_list import FINISHED, BatchList, PhotoEntry, Status, run_counts
 from dladiff_app.gui.compare_view import CompareView
 from dladiff_app.gui.engine_thread import EngineThread
 from dladiff_app.gui.export_dialog import ExportDialog
 from dladiff_app.gui.face_preview import FacePreviewDialog
 from dladiff_app.gui.model_manager import ModelManagerDialog
 from dladiff_app.gui.notifications import NotificationArea
+from dladiff_app.gui.quit_question import ask_quit_during_run
 from dladiff_app.gui.services import Services
 from dladiff_app.gui.settings_dialog import SettingsDialog
 from dladiff_app.gui.strength_panel import StrengthPanel, format_duration
-from dladiff_app.gui.verdict import AlbumVerdict, report_for, verdicts
 from dladiff_app.gui.wording import counted, was_were
 
 STAGES = {"load": "Loading", "prior": "Learning the face", "layer1": "Fine-tuning shield",
@@ -461,9 +462,9 @@ class MainWindow(QMainWindow):
             self._preview_photo() is not None and settings is not None
             and settings.layers.zeroshot)
         self.export_action.setEnabled(not running and any(
-            e.status is Status.DONE for e in self.batch.entries()))
+            e.result is not None for e in self.batch.entries()))
         self.protect_again_action.setEnabled(not running and any(
-            e.status in (Status.DONE, Status.UNPROTECTED) for e in self.batch.entries()))
+            e.status in FINISHED for e in self.batch.entries()))
 
     def protect(self) -> None:
         settings = self.strength.settings()
@@ -532,18 +533,17 @@ class MainWindow(QMainWindow):
         elif isinstance(event, ev.Notice):
             self.notes.warning(event.message)
         elif isinstance(event, ev.JobFinished):
+            ran = set(self._job_paths)
+            entries = [e for e in self.batch.entries() if e.path in ran]
             self.progress_label.setText(
-                f"Finished in {format_duration(event.seconds)}: {event.done} protected, "
-                + (f"{event.unprotected} NOT protected (no face found), "
-                   if event.unprotected else "")
-                + f"{event.failed} failed, {event.skipped} skipped.")
+                f"Finished in {format_duration(event.seconds)}: {run_counts(entries)}.")
             self.batch_progress.setValue(1000)
         elif isinstance(event, ev.JobCancelled):
             self.progress_label.setText(f"Cancelled. {counted(event.done, 'photo')} {was_were(event.done)} "
                                         "protected and kept.")
             # The bar showed the work in progress; now it shows what is finished.
             finished = sum(1 for p in self._job_paths if self.batch.entry(p).status in
-                           (Status.DONE, Status.FAILED, Status.SKIPPED)) \
+                           (Status.DONE, Status.RECOGNISED, Status.FAILED, Status.SKIPPED)) \
                 if self._job_paths else 0
             self.batch_progress.setValue(int(1000 * finished / max(1, len(self._job_paths))))
 
@@ -822,6 +822,14 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)  # type: ignore[arg-type]
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.engine.job_running:
+            ran = set(self._job_paths)
+            left = sum(e.path in ran and e.status in (Status.QUEUED, Status.RUNNING)
+                       for e in self.batch.entries())
+            if not ask_quit_during_run(self, f"{left} of {counted(len(self._job_paths), 'photo')}"
+                                             " left"):
+                event.ignore()
+                return
         self._estimate_timer.stop()
         self._qsettings().setValue("geometry", self.saveGeometry())
         self.engine.shutdown()

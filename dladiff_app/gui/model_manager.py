@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -38,6 +38,16 @@ def format_size(size: int | None) -> str:
     return f"{size} B"
 
 
+def default_size(screen: QSize | None) -> tuple[int, int]:
+    """The dialog's first size: wide enough for "Used for" to wrap into a few lines and about
+    eight models to show, within 90% of the screen (never bigger than it, so never shown
+    filling it)."""
+    width, height = 1040, 700
+    if screen is None or screen.isEmpty():
+        return width, height
+    return min(width, int(screen.width() * 0.9)), min(height, int(screen.height() * 0.9))
+
+
 def status_text(row: ModelRow) -> str:
     if not row.present:
         return "Missing"
@@ -60,7 +70,6 @@ class ModelManagerDialog(QDialog):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
-        self.resize(980, 620)  # every row and the license visible
         self._models, self._engine = models, engine
         self.rows: list[ModelRow] = []
         self._cancel: CancelToken | None = None
@@ -73,10 +82,21 @@ class ModelManagerDialog(QDialog):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        # Status and size are a word or two; the model and its licence get a fixed share (set in
+        # _fit_columns) and wrap; what the model is used for takes the rest.
+        for column, mode in ((0, QHeaderView.ResizeMode.Interactive),
+                             (1, QHeaderView.ResizeMode.Stretch),
+                             (2, QHeaderView.ResizeMode.ResizeToContents),
+                             (3, QHeaderView.ResizeMode.ResizeToContents),
+                             (4, QHeaderView.ResizeMode.Interactive)):
+            header.setSectionResizeMode(column, mode)
+        header.setStretchLastSection(False)
+        self.table.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.table.verticalHeader().hide()
         self.table.setWordWrap(True)
         self.table.itemSelectionChanged.connect(self._sync)
+        self.table.installEventFilter(self)
         self.license = QPlainTextEdit()
         self.license.setAccessibleName("License text")
         self.license.setReadOnly(True)
@@ -117,14 +137,33 @@ class ModelManagerDialog(QDialog):
         split.addWidget(self.table)
         split.addWidget(license_box)
         split.setChildrenCollapsible(False)
-        split.setSizes([400, 140])
+        split.setSizes([460, 120])
         layout.addWidget(self.summary)
         layout.addWidget(split, 1)
         layout.addWidget(self.accept_license)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
+        screen = self.screen()
+        self.resize(*default_size(screen.availableGeometry().size() if screen else None))
         self.refresh()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # The table's own resize, not the dialog's: the layout sizes the table after the
+        # dialog's resize event, and widths taken then are the old ones.
+        if watched is self.table and event.type() == QEvent.Type.Resize:
+            self._fit_columns()
+        return super().eventFilter(watched, event)
+
+    def _fit_columns(self) -> None:
+        """Model and licence columns a share of the width left by status and size (never
+        wider than their text), "Used for" the rest; then rows as tall as their wrapped text."""
+        rest = self.table.viewport().width() - sum(self.table.columnWidth(c) for c in (2, 3))
+        for column, share in ((0, 0.26), (4, 0.22)):
+            self.table.resizeColumnToContents(column)
+            self.table.setColumnWidth(column, max(120, min(self.table.columnWidth(column),
+                                                           int(rest * share))))
+        self.table.resizeRowsToContents()
 
     # ------------------------------------------------------------------ list
     def refresh(self) -> None:
@@ -141,14 +180,7 @@ class ModelManagerDialog(QDialog):
                 item = QTableWidgetItem(text)
                 item.setToolTip(row.path or text)
                 self.table.setItem(r, c, item)
-        self.table.resizeColumnToContents(0)
-        # Licence names and purposes wrap onto more lines instead of being cut off: the licence
-        # column gets its text's width up to a third of the table, rows grow to fit.
-        last = len(self.COLUMNS) - 1
-        self.table.resizeColumnToContents(last)
-        self.table.setColumnWidth(last, min(self.table.columnWidth(last),
-                                            max(200, self.table.viewport().width() // 3)))
-        self.table.resizeRowsToContents()
+        self._fit_columns()
         missing = sum(not r.present for r in self.rows)
         self.summary.setText(f"{counted(missing, 'model')} missing." if missing else
                              "All models are ready.")

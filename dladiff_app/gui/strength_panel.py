@@ -98,6 +98,12 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+# Why the fine-tuning shield's box cannot be ticked, in words (no commands in the window).
+FINETUNE_UNAVAILABLE = ("Not available: this shield works on a Stable Diffusion model, which is "
+                        "not on this computer yet. Download it in the Models window (menu "
+                        "Models…) to switch this shield on.")
+
+
 class StrengthPanel(QGroupBox):
     """Emits ``changed`` whenever the settings it describes change."""
 
@@ -158,8 +164,7 @@ class StrengthPanel(QGroupBox):
         self.finetune.setChecked(True)
         finetune_help = QLabel("Spoils DreamBooth/LoRA training on your photos. Needs a GPU to "
                                "be quick.")
-        self.finetune_missing = QLabel("Stable Diffusion is not on this computer yet, so this "
-                                       "shield cannot run. Get it under Models…")
+        self.finetune_missing = QLabel(FINETUNE_UNAVAILABLE)
         self.finetune_missing.setAccessibleName("Fine-tuning shield unavailable")
         self.finetune_missing.setWordWrap(True)
         self.finetune_missing.setStyleSheet("color: #b45309; margin-left: 22px;")
@@ -228,7 +233,7 @@ class StrengthPanel(QGroupBox):
         self._base_index = nearest_mark(thoroughness_of(base))
         self.eps.setValue(int(round(min(max(base.eps, EPS_MIN), EPS_MAX))))
         self.steps.setValue(self._base_index)  # High's doubled steps move the slider too
-        self.finetune.setChecked(base.layers.finetune)
+        self.finetune.setChecked(base.layers.finetune and self._finetune_available)
         self.zeroshot.setChecked(base.layers.zeroshot)
         idx = self.preset.findData(base.preset)
         self.preset.setCurrentIndex(idx if idx >= 0 else self.preset.findData("custom"))
@@ -243,16 +248,20 @@ class StrengthPanel(QGroupBox):
         self._apply(settings)
 
     def set_finetune_available(self, available: bool) -> None:
-        """Say up front when the fine-tuning shield cannot run (no Stable Diffusion model)."""
+        """Without a Stable Diffusion model the fine-tuning shield cannot run: its box is
+        unticked and disabled, and the reason is shown under it (and as its tooltip)."""
         self._finetune_available = available
+        self.finetune.setEnabled(available)
+        self.finetune.setToolTip("" if available else FINETUNE_UNAVAILABLE)
+        if not available:
+            self.finetune.setChecked(False)
         self._sync_finetune_note()
 
     def _sync_finetune_note(self) -> None:
-        self.finetune_missing.setVisible(not self._finetune_available
-                                         and self.finetune.isChecked())
+        self.finetune_missing.setVisible(not self._finetune_available)
 
     def set_layers(self, layers: Layers) -> None:
-        self.finetune.setChecked(layers.finetune)
+        self.finetune.setChecked(layers.finetune and self._finetune_available)
         self.zeroshot.setChecked(layers.zeroshot)
 
     def layers(self) -> Layers | None:

@@ -186,9 +186,44 @@ def test_photos_without_a_face_exit_3_and_are_named(tmp_path: Path,
     assert "1 photo(s) are NOT protected" in err.err and "1 NOT protected" in err.out
     names = sorted(p.name for p in (tmp_path / "out" / "in").iterdir())
     assert "astronaut_flip-protected.png" in names and not any("sky" in n for n in names)
+    # Only the zero-shot shield ran: the run says so in words, and ends with its report.
+    assert "not protected against fine-tuning (DreamBooth/LoRA)" in err.out
+    report = tmp_path / "out" / "in" / "report.html"
+    assert err.out.rstrip().splitlines()[-1] == f"Report: {report}" and report.is_file()
+    assert "not protected against fine-tuning" in report.read_text(encoding="utf-8")
+    assert _finished_counts(err.out) == 2  # each photo counted once
+
+    # Again: the face is done already, the photo without one is still named, counted once.
+    main(["protect", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--layers", "zeroshot",
+          "--layer2-steps", "1", "--eps", "4", "--resume"])
+    again = capsys.readouterr().out
+    assert "1 already done, 1 NOT protected" in again and _finished_counts(again) == 2
+
+
+def _finished_counts(out: str) -> int:
+    """The sum of the counts on the run's "Finished in M:SS: ..." line."""
+    import re
+
+    line, = (x for x in out.splitlines() if x.startswith("Finished in "))
+    return sum(int(n) for n in re.findall(r"(\d+) [a-zA-Z]", line.split(": ", 1)[1]))
     assert "3 finished, but some photos are NOT protected" in subprocess.run(
         [sys.executable, "-m", "dladiff_app.cli.main", "protect", "--help"], cwd=ROOT,
         capture_output=True, text=True, env=_CHILD_ENV, timeout=120).stdout.replace("\n", " ")
+
+
+def test_a_preset_with_one_shield_keeps_its_name() -> None:
+    from dladiff_app.cli.main import build_parser
+    from dladiff_app.cli.protect_cmd import budgets_line, build_job
+
+    parser = build_parser()
+    job = build_job(parser.parse_args(["protect", "a.png", "-o", "out", "--preset", "medium",
+                                       "--layers", "zeroshot"]))
+    assert job.settings.preset == "medium" and job.settings.layers is Layers.ZEROSHOT
+    assert budgets_line(job.settings).startswith("Budgets (preset medium): zero-shot shield")
+    # A change of strength is no longer the preset.
+    job = build_job(parser.parse_args(["protect", "a.png", "-o", "out", "--preset", "medium",
+                                       "--eps", "9"]))
+    assert job.settings.preset == "custom"
 
 
 def _five_faces(folder: Path) -> None:

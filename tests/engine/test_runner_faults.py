@@ -241,7 +241,9 @@ def test_without_stable_diffusion_each_photo_and_the_report_say_which_shield_ran
         assert all(missing in p["warnings"] and p["layers_done"] == ["layer2"]
                    for p in doc["photos"])
         html = (out / album / "report.html").read_text(encoding="utf-8")
-        assert "shields: zeroshot (both asked for)" in html and "shields: both" not in html
+        assert "shields: zero-shot only (fine-tuning and zero-shot asked for)" in html
+        assert "shields: fine-tuning and zero-shot." not in html
+        assert "not protected against fine-tuning (DreamBooth/LoRA)" in html
 
 
 # ------------------------------------------------------------------ manifest sources

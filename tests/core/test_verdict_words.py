@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dladiff_app.core.results import IdentityScore, PhotoResult
-from dladiff_app.gui.verdict import album_verdict
+from dladiff_app.core.verdict import album_verdict
 
 
 def _photo(name: str, same: bool) -> PhotoResult:
