@@ -28,7 +28,8 @@ USE_SOURCES = [PACKAGE, ROOT / "benchmarks", ROOT / "packaging", ROOT / "dev.py"
 # used although no source line spells a call to it.
 IMPLICIT = {
     "forward", "run", "main", "event", "eventFilter", "paintEvent", "resizeEvent",
-    "mousePressEvent", "mouseMoveEvent", "mouseReleaseEvent", "wheelEvent", "keyPressEvent",
+    "mousePressEvent", "mouseMoveEvent", "mouseReleaseEvent", "mouseDoubleClickEvent",
+    "wheelEvent", "keyPressEvent",
     "closeEvent", "showEvent", "hideEvent", "changeEvent", "dragEnterEvent", "dropEvent",
     "enterEvent", "leaveEvent", "sizeHint", "minimumSizeHint", "contextMenuEvent",
     "timerEvent", "data", "rowCount", "columnCount", "headerData", "flags", "setData",
@@ -78,7 +79,7 @@ def find_dead() -> list[tuple[Path, int, str]]:
 def main() -> int:
     dead = find_dead()
     for path, line, name in dead:
-        print(f"{path.relative_to(ROOT)}:{line} {name}")
+        print(f"{path.relative_to(ROOT)}:{line} {name}", flush=True)
     print(f"{len(dead)} definition(s) used by nothing but tests", file=sys.stderr)
     return 1 if dead else 0
 

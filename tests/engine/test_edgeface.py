@@ -29,9 +29,9 @@ needs_edgeface = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def edgeface():  # type: ignore[no-untyped-def]
-    from dladiff_app.engine.faces.edgeface import EdgeFaceEncoder
+    from dladiff_app.engine.faces.edgeface import MODEL_SHA256, EdgeFaceEncoder, package_model_path
 
-    return EdgeFaceEncoder.from_package().eval()
+    return EdgeFaceEncoder(package_model_path(), expected_sha256=MODEL_SHA256).eval()
 
 
 def _t1_faces():  # type: ignore[no-untyped-def]

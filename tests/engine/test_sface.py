@@ -21,7 +21,7 @@ from tests.engine.reference_runtime import worst_against_reference
 
 @pytest.fixture(scope="module")
 def sface() -> SFaceEncoder:
-    return SFaceEncoder.from_package().eval()
+    return SFaceEncoder(package_model_path(), expected_sha256=INT8_SHA256).eval()
 
 
 @pytest.fixture(scope="module")
