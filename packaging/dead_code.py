@@ -20,10 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "dladiff_app"
 # Where a use keeps a definition alive: everything that ships or that a maintainer runs.
-USE_SOURCES = [PACKAGE, ROOT / "benchmarks", ROOT / "packaging", ROOT / "dev.py",
-               ROOT / "pyproject.toml"]
+USE_SOURCES = ("dladiff_app", "benchmarks", "packaging", "dev.py", "pyproject.toml")
 # Names that Python, Qt, torch or argparse call for us: a definition with one of these names is
 # used although no source line spells a call to it.
 IMPLICIT = {
@@ -37,9 +35,9 @@ IMPLICIT = {
 }
 
 
-def _source_files() -> list[Path]:
+def _source_files(root: Path) -> list[Path]:
     files: list[Path] = []
-    for src in USE_SOURCES:
+    for src in (root / name for name in USE_SOURCES):
         if src.is_file():
             files.append(src)
         elif src.is_dir():
@@ -59,11 +57,13 @@ def _definitions(path: Path) -> list[tuple[str, int]]:
     return found
 
 
-def find_dead() -> list[tuple[Path, int, str]]:
-    """Return (file, line, name) for each definition in the package with no use outside tests."""
-    texts = {p: p.read_text(encoding="utf-8").splitlines() for p in _source_files()}
+def find_dead(root: Path = ROOT) -> list[tuple[Path, int, str]]:
+    """Return (file, line, name) for each definition in ``root``'s package with no use outside
+    the tests."""
+    package = root / "dladiff_app"
+    texts = {p: p.read_text(encoding="utf-8").splitlines() for p in _source_files(root)}
     dead = []
-    for path in sorted(p for p in texts if PACKAGE in p.parents):
+    for path in sorted(p for p in texts if package in p.parents):
         for name, line in _definitions(path):
             if name in IMPLICIT:
                 continue
