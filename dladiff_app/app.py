@@ -41,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
 
-    from dladiff_app.core.paths import configure_ml_environment
+    from dladiff_app.core.paths import configure_ml_environment, models_dir
     from dladiff_app.core.settings import load_settings
 
     settings = load_settings()
-    configure_ml_environment()
+    configure_ml_environment(models_dir(settings))
 
     from dladiff_app.engine.services import build_services
     from dladiff_app.gui.launch import run_app

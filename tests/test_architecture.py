@@ -51,10 +51,25 @@ def test_contracts_reject_a_wrong_import(tmp_path: Path, module: str, source: st
 
 
 @pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
+def test_contracts_reject_an_import_cycle(tmp_path: Path) -> None:
+    """The settings file's place comes from ``paths``; ``paths`` importing the settings back
+    (even lazily, inside a function) is a cycle the contracts must refuse."""
+    tree = _copy_tree(tmp_path)
+    with open(tree / "dladiff_app" / "core" / "paths.py", "a", encoding="utf-8") as handle:
+        handle.write("\n\ndef _planted() -> object:\n"
+                     "    from dladiff_app.core.settings import load_settings\n\n"
+                     "    return load_settings()\n")
+    result = _lint(tree)
+    assert result.returncode != 0, result.stdout
+    broken_lines = [ln for ln in result.stdout.splitlines() if "BROKEN" in ln]
+    assert broken_lines and all("no import cycles" in ln for ln in broken_lines), result.stdout
+
+
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
 def test_contracts_hold_on_the_real_tree(tmp_path: Path) -> None:
     result = _lint(_copy_tree(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken" in result.stdout
+    assert "Contracts: 4 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize("module", ["dladiff_app.app", "dladiff_app.gui.main_window",

@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dladiff_app.core.paths import configure_ml_environment
+    from dladiff_app.core.paths import configure_ml_environment, models_dir
+    from dladiff_app.core.settings import load_settings
 
     # Model locations must be in the environment before any ML library is imported.
-    configure_ml_environment()
+    configure_ml_environment(models_dir(load_settings()))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

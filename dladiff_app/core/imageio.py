@@ -24,7 +24,6 @@ conversion.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import re
@@ -48,6 +47,7 @@ from dladiff_app.core.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
+from dladiff_app.core.hashing import sha256_stream
 
 # MPO: the JPEG variant phones and many cameras write (Ultra HDR gain maps, depth maps, stereo
 # pairs): the first picture is an ordinary JPEG and is the photo itself.
@@ -163,15 +163,12 @@ def file_sha256(path: Path | str) -> str:
     """SHA-256 of a photo file's bytes, with the same checks and errors as :func:`load_image`
     (never blocks on a FIFO)."""
     path = Path(path)
-    digest = hashlib.sha256()
     with _open_regular(path) as fh:
         try:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+            return sha256_stream(fh)
         except OSError as exc:
             raise ImageUnreadableError(path, f"the file cannot be read ({exc.strerror})"
                                        ) from None
-    return digest.hexdigest()
 
 
 def decode_bytes(data: bytes) -> np.ndarray:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dladiff_app.core.errors import OutputError
+from dladiff_app.core.hashing import sha256_file
 from dladiff_app.core.jobs import AlbumMode, ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.names import json_text
 from dladiff_app.core.presets import Layers, ProtectionSettings
@@ -50,21 +51,6 @@ _PATH_FIELDS = ("output", "planned")
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a regular file. Raises OSError, and ``IsADirectoryError``-style OSError for
-    anything that is not a regular file (a FIFO would block ``open`` forever)."""
-    import stat
-
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"{path} is not a regular file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def protection_key(source_sha256: str, settings: dict[str, Any], export: dict[str, Any],

@@ -15,12 +15,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import platformdirs
-
-if TYPE_CHECKING:
-    from dladiff_app.core.settings import Settings
 
 APP_NAME = "dladiff"
 ENV_CACHE_DIR = "DLADIFF_CACHE_DIR"
@@ -28,6 +25,15 @@ ENV_CONFIG_DIR = "DLADIFF_CONFIG_DIR"
 SETTINGS_FILE = "settings.json"
 
 _log = logging.getLogger(__name__)
+
+
+class CacheSetting(Protocol):
+    """The one setting the folders depend on (``core.settings.Settings`` has it); the settings
+    module imports this one for the settings file's place, so the settings come in as an
+    argument, never read from here."""
+
+    @property
+    def cache_dir(self) -> str | None: ...
 
 # Libraries that freeze their cache locations when first imported.
 _ML_MODULES = ("huggingface_hub", "diffusers", "transformers", "insightface")
@@ -45,21 +51,17 @@ def settings_path() -> Path:
     return config_dir() / SETTINGS_FILE
 
 
-def cache_dir(settings: Settings | None = None) -> Path:
-    """The cache root. ``settings`` defaults to the saved settings file."""
+def cache_dir(settings: CacheSetting) -> Path:
+    """The cache root for ``settings`` (the loaded settings: this never reads the file)."""
     override = os.environ.get(ENV_CACHE_DIR)
     if override:
         return Path(override).expanduser()
-    if settings is None:
-        from dladiff_app.core.settings import load_settings
-
-        settings = load_settings()
     if settings.cache_dir:
         return Path(settings.cache_dir).expanduser()
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
 
-def models_dir(settings: Settings | None = None) -> Path:
+def models_dir(settings: CacheSetting) -> Path:
     return cache_dir(settings) / "models"
 
 
@@ -78,16 +80,15 @@ def ml_environment(models_root: Path) -> dict[str, str]:
     }
 
 
-def configure_ml_environment(models_root: Path | None = None) -> dict[str, str]:
-    """Set the ML libraries' cache variables to live under ``models_root`` (default
+def configure_ml_environment(models_root: Path) -> dict[str, str]:
+    """Set the ML libraries' cache variables to live under ``models_root`` (the app's
     :func:`models_dir`) and return what was set. ``HF_HUB_OFFLINE`` is left as the user set it.
 
     Call it before importing any ML library; if one is already imported its cached paths are not
     updated, which is logged (our own downloads pass their folders explicitly, so they still land
     in the right place).
     """
-    root = models_root if models_root is not None else models_dir()
-    values = ml_environment(root)
+    values = ml_environment(models_root)
     os.environ.update(values)
     # The libraries' own chatter (torchvision hints, per-file loading bars) is not for our users;
     # a user who wants it back sets these variables themselves.

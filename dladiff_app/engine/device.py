@@ -26,9 +26,6 @@ from dladiff_app.core.errors import DeviceError
 DeviceKind = Literal["cuda", "mps", "cpu"]
 ENV_DEVICE = "DLADIFF_DEVICE"
 
-# Reasons not to use MPS on this machine, filled by code that finds an op broken on that backend
-# (e.g. a kernel missing in an old macOS); "auto" then falls back to CPU and says why.
-MPS_DENY_REASONS: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -39,16 +36,6 @@ class DeviceInfo:
     memory_bytes: int | None
     autocast_dtype: torch.dtype | None  # bf16/fp16 on CUDA, None elsewhere
     reason: str
-
-    @property
-    def param_dtype(self) -> torch.dtype:
-        """dtype of perturbations and LoRA weights: always fp32."""
-        return torch.float32
-
-    @property
-    def base_dtype(self) -> torch.dtype:
-        """dtype to load frozen base weights in (half on CUDA, fp32 elsewhere)."""
-        return self.autocast_dtype or torch.float32
 
     def summary(self) -> str:
         memory = f", {self.memory_bytes / 2**30:.1f} GiB" if self.memory_bytes else ""
@@ -163,8 +150,6 @@ def resolve_device(requested: str = "auto") -> DeviceInfo:
         if not _mps_available():
             raise DeviceError("MPS (Apple GPU) was requested but is not available on this "
                               "machine: choose 'auto' or 'cpu'.")
-        if MPS_DENY_REASONS:
-            raise DeviceError(f"MPS cannot be used: {'; '.join(MPS_DENY_REASONS)}.")
         return _mps_info("MPS requested")
     raise DeviceError(f"Unknown device {requested!r}: use auto, cuda, cuda:N, mps or cpu.")
 
@@ -173,9 +158,6 @@ def _auto() -> DeviceInfo:
     if torch.cuda.is_available():
         return _cuda_info(0, "CUDA GPU found")
     if _mps_available():
-        if MPS_DENY_REASONS:
-            return _cpu_info(f"MPS is available but not used ({'; '.join(MPS_DENY_REASONS)}): "
-                             "using CPU; the fine-tuning shield will be slow")
         return _mps_info("Apple GPU (MPS) found")
     return _cpu_info("CUDA not available: using CPU; the fine-tuning shield will be slow")
 

@@ -163,8 +163,9 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
                               "the command line: --layers zeroshot).")
     if cache_dir is None:
         from dladiff_app.core.paths import cache_dir as default_cache
+        from dladiff_app.core.settings import load_settings
 
-        cache_dir = default_cache() / "prior_lora"
+        cache_dir = default_cache(load_settings()) / "prior_lora"
     notices = _encoder_notices(store, encoders) if settings.layers.zeroshot else ()
     layer2_missing = "" if encoders else (
         "The zero-shot shield was skipped: no identity encoder is available (install "

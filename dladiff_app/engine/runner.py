@@ -63,6 +63,7 @@ from dladiff_app.core.events import (
     PhotoStarted,
     PhotoUnprotected,
 )
+from dladiff_app.core.hashing import sha256_file
 from dladiff_app.core.jobs import AlbumMode, ProtectJob
 from dladiff_app.core.journal import (
     Journal,
@@ -71,7 +72,6 @@ from dladiff_app.core.journal import (
     copy_suffix,
     protection_key,
     sha256_bytes,
-    sha256_file,
 )
 from dladiff_app.core.results import IdentityScore, PhotoResult, result_from_record
 from dladiff_app.core.services import JobSummary

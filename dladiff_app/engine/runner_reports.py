@@ -9,7 +9,7 @@ never taken (the first free ``manifest-2.json`` etc. is used instead and remembe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from dladiff_app.core.albums import Album
 from dladiff_app.core.atomic import atomic_write_text, next_free_path
@@ -20,8 +20,16 @@ from dladiff_app.core.journal import Journal
 from dladiff_app.core.manifest import build_manifest, manifest_text
 from dladiff_app.core.report_html import render_report, thumbnail_jpeg
 
-if TYPE_CHECKING:
-    from dladiff_app.engine.runner import EngineKit
+
+class ReportedKit(Protocol):
+    """What a report says about the engine that ran the job (the runner's ``EngineKit``)."""
+
+    @property
+    def device_kind(self) -> str: ...
+    @property
+    def device_name(self) -> str: ...
+    @property
+    def models(self) -> dict[str, Any]: ...
 
 
 def _thumbs(source: str, output: str) -> tuple[bytes, bytes] | None:
@@ -33,7 +41,7 @@ def _thumbs(source: str, output: str) -> tuple[bytes, bytes] | None:
 
 
 def write_album_reports(journal: Journal, album: Album, out: Path, job: ProtectJob,
-                        kit: EngineKit) -> tuple[Path, Path] | None:
+                        kit: ReportedKit) -> tuple[Path, Path] | None:
     """Returns (manifest path, report path), or None when the album has nothing to report."""
     done = [e for e in journal.done_in_album(album.name) if e.result]
     failed = journal.failed_in_album(album.name)

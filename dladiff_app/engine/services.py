@@ -277,9 +277,10 @@ class EngineModelService:
                  settings: Settings | None = None, settings_path: Path | None = None) -> None:
         if store is None:
             from dladiff_app.core.paths import models_dir
+            from dladiff_app.core.settings import load_settings
             from dladiff_app.engine.models.store import ModelStore
 
-            store = ModelStore(root or models_dir(settings),
+            store = ModelStore(root or models_dir(settings or load_settings()),
                                settings_paths=settings.model_paths if settings else None)
         self.store = store
         self.settings = settings

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dladiff_app.core.manifest import build_manifest, load_schema, manifest_text, validate_manifest
+from dladiff_app.core.manifest import build_manifest, manifest_text
 from dladiff_app.core.report_html import render_report, thumbnail_jpeg
 from dladiff_app.core.results import IdentityScore
+from tests.fixtures.manifest_schema import load_schema, validate_manifest
 
 
 def _photo(source: str = "/in/IMG_0042.jpg") -> dict[str, Any]:
@@ -51,13 +52,13 @@ def test_manifest_validates_and_is_strict_json() -> None:
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.pop("photos"), "missing required field 'photos'"),
-    (lambda d: d["photos"][0].update(sha256="nothex"), "does not match"),
-    (lambda d: d["photos"][0].update(width=0), "< minimum"),
-    (lambda d: d["photos"][0]["scores"][0].update(verdict="maybe"), "is not one of"),
-    (lambda d: d.update(extra=1), "unexpected field 'extra'"),
-    (lambda d: d["failed"][0].update(reason=""), "shorter than"),
-    (lambda d: d["job"].update(eps="8"), "expected number"),
+    (lambda d: d.pop("photos"), "[required] 'photos'"),
+    (lambda d: d["photos"][0].update(sha256="nothex"), "['photos'][0]['sha256']: [pattern]"),
+    (lambda d: d["photos"][0].update(width=0), "['photos'][0]['width']: [minimum]"),
+    (lambda d: d["photos"][0]["scores"][0].update(verdict="maybe"), "['verdict']: [enum]"),
+    (lambda d: d.update(extra=1), "manifest: [additionalProperties]"),
+    (lambda d: d["failed"][0].update(reason=""), "['failed'][0]['reason']: [minLength]"),
+    (lambda d: d["job"].update(eps="8"), "['job']['eps']: [type]"),
 ])
 def test_invalid_manifests_are_named(mutate: Any, expected: str) -> None:
     doc = _manifest()

@@ -61,13 +61,13 @@ def test_newer_schema_gives_defaults_and_keeps_file(
 def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(paths.ENV_CACHE_DIR, raising=False)
     monkeypatch.setenv(paths.ENV_CONFIG_DIR, str(tmp_path / "cfg"))
-    default = paths.cache_dir()
+    default = paths.cache_dir(Settings())
     assert default.name.lower() == "dladiff" or "dladiff" in str(default).lower()
-    save_settings(Settings(cache_dir=str(tmp_path / "from_settings")))
-    assert paths.cache_dir() == tmp_path / "from_settings"
-    assert paths.models_dir() == tmp_path / "from_settings" / "models"
+    chosen = Settings(cache_dir=str(tmp_path / "from_settings"))
+    assert paths.cache_dir(chosen) == tmp_path / "from_settings"
+    assert paths.models_dir(chosen) == tmp_path / "from_settings" / "models"
     monkeypatch.setenv(paths.ENV_CACHE_DIR, str(tmp_path / "from_env"))
-    assert paths.cache_dir() == tmp_path / "from_env"
+    assert paths.cache_dir(chosen) == tmp_path / "from_env"
 
 
 def test_configure_ml_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from dladiff_app.engine.faces.onnx_to_torch import OnnxModule
 
 
 def worst_against_reference(encoder, photo: np.ndarray, faces: Sequence,  # type: ignore[no-untyped-def]
@@ -35,3 +39,37 @@ def worst_against_reference(encoder, photo: np.ndarray, faces: Sequence,  # type
         worst_net = max(worst_net, float(np.abs(net - ref).max()))
         worst_cos = min(worst_cos, float(ours @ ref / np.linalg.norm(ours) / np.linalg.norm(ref)))
     return worst_net, worst_cos
+
+
+def _concrete_shape(shape: list[int | str]) -> list[int]:
+    # Symbolic dims: batch 1, spatial 640 (SCRFD's working size), everything else 1.
+    out = []
+    for i, d in enumerate(shape):
+        out.append(d if isinstance(d, int) else (640 if i >= 2 else 1))
+    return out
+
+
+def verify_against_onnxruntime(path: Path | str, module: OnnxModule, n: int = 2) -> float:
+    """Max absolute difference between ``module`` and onnxruntime on ``n`` random inputs.
+
+    Inputs are uniform in [-1, 1] (the range of a normalised image), seeded for reproducibility;
+    symbolic dimensions get batch 1 and spatial 640. Returns the largest difference over all
+    outputs and trials.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(n):
+        feeds = {
+            name: rng.uniform(-1, 1, _concrete_shape(shape)).astype(np.float32)
+            for name, shape in zip(module.input_names, module.input_shapes, strict=True)
+        }
+        expected = session.run(module.output_names, feeds)
+        with torch.no_grad():
+            got = module(*(torch.from_numpy(feeds[k]) for k in module.input_names))
+        got_t = got if isinstance(got, tuple) else (got,)
+        for e, g in zip(expected, got_t, strict=True):
+            worst = max(worst, float(np.max(np.abs(np.asarray(e) - g.numpy()))))
+    return worst

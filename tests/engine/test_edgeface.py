@@ -29,9 +29,9 @@ needs_edgeface = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def edgeface():  # type: ignore[no-untyped-def]
-    from dladiff_app.engine.faces.edgeface import EdgeFaceEncoder
+    from dladiff_app.engine.faces.edgeface import MODEL_SHA256, EdgeFaceEncoder, package_model_path
 
-    return EdgeFaceEncoder.from_package().eval()
+    return EdgeFaceEncoder(package_model_path(), expected_sha256=MODEL_SHA256).eval()
 
 
 def _t1_faces():  # type: ignore[no-untyped-def]
@@ -43,10 +43,10 @@ def _t1_faces():  # type: ignore[no-untyped-def]
 
 @needs_edgeface
 def test_package_file_is_the_published_one() -> None:
+    from dladiff_app.core.hashing import sha256_file
     from dladiff_app.engine.faces.edgeface import MODEL_SHA256, package_model_path
-    from dladiff_app.engine.models.download import sha256_of
 
-    assert sha256_of(package_model_path()) == MODEL_SHA256
+    assert sha256_file(package_model_path()) == MODEL_SHA256
     assert package_model_path().stat().st_size == 14_882_726
 
 

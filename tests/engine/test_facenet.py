@@ -70,9 +70,9 @@ def test_graph_reader_names_unsupported_ops_and_refuses_other_files(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def facenet():  # type: ignore[no-untyped-def]
-    from dladiff_app.engine.faces.facenet import FaceNetEncoder
+    from dladiff_app.engine.faces.facenet import GRAPH_SHA256, FaceNetEncoder, package_model_path
 
-    return FaceNetEncoder.from_package().eval()
+    return FaceNetEncoder(package_model_path(), expected_sha256=GRAPH_SHA256).eval()
 
 
 def _faces():  # type: ignore[no-untyped-def]

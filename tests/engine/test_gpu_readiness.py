@@ -58,8 +58,7 @@ def test_simulated_card_gets_native_precision(monkeypatch: pytest.MonkeyPatch, n
                                               expected: torch.dtype) -> None:
     _simulate_cuda(monkeypatch, name, capability)
     info = resolve_device("cuda")
-    assert info.autocast_dtype == expected and info.base_dtype == expected
-    assert info.param_dtype == torch.float32  # perturbations and LoRA stay fp32
+    assert info.autocast_dtype == expected
     # Layer 1 called with a plain device string decides the same.
     assert _device_parts("cuda:0")[1] == expected
 
@@ -79,14 +78,13 @@ def test_fp16_cards_get_loss_scaling(monkeypatch: pytest.MonkeyPatch,
 def test_mps_and_cpu_run_fp32_without_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(device_mod, "_mps_available", lambda: True)
-    monkeypatch.setattr(device_mod, "MPS_DENY_REASONS", [])
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 24 * 2**30, raising=False)
     mps = resolve_device("mps")
-    assert mps.autocast_dtype is None and mps.base_dtype == torch.float32
+    assert mps.autocast_dtype is None
     assert accumulate_dtype(mps.torch_device) == torch.float32
     assert accumulate_dtype("cuda:0") == torch.float32
     cpu = resolve_device("cpu")
-    assert cpu.autocast_dtype is None and cpu.base_dtype == torch.float32
+    assert cpu.autocast_dtype is None
     assert accumulate_dtype(cpu.torch_device) == torch.float64
 
 

@@ -22,6 +22,7 @@ from dladiff_app.engine.shield import surrogate as sg
 from dladiff_app.engine.shield.layer1 import Layer1Result, protect_album_layer1
 from dladiff_app.engine.shield.memory import StepDown
 from dladiff_app.engine.shield.resize import to_working
+from tests.fixtures.lora_attack import eval_loss, train_step
 from tests.fixtures.tiny_sd import TINY_SD_RESOLUTION
 
 EPS = 16
@@ -159,8 +160,8 @@ def test_attacker_lora_trains_worse_on_protected_photos(run: Run, tiny_sd_dir: P
         opt = sg.make_optimizer(sur, name, LORA_LR)
         w, gen = _work(images), torch.Generator().manual_seed(7)
         for _ in range(30):
-            sg.lora_step(sur, name, opt, [w], gen, TINY_SD_RESOLUTION)
-        return sg.mean_loss(sur, name, w, **EVAL)
+            train_step(sur, name, opt, w, gen, TINY_SD_RESOLUTION)
+        return eval_loss(sur, name, w, **EVAL)
 
     on_clean, on_prot = attack(run.clean, "on_clean"), attack(run.result.protected, "on_prot")
     print(f"attacker LoRA loss: clean {on_clean:.4f}, protected {on_prot:.4f}")

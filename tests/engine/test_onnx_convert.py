@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError, UnsupportedOnnxOp
-from dladiff_app.engine.faces.onnx_to_torch import onnx_to_torch, verify_against_onnxruntime
+from dladiff_app.engine.faces.onnx_to_torch import onnx_to_torch
+from tests.engine.reference_runtime import verify_against_onnxruntime
 
 
 def test_tiny_arcface_matches_onnxruntime(tiny_arcface_onnx: Path) -> None:

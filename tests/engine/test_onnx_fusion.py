@@ -13,7 +13,8 @@ from torch import nn
 
 from dladiff_app.engine.faces import onnx_to_torch as ot
 from dladiff_app.engine.faces.onnx_fusion import GELU, LAYER_NORM
-from dladiff_app.engine.faces.onnx_to_torch import onnx_to_torch, verify_against_onnxruntime
+from dladiff_app.engine.faces.onnx_to_torch import onnx_to_torch
+from tests.engine.reference_runtime import verify_against_onnxruntime
 
 
 class _Block(nn.Module):

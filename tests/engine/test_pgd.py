@@ -22,20 +22,6 @@ def test_random_start_is_inside_budget_and_box_and_not_zero() -> None:
     assert torch.equal(start, again)
 
 
-def test_signed_step_moves_alpha_then_projects() -> None:
-    clean = torch.full((1, 4), 0.5)
-    grad = torch.tensor([[1.0, -2.0, 0.0, 3.0]])
-    eps, alpha = 0.1, 0.04
-    x = clean.clone()
-    x = pgd.signed_step(x, grad, clean, alpha=alpha, eps=eps)
-    assert torch.allclose(x, torch.tensor([[0.54, 0.46, 0.5, 0.54]]))
-    for _ in range(5):
-        x = pgd.signed_step(x, grad, clean, alpha=alpha, eps=eps)
-    assert torch.allclose(x, torch.tensor([[0.6, 0.4, 0.5, 0.6]]))  # clipped to the eps-ball
-    down = pgd.signed_step(clean, grad, clean, alpha=alpha, eps=eps, maximize=False)
-    assert torch.allclose(down, torch.tensor([[0.46, 0.54, 0.5, 0.46]]))
-
-
 def test_project_respects_the_unit_box() -> None:
     clean = torch.tensor([0.0, 1.0, 0.98])
     out = pgd.project(torch.tensor([-0.5, 1.5, 1.2]), clean, 0.05)

@@ -25,10 +25,10 @@ from dladiff_app.core.events import (
 from dladiff_app.core.imageio import load_image
 from dladiff_app.core.jobs import ExportOptions, OutputFormat, ProtectJob
 from dladiff_app.core.journal import Journal
-from dladiff_app.core.manifest import validate_manifest
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.engine.runner import EngineKit, run_job
 from dladiff_app.engine.services import build_kit
+from tests.fixtures.manifest_schema import validate_manifest
 
 TINY = ProtectionSettings(preset="custom", eps=8.0, eps_ft=5.0, layers=Layers.BOTH,
                           layer1_rounds=1, layer1_pgd_steps=2, layer1_denoise_steps=1,

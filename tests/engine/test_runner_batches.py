@@ -31,10 +31,10 @@ from dladiff_app.core.events import (
 from dladiff_app.core.joblock import JobLock
 from dladiff_app.core.jobs import ExportOptions, ProtectJob
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
-from dladiff_app.core.manifest import validate_manifest
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.engine.runner import run_job
 from tests.engine.light_kit import light_kit, make_photos
+from tests.fixtures.manifest_schema import validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOW = ProtectionSettings(preset="low", eps=4.0, layers=Layers.ZEROSHOT, layer2_steps=3,

@@ -17,11 +17,11 @@ import pytest
 from dladiff_app.core.errors import NothingToProtectError
 from dladiff_app.core.events import Event, PhotoDone, PhotoFailed, PhotoSkipped
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
-from dladiff_app.core.manifest import validate_manifest
 from dladiff_app.core.presets import Layers, ProtectionSettings
 from dladiff_app.engine.runner import run_job
 from tests.engine.light_kit import light_kit, make_photos
 from tests.engine.test_runner_batches import _job, _run
+from tests.fixtures.manifest_schema import validate_manifest
 
 
 def _manifest(folder: Path) -> dict[str, Any]:

@@ -8,9 +8,9 @@ offline dlib face pack for faces, a real settings file, a real protect job.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +92,26 @@ def test_local_sd_copy_is_saved_and_used_by_the_next_job(tiny_sd_dir: Path,
     est = services.protect.estimate(2, TINY_L1, megapixels=0.5)
     assert "measured step" in est.note and math.isfinite(est.total_s) and est.total_s > 0
     measured = kit.layer1_step_seconds() if kit.layer1_step_seconds else None
-    assert measured is not None and 0 < measured < 5.0  # a tiny model, not SD's 21.8 s
+    assert measured is not None and math.isfinite(measured) and measured > 0
 
 
-def test_zero_shot_estimate_is_measured_finite_and_grows(tmp_path: Path) -> None:
+def test_zero_shot_estimate_is_measured_finite_and_grows(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dladiff_app.engine import services as services_mod
+
+    runs: list[object] = []
+    real_calibrate = services_mod.calibrate
+
+    def counting_calibrate(*args: object, **kwargs: object) -> Calibration:
+        runs.append(args)
+        return real_calibrate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(services_mod, "calibrate", counting_calibrate)
     services = build_services(Settings(device="cpu"))
-    first = time.perf_counter()
     one = services.protect.estimate_seconds(1, ZERO, megapixels=2.0)
-    first = time.perf_counter() - first
-    assert math.isfinite(one) and one > 0
-    again = time.perf_counter()
-    assert services.protect.estimate_seconds(1, ZERO, megapixels=2.0) > 0
-    again = time.perf_counter() - again
-    assert again < 0.1 and again < first, (first, again)  # calibrated once, then cached
+    assert math.isfinite(one) and one > 0 and len(runs) == 1
+    assert services.protect.estimate_seconds(1, ZERO, megapixels=2.0) == one
+    assert len(runs) == 1  # calibrated once, then cached
     assert services.protect.estimate_seconds(4, ZERO, megapixels=2.0) > 3.5 * one
     more_steps = ZERO.with_overrides(layer2_steps=200)
     assert services.protect.estimate_seconds(1, more_steps, megapixels=2.0) > 2 * one
@@ -151,7 +158,8 @@ def test_estimate_is_per_detected_face_and_a_photo_without_one_costs_detection_o
         total([1, 1, 1])
 
 
-def test_count_faces_uses_the_protection_detector_and_remembers_files(tmp_path: Path) -> None:
+def test_count_faces_uses_the_protection_detector_and_remembers_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.engine.real_photos import t1_path
 
     sky = tmp_path / "sky.png"
@@ -159,9 +167,21 @@ def test_count_faces_uses_the_protection_detector_and_remembers_files(tmp_path: 
     services = build_services(Settings(device="cpu"))
     paths = [t1_path(), sky, tmp_path / "gone.jpg"]
     assert services.protect.count_faces(paths) == [6, 0, None]
-    started = time.perf_counter()
+    from dladiff_app.core import imageio
+
+    read: list[Path] = []
+    real_load = imageio.load_image
+
+    def counting_load(path: Path, *args: object, **kwargs: object) -> imageio.LoadedImage:
+        read.append(Path(path))
+        return real_load(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imageio, "load_image", counting_load)
     assert services.protect.count_faces(paths[:1]) == [6]
-    assert time.perf_counter() - started < 0.05  # remembered, not detected again
+    assert read == []  # remembered, not read and detected again
+    sky.write_bytes(sky.read_bytes())  # rewritten: a new modification time
+    os.utime(sky, ns=(0, 10**9))
+    assert services.protect.count_faces([sky]) == [0] and read == [sky]
 
 
 def test_measure_scores_an_exported_copy_like_the_runner(tmp_path: Path) -> None:

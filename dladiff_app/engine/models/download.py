@@ -9,7 +9,6 @@ before calling in.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -29,6 +28,7 @@ from dladiff_app.core.errors import (
     ModelIntegrityError,
     OutputError,
 )
+from dladiff_app.core.hashing import sha256_file
 
 ProgressFn = Callable[[int, "int | None"], None]
 
@@ -44,21 +44,10 @@ def marker_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".complete")
 
 
-def sha256_of(path: Path, chunk_size: int = 1 << 20,
-              cancel: CancelToken | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-            if cancel is not None:
-                cancel.check()
-    return digest.hexdigest()
-
-
 def require_sha256(path: Path, expected: str, *, what: str, fix: str) -> None:
     """Raise ``ModelIntegrityError`` unless ``path`` hashes to ``expected``; the message says
     the file is damaged or not ``what`` and how to ``fix`` it."""
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != expected:
         raise ModelIntegrityError(f"{path.name} has SHA-256 {got}, expected {expected}: the file "
                                   f"is damaged or not {what}. {fix}")
@@ -215,7 +204,7 @@ def download_file(
             f"{dest.name}: downloaded {actual_size} bytes but expected {expected_size}; the file "
             "was deleted. Run the download again."
         )
-    actual_hash = sha256_of(part)
+    actual_hash = sha256_file(part)
     if sha256 is not None and actual_hash != sha256.lower():
         part.unlink(missing_ok=True)
         raise ModelIntegrityError(

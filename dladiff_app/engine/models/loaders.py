@@ -1,9 +1,8 @@
 """Load models from the store, in safe formats only.
 
-Weights are read from safetensors or ONNX. A PyTorch pickle is read only where upstream
-publishes nothing else (IP-Adapter-FaceID's ``.bin``), with ``torch.load(weights_only=True)``,
-which refuses anything but tensors and plain containers. Every loader works from local files
-(``local_files_only``): the network is the store's business, never the loader's.
+Weights are read from safetensors only; a pickled checkpoint is refused. Every loader works
+from local files (``local_files_only``): the network is the store's business, never the
+loader's.
 """
 
 from __future__ import annotations
@@ -16,13 +15,7 @@ import torch
 from dladiff_app.core.errors import DladiffError, ModelIntegrityError, ModelMissingError
 
 if TYPE_CHECKING:
-    import onnxruntime
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPVisionModelWithProjection
-
-    from dladiff_app.engine.models.store import ModelStore
-
-SAFE_SUFFIXES = (".safetensors", ".onnx")
 
 
 def _quiet_loading_bars() -> None:
@@ -167,89 +160,3 @@ def _local_config_for(checkpoint: Path) -> Path | None:
         if (folder / "model_index.json").is_file():
             return folder
     return None
-
-
-def load_sd_from_store(store: ModelStore, *, device: str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """The layer-1 surrogate base: the user's local copy or the downloaded ``sd15``."""
-    path = store.path("sd15")
-    config_dir = None
-    if path.is_file():
-        downloaded = store.model_dir("sd15")
-        config_dir = downloaded if (downloaded / "model_index.json").is_file() else None
-    return load_sd_pipeline(path, device=device, dtype=dtype, config_dir=config_dir)
-
-
-def load_clip_vision(path: Path, *, device: str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> CLIPVisionModelWithProjection:
-    """A CLIP vision tower with projection (ViT-H/14 for IP-Adapter, ViT-L/14 for PhotoMaker)
-    from a local transformers folder (``config.json`` + ``model.safetensors``), in eval mode."""
-    from transformers import CLIPVisionModelWithProjection
-
-    try:
-        model = CLIPVisionModelWithProjection.from_pretrained(
-            Path(path), local_files_only=True, use_safetensors=True, dtype=dtype
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelIntegrityError(f"Could not load the CLIP image encoder from {path}: {exc}"
-                                  ) from exc
-    model.to(torch.device(device))  # type: ignore[arg-type]  # transformers types .to oddly
-    return model.eval()
-
-
-def load_torch_weights(path: Path) -> dict[str, Any]:
-    """Read a PyTorch weight file without running code: ``weights_only=True`` refuses any
-    pickled object other than tensors and plain containers. Returns the state dict (CPU)."""
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path), device="cpu"))
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelMissingError(f"Weight file {path} not found.") from None
-    except Exception as exc:  # torch raises UnpicklingError/RuntimeError for unsafe content
-        raise ModelIntegrityError(
-            f"{path.name} was refused: it is not a plain weight file ({type(exc).__name__}). "
-            "Only tensors can be loaded; the file may be corrupt or unsafe."
-        ) from exc
-    if not isinstance(data, dict):
-        raise ModelIntegrityError(f"{path.name} does not hold a dictionary of weights.")
-    return data
-
-
-def onnx_path(store: ModelStore, model_id: str, filename: str) -> Path:
-    """Path of ``filename`` inside an ONNX pack (``buffalo_l``, ``antelopev2``)."""
-    folder = store.path(model_id)
-    path = folder / filename
-    if not path.is_file():
-        raise store.missing_error(model_id, f"{filename} is missing from {folder}")
-    return path
-
-
-def onnx_providers() -> list[str]:
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-
-
-def open_onnx_session(path: Path) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime session on CUDA when the CUDA provider is installed, else CPU."""
-    import onnxruntime
-
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise ModelIntegrityError(f"{path.name} is not an .onnx file.")
-    if not path.is_file():
-        raise ModelMissingError(f"ONNX model {path} not found.")
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not for the user
-    try:
-        return onnxruntime.InferenceSession(str(path), sess_options=options,
-                                            providers=onnx_providers())
-    except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
-        raise ModelIntegrityError(f"{path.name} could not be opened as an ONNX model: {exc}"
-                                  ) from exc

@@ -23,8 +23,9 @@ from typing import Literal
 
 from dladiff_app.core.cancel import CancelToken
 from dladiff_app.core.errors import ModelIntegrityError, ModelMissingError
+from dladiff_app.core.hashing import sha256_file
 from dladiff_app.engine.models import dlib_pack
-from dladiff_app.engine.models.download import download_file, download_hub_files, sha256_of
+from dladiff_app.engine.models.download import download_file, download_hub_files
 from dladiff_app.engine.models.extract import safe_extract_zip
 from dladiff_app.engine.models.registry import REGISTRY, ModelSpec, format_size, get_spec
 
@@ -250,7 +251,7 @@ class ModelStore:
         records = {}
         for name in files:
             path = folder / name
-            digest = sha256_of(path)
+            digest = sha256_file(path)
             fixed = (spec.sha256 or {}).get(name)
             if fixed is not None and digest != fixed:
                 path.unlink(missing_ok=True)
@@ -293,7 +294,7 @@ class ModelStore:
         if status.source == "package":
             for name in spec.files:
                 fixed = (spec.sha256 or {}).get(name)
-                if fixed is not None and sha256_of(status.path / name) != fixed:
+                if fixed is not None and sha256_file(status.path / name) != fixed:
                     problems.append(f"{name}: SHA-256 differs from {spec.source} {spec.revision}")
             return problems
         marker = self._marker(model_id) or {}
@@ -304,7 +305,7 @@ class ModelStore:
                 problems.append(f"{name}: missing")
             elif path.stat().st_size != record.get("size"):
                 problems.append(f"{name}: size changed since download")
-            elif sha256_of(path) != record.get("sha256"):
+            elif sha256_file(path) != record.get("sha256"):
                 problems.append(f"{name}: content changed since download (SHA-256 differs)")
         return problems
 

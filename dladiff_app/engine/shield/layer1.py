@@ -146,22 +146,6 @@ class Layer1Surrogates:
             raise ValueError(f"dual_loss takes one photo, got a batch of {work.shape[0]}")
         return dual_loss(sur, work, sg.NoiseDraw.draw(sur, 1, size, generator), self.weights)
 
-    def fixed_dual_loss(self, x: torch.Tensor, seeds: tuple[int, ...] = (0, 1),
-                        timesteps: tuple[int, ...] = (100, 500, 900)) -> float:
-        """The dual loss of ``x`` ((3, H, W) or (1, 3, H, W) float32 RGB in [0, 1], any size:
-        resized to the working size here) averaged over fixed (seed, timestep) draws, without
-        gradient: an evaluation two versions of a photo can be compared with on equal terms."""
-        values = []
-        with torch.no_grad():
-            work = to_working(x.detach().to(self.sur.device), self.working_size)
-            for seed in seeds:
-                for t in timesteps:
-                    gen = torch.Generator().manual_seed(seed)
-                    draw = sg.NoiseDraw.draw(self.sur, 1, self.working_size, gen,
-                                             torch.full((1,), t))
-                    values.append(dual_loss(self.sur, work, draw, self.weights))
-        return float(torch.stack(values).mean())
-
     def time_step(self, generator: torch.Generator | None = None) -> float:
         """Seconds of one real layer-1 PGD step for one photo (forward + backward to the
         working-size pixels), measured now on the surrogate's device."""

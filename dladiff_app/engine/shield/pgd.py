@@ -47,21 +47,6 @@ def random_start(
     return project(clean + (2.0 * noise - 1.0) * eps, clean, eps)
 
 
-def signed_step(
-    x_adv: torch.Tensor,
-    grad: torch.Tensor,
-    clean: torch.Tensor,
-    *,
-    alpha: float,
-    eps: float,
-    maximize: bool = True,
-) -> torch.Tensor:
-    """One L-inf PGD step: move ``alpha`` along sign(grad) (up to maximise, down to minimise),
-    then project onto the eps-ball around ``clean`` and [0, 1]. Returns a new detached tensor."""
-    direction = grad.sign() if maximize else -grad.sign()
-    return project(x_adv.detach() + alpha * direction, clean, eps).detach()
-
-
 def grid_bounds(clean: torch.Tensor, eps: float | torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The eps-ball around ``clean`` intersected with [0, 1], shrunk to 8-bit grid values where

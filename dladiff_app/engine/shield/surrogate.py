@@ -275,15 +275,6 @@ def unet_loss(sur: Surrogate, latents: torch.Tensor, draw: NoiseDraw,
     return per_image.mean() if reduce else per_image
 
 
-def lora_step(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer,
-              batches: list[torch.Tensor], generator: torch.Generator, size: int) -> float:
-    """One optimiser step of adapter ``name`` on working-size image batches (gradient
-    accumulated over the micro-batches, weighted by their share of the images). Returns the
-    mean loss (a float: this convenience synchronises; loops use :func:`lora_step_cached`)."""
-    cached = [moments(sur, b) for b in batches]
-    return float(lora_step_cached(sur, name, optimizer, cached, generator, size))
-
-
 def lora_step_cached(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer,
                      batches: list[LatentMoments], generator: torch.Generator, size: int,
                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
@@ -313,22 +304,3 @@ def lora_step_cached(sur: Surrogate, name: str, optimizer: torch.optim.Optimizer
 
 def make_optimizer(sur: Surrogate, name: str, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(lora_parameters(sur, name), lr=lr, weight_decay=1e-2)
-
-
-def mean_loss(sur: Surrogate, name: str, images: torch.Tensor, *, seeds: list[int],
-              timesteps: list[int]) -> float:
-    """Denoising loss of adapter ``name`` on working-size ``images`` (N, 3, S, S) in [0, 1],
-    averaged over every (seed, timestep) pair: an evaluation with fixed randomness, so two image
-    sets can be compared on equal terms."""
-    use_adapter(sur, name)
-    size = int(images.shape[-1])
-    values = []
-    with torch.no_grad():
-        for seed in seeds:
-            for t in timesteps:
-                gen = torch.Generator().manual_seed(seed)
-                n = int(images.shape[0])
-                draw = NoiseDraw.draw(sur, n, size, gen, torch.full((n,), t))
-                latents = encode(sur, images.to(sur.device), draw)
-                values.append(float(unet_loss(sur, latents, draw)))
-    return sum(values) / len(values)
