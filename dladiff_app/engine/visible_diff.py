@@ -52,10 +52,6 @@ BETA = 4.0
 # Local pooling of every band's JND map: a Gaussian of this many visual degrees (a patch the
 # eye integrates over when it compares two versions; at least one band pixel).
 POOL_DEGREES = 0.15
-# Quantile of the face's JND map that is its figure: 1, its most visible spot (the map is
-# already pooled over a patch, so one noisy pixel does not decide it; a thin crease line
-# covering 1% of a face does).
-FACE_QUANTILE = 1.0
 # Pixels of photo around a face box that its figure is computed with (the pyramid's margin).
 FACE_CONTEXT = 16
 # Pyramid levels (finest first); coarser levels add little for a face seen at 100%.
@@ -106,14 +102,9 @@ RG_CSF = (1500.0, 0.45)
 YV_CSF = (500.0, 0.6)
 
 
-def _binomial(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=device, dtype=dtype) / 16.0
-    return k
-
-
 def _blur5(x: torch.Tensor) -> torch.Tensor:
-    """Separable binomial [1 4 6 4 1]/16 blur of (N, C, h, w), reflect-padded."""
-    k = _binomial(x.device, x.dtype)
+    """Separable binomial [1 4 6 4 1]/16 blur of (N, C, h, w), edge-padded."""
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device, dtype=x.dtype) / 16.0
     c = x.shape[1]
     x = F.pad(x, (2, 2, 2, 2), mode="replicate")
     x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
@@ -234,14 +225,14 @@ class VisibleDifference:
         assert total is not None
         return total.clamp_min(1e-12) ** (1.0 / BETA)
 
-    def score(self, test: torch.Tensor, mask: torch.Tensor | None = None,
-              q: float = FACE_QUANTILE) -> torch.Tensor:
-        """The ``q`` quantile of :meth:`jnd_map` (0-d), over ``mask`` > 0 when given
-        ((1, 1, h, w)); differentiable."""
+    def score(self, test: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The face's figure (0-d): the maximum of :meth:`jnd_map`, over ``mask`` > 0 when
+        given ((1, 1, h, w)); differentiable. The map is already pooled over a patch, so one
+        noisy pixel does not decide it, while a thin crease covering 1% of a face does."""
         m = self.jnd_map(test).flatten()
         if mask is not None:
             m = m[mask.flatten() > 0]
-        return m.amax() if q >= 1.0 else torch.quantile(m, q)
+        return m.amax()
 
 
 def face_jnd(clean: torch.Tensor, test: torch.Tensor, boxes: Sequence[Sequence[float]],

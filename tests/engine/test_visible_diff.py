@@ -100,7 +100,7 @@ def test_the_controller_s_gradient_points_to_more_visible_and_its_scale_tones_do
     box = (30.0, 20.0, 150.0, 160.0)
     ctl = JndController(crop, [box], target=0.9)
     x = _q(crop + _blotch(crop.shape, 6) + _noise(crop.shape, 3))
-    before, grad = ctl.measure(x)
+    before, grad = ctl.value(x), ctl.gradient(x)
     # A small step against the gradient lowers the face's figure; along it raises it.
     step = 1.0 / 255 * torch.sign(grad)
     assert float(ctl.value(x - step)) < float(before) < float(ctl.value(x + step))

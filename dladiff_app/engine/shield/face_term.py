@@ -230,8 +230,7 @@ class FaceIdentityTerm:
         otherwise the face SSIM controller's new gain and, with the SSIM penalty on, the
         SSIM's gradient."""
         if self.shapers is not None:
-            _, vp = self.shapers[r].measure(x)
-            self.ssim_grads[r] = (vp, self.shapers[r].inside)
+            self.ssim_grads[r] = (self.shapers[r].gradient(x), self.shapers[r].inside)
             return
         assert self.controllers is not None
         ctl = self.controllers[r]

@@ -22,7 +22,7 @@ import torch
 
 from dladiff_app.core.visibility import widened_box
 from dladiff_app.engine.visible_diff import FACE_CONTEXT as CONTEXT
-from dladiff_app.engine.visible_diff import FACE_QUANTILE, VisibleDifference
+from dladiff_app.engine.visible_diff import VisibleDifference
 
 # Minkowski exponent of the smooth figure whose gradient the penalty follows.
 SMOOTH_P = 8.0
@@ -57,7 +57,7 @@ class JndController:
         """The worst face's figure of ``x`` (0-d JND; 0 without a measured face)."""
         worst = x.new_zeros(())
         for (x0, y0, x1, y1), model, mask in self.parts:
-            worst = torch.maximum(worst, model.score(x[..., y0:y1, x0:x1], mask, FACE_QUANTILE))
+            worst = torch.maximum(worst, model.score(x[..., y0:y1, x0:x1], mask))
         return worst
 
     def local_scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,26 +73,21 @@ class JndController:
                 scale[..., y0:y1, x0:x1] = torch.minimum(scale[..., y0:y1, x0:x1], part)
         return scale
 
-    def measure(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The worst face's figure of ``x`` (0-d, detached) and the gradient of the faces'
-        smooth visibility (zero outside the measured crops): the direction that makes the
-        change more visible, which the penalty's descent goes against (the sign convention of
-        :meth:`ssim_target.SsimController.measure`, whose cost is the lost SSIM)."""
+    def gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """The gradient of the faces' smooth visibility at ``x`` (zero outside the measured
+        crops): the direction that makes the change more visible, which the penalty's descent
+        goes against (the sign convention of :meth:`ssim_target.SsimController.measure`, whose
+        cost is the lost SSIM)."""
         if not self.parts:
-            return x.new_zeros(()), torch.zeros_like(x)
+            return torch.zeros_like(x)
         leaf = x.detach().requires_grad_(True)
-        worst = x.new_zeros(())
         smooth = x.new_zeros(())
         with torch.enable_grad():
             for (x0, y0, x1, y1), model, mask in self.parts:
                 jmap = model.jnd_map(leaf[..., y0:y1, x0:x1])
                 inside = jmap.flatten()[mask.flatten() > 0]
-                with torch.no_grad():
-                    worst = torch.maximum(worst, inside.amax() if FACE_QUANTILE >= 1.0
-                                          else torch.quantile(inside, FACE_QUANTILE))
                 smooth = smooth + inside.pow(SMOOTH_P).mean().pow(1.0 / SMOOTH_P)
-            grad = torch.autograd.grad(smooth, leaf)[0]
-        return worst.detach(), grad
+            return torch.autograd.grad(smooth, leaf)[0]
 
 
 # Bisection steps of the cap: the blend factor is found to 1/2^CAP_STEPS.

@@ -106,9 +106,7 @@ class ShieldOptions:
     gradient) instead of a hard per-pixel bound, and ``chroma`` scales the colour part of every
     step.
 
-    Optimiser: ``momentum``, the MI-FGSM decay of the accumulated direction; ``random_start``,
-    the random start's size as a share of ``eps`` (at delta = 0 a warp's gradient can be 0);
-    ``stop_margin`` (None: off), the stopping rule: from step 20 on, every 10 steps, a region
+    Optimiser: ``momentum``, the MI-FGSM decay of the accumulated direction; ``stop_margin`` (None: off), the stopping rule: from step 20 on, every 10 steps, a region
     whose every face is past every encoder's line by this margin (cosine, or ``1 - d /
     threshold`` for a Euclidean encoder), saved and shared, takes no more steps.
     """
@@ -128,14 +126,13 @@ class ShieldOptions:
     ssim_penalty: float = 0.5
     momentum: float = 0.3
     visibility: str = "jnd"
-    random_start: float = 1.0
     stop_margin: float | None = None
     jnd_cap: bool = True
 
 
 # The zero-shot shield of the release before the visible-difference model: every face held at
 # its preset's face SSIM (benchmarks compare against it side by side).
-SSIM_RELEASE = ShieldOptions(visibility="ssim", jnd_cap=False, stop_margin=None, chroma=0.3)
+SSIM_RELEASE = ShieldOptions(visibility="ssim", jnd_cap=False)
 
 # The zero-shot shield as the first release shipped it: every lever neutral.
 FIRST_RELEASE = ShieldOptions(flip=0.0, jitter=0.0, one_encoder_per_step=False, grad_blur=0.0,
@@ -396,8 +393,7 @@ def protect_faces(image: torch.Tensor, start: torch.Tensor | None, faces: list[F
         if opts.visibility == "jnd" or opts.jnd_cap:
             shapers.append(JndController(clean_c, local, settings.face_jnd_target))
         # Random start: at delta = 0 the gradient through an encoder's warp can be exactly 0.
-        noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * (
-            eps * opts.random_start)
+        noise = (torch.rand(clean_c.shape, generator=gen) * 2 - 1).to(image) * eps
         y = torch.minimum(torch.maximum(start_c + noise, lo), hi)
         starts.append(start_c + mask * (y - start_c))
         finals.append((start_c, mask, lo, hi))
