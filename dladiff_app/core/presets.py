@@ -193,20 +193,22 @@ FACE_JND_POINTS = ((8.0, 0.7), (11.0, 0.95), (16.0, 6.0))
 def face_jnd_for_eps(eps: float) -> float:
     """The visibility target of a budget of ``eps``/255 (:data:`FACE_JND_POINTS`, extended
     with the end slopes and kept in [0.5, 10])."""
-    pts = FACE_JND_POINTS
-    i = 0 if eps <= pts[1][0] else 1
-    (e0, v0), (e1, v1) = pts[i], pts[i + 1]
-    return min(10.0, max(0.5, v0 + (v1 - v0) * (eps - e0) / (e1 - e0)))
+    return _through(FACE_JND_POINTS, eps, 0.5, 10.0)
 
 
 def face_ssim_for_eps(eps: float) -> float:
     """The face SSIM target of a budget of ``eps``/255 (:data:`FACE_SSIM_POINTS`, extended
     with the end slopes and kept in [0.9, 0.995])."""
-    pts = FACE_SSIM_POINTS
-    i = 0 if eps <= pts[1][0] else 1
-    (e0, s0), (e1, s1) = pts[i], pts[i + 1]
-    value = s0 + (s1 - s0) * (eps - e0) / (e1 - e0)
-    return min(0.995, max(0.9, value))
+    return _through(FACE_SSIM_POINTS, eps, 0.9, 0.995)
+
+
+def _through(points: tuple[tuple[float, float], ...], eps: float, low: float,
+             high: float) -> float:
+    """The piecewise-linear line through three (eps, value) ``points`` at ``eps``, extended
+    with the end slopes and kept in [``low``, ``high``]."""
+    i = 0 if eps <= points[1][0] else 1
+    (e0, v0), (e1, v1) = points[i], points[i + 1]
+    return min(high, max(low, v0 + (v1 - v0) * (eps - e0) / (e1 - e0)))
 
 
 # METHOD.md: Medium's fine-tuning budget is the paper's 7/255; Low and High scale it (see
