@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -116,6 +115,10 @@ def register(subparsers: Any) -> None:
                          (("--polish-steps",), "polish_steps"), (("--seed",), "seed")):
         steps.add_argument(*flags, dest=field, type=int, metavar="N")
     p.set_defaults(func=run)
+    # Every option of the parser is a job setting except where and how to run: a new option is
+    # covered by the resume guard without a second list to keep.
+    _JOB_OPTIONS.update({a.dest: a.option_strings[0] for a in p._actions
+                         if a.option_strings and a.dest not in _RUN_OPTIONS})
     _JOB_DEFAULTS.update({dest: p.get_default(dest) for dest in _JOB_OPTIONS})
 
 
@@ -124,15 +127,13 @@ class UsageError(Exception):
     pass
 
 
-# Options that make up a job's settings: a bare ``--resume OUT`` takes them from the journal.
-_JOB_OPTIONS = {
-    "preset": "--preset", "eps": "--eps", "layers": "--layers", "format": "--format",
-    "quality": "--quality", "keep_metadata": "--keep-metadata", "recursive": "--recursive",
-    "albums": "--albums", "no_report": "--no-report", "export_unprotected":
-    "--export-unprotected", "layer1_rounds": "--rounds", "layer1_pgd_steps": "--pgd-steps",
-    "layer1_lora_steps": "--lora-steps", "prior_steps": "--prior-steps",
-    "layer2_steps": "--layer2-steps", "polish_steps": "--polish-steps", "seed": "--seed"}
-_JOB_DEFAULTS: dict[str, Any] = {}  # filled from the parser by register()
+# Options that say where and how to run, not what the job is: a bare ``--resume OUT`` takes
+# every other option (the job's settings) from the journal.
+_RUN_OPTIONS = frozenset({"help", "output", "device", "resume", "pipeline", "yes",
+                          "json_local"})
+# dest -> the option's first flag, and its default: filled from the parser by register().
+_JOB_OPTIONS: dict[str, str] = {}
+_JOB_DEFAULTS: dict[str, Any] = {}
 
 
 def _settings_given(args: argparse.Namespace) -> list[str]:
@@ -489,10 +490,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_code(summary: JobSummary) -> int:
-    """The documented exit code of a finished run (see the module docstring); a run stopped
-    by a signal exits 128 + the signal's number (``cli.interrupt``)."""
-    if summary.cancelled:
-        return 128 + int(signal.SIGINT)
+    """The documented exit code of a run that was not stopped (see the module docstring; a
+    stopped run exits with its signal's code, ``cli.interrupt``)."""
     if summary.failed:
         return EXIT_FAILED
     return EXIT_UNPROTECTED if summary.unprotected else EXIT_OK

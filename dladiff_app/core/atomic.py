@@ -79,15 +79,11 @@ TEMP_NAME = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$", re.DOTALL)
 _TEMP_NAME_BYTES = 200
 
 
-def _short(name: str) -> str:
+def shortened(name: str) -> str:
+    """``name`` as the temporary name of a file written under it holds it (long names cut)."""
     while len(os.fsencode(name)) > _TEMP_NAME_BYTES:
         name = name[:-1]
     return name
-
-
-def shortened(name: str) -> str:
-    """``name`` as the temporary name of a file written under it holds it (long names cut)."""
-    return _short(name)
 
 
 def temp_target(name: str) -> str | None:
@@ -123,7 +119,7 @@ def _write_temp(dest: Path, data: bytes) -> Path:
     any other file the user creates. On failure the temp file is removed and OSError propagates.
     """
     for _ in range(100):
-        tmp = dest.with_name(f".{_short(dest.name)}.{secrets.token_hex(6)}.tmp")
+        tmp = dest.with_name(f".{shortened(dest.name)}.{secrets.token_hex(6)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
                          0o666)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dladiff_app.core.results import PhotoResult
+from dladiff_app.core.results import FaceResult, IdentityScore, PhotoResult
 
 UNSEEN_MODELS_NOTE = (
     "These verdicts come from the face models the shield worked against. Face models it "
@@ -45,6 +45,14 @@ def model_list(names: Iterable[str]) -> str:
     return ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
+def deciding_scores(face: FaceResult) -> tuple[IdentityScore, ...]:
+    """The scores that decide whether ``face`` is hidden: after the sharing transform (what an
+    attacker downloads), or on the file as written when sharing lost the face (no measured
+    score after it)."""
+    shared = face.scores_after_sharing
+    return shared if any(s.same_person is not None for s in shared) else face.scores
+
+
 def still_recognising(result: PhotoResult) -> list[str]:
     """Labels of the encoders that still read some face of ``result`` as the same person, in
     their first order: after the sharing transform (what an attacker downloads), or on the file
@@ -52,8 +60,5 @@ def still_recognising(result: PhotoResult) -> list[str]:
     person (or nothing was measured)."""
     names: list[str] = []
     for face in result.scored_faces():
-        scores = face.scores_after_sharing
-        if not any(s.same_person is not None for s in scores):
-            scores = face.scores
-        names.extend(s.encoder for s in scores if s.same_person)
+        names.extend(s.encoder for s in deciding_scores(face) if s.same_person)
     return list(dict.fromkeys(encoder_label(n) for n in names))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dladiff_app.core.results import IdentityScore, PhotoResult
-from dladiff_app.core.score_words import model_list
+from dladiff_app.core.score_words import deciding_scores, model_list
 
 ZERO_SHOT = "one-photo tools (IP-Adapter, InstantID, PuLID)"
 FINE_TUNING = "fine-tuning (DreamBooth/LoRA)"
@@ -44,8 +44,7 @@ def album_verdict(results: list[PhotoResult]) -> AlbumVerdict:
     folder = Path(results[0].output).parent
     zs_photos = [r for r in results if "layer2" in r.layers_done]
     faces = [f for r in zs_photos for f in r.scored_faces()]
-    # After sharing is what an attacker downloads; the file as written when sharing lost it.
-    hidden = [_hidden(f.scores_after_sharing or f.scores) for f in faces]
+    hidden = [_hidden(deciding_scores(f)) for f in faces]
     n_hidden, n_measured = sum(h is True for h in hidden), sum(h is not None for h in hidden)
     if not zs_photos:
         zs_text = f"not protected against {ZERO_SHOT}: the zero-shot shield did not run"

@@ -207,7 +207,7 @@ class _Run:
         try:
             self.journal.set_state(photo.key, "failed", album=photo.album.name,
                                    source=str(photo.path.absolute()), reason=reason, **fields)
-        except Exception as exc:  # the failure is reported; journaling it must not end the job
+        except OutputError as exc:  # the failure is reported; journaling it must not end the job
             log.warning("could not journal a failure: %s", exc)
         self.eta.photo_finished(photo.id)
 

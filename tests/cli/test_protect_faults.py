@@ -198,6 +198,10 @@ def test_resume_with_settings_options_is_refused_instead_of_ignoring_them(
     assert main(["protect", "--resume", str(out), "--preset", "high", "--eps", "6"]) == 2
     err = capsys.readouterr().err
     assert "--preset, --eps would be ignored" in err and "name them" in err
+    # Settings options added later are guarded too, named by their current flags.
+    assert main(["protect", "--resume", str(out), "--eps-ft", "5", "--iter2", "9",
+                 "--epochs", "3"]) == 2
+    assert "--eps-ft, --epochs, --iter2 would be ignored" in capsys.readouterr().err
     # Options a resume does take (where to run) are still fine: it goes on to "nothing to
     # resume" here.
     assert main(["protect", "--resume", str(out), "--device", "cpu"]) == 2

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dladiff_app.core.errors import NothingToProtectError
+from dladiff_app.core.errors import NothingToProtectError, OutputError
 from dladiff_app.core.events import Event, PhotoDone, PhotoFailed, PhotoSkipped
 from dladiff_app.core.journal import JOURNAL_NAME, Journal
 from dladiff_app.core.presets import Layers, ProtectionSettings
@@ -64,7 +64,7 @@ def test_a_failure_that_cannot_be_journaled_does_not_end_the_batch(
 
     def set_state(self: Journal, key: str, state: str, **fields: Any) -> None:
         if "b-bad" in str(fields.get("source")):
-            raise RuntimeError("this record cannot be written")
+            raise OutputError(self.path, "this record cannot be written")
         original(self, key, state, **fields)
 
     monkeypatch.setattr(Journal, "set_state", set_state)
