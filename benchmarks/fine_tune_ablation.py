@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fine_tune_shield import album, build_sd15_random  # noqa: E402
 from dladiff_app.core.presets import ProtectionSettings, preset  # noqa: E402
+from dladiff_app.engine.device import autocast_dtype_for  # noqa: E402
 from dladiff_app.engine.shield import surrogate as sg  # noqa: E402
 from dladiff_app.engine.shield.attention import (  # noqa: E402
     AttentionStore,
@@ -313,11 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (folder / "model_index.json").is_file():
             (build_tiny_sd if args.model == "tiny" else build_sd15_random)(folder)
-        dtype = None
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
-                else torch.float16
-        sur = sg.load_surrogate(folder, dev, dtype)
+        sur = sg.load_surrogate(folder, dev, autocast_dtype_for(dev))
         photos = quantised(album(args.photos, args.size))  # as loaded from 8-bit files
         results = {s: run_seed(sur, folder, photos, base, s, args, tmp / "cache", args.rows)
                    for s in args.seeds}

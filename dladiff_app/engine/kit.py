@@ -149,8 +149,8 @@ def build_kit(settings: ProtectionSettings, *, device: str = "auto",
         store = store if store is not None else _default_store()
         detector = detector if detector is not None else registry.available_detector(
             store, device=info.torch_device)
-        encoders = encoders if encoders is not None else registry.available_encoders(
-            store, device=info.torch_device, half=info.autocast_dtype)
+        encoders = encoders if encoders is not None else registry.available_encoders(store)
+    # One placement for found and given encoders alike.
     encoders = [registry.place(e, info.torch_device, info.autocast_dtype) for e in encoders]
     layer1_missing = ""
     if pipeline_dir is None and settings.layers.finetune:

@@ -75,11 +75,9 @@ def layer_kind(name: str) -> str:
 @dataclass
 class AttentionStore:
     """The maps captured during the last forward passes, by layer name (see the module's
-    tensor contract). ``enabled`` False: the capture processors compute the same output
-    without keeping anything (their layers then cost what the explicit path costs)."""
+    tensor contract)."""
 
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    enabled: bool = True
 
     def clear(self) -> None:
         self.maps = {}
@@ -123,9 +121,8 @@ class CaptureProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         probs = attn.get_attention_scores(attn.head_to_batch_dim(query), key, attention_mask)
-        if self.store.enabled:
-            # (N * heads, Q, K) -> (N, heads, Q, K): a view, no copy; autograd keeps it anyway.
-            self.store.maps[self.name] = probs.view(-1, attn.heads, *probs.shape[1:])
+        # (N * heads, Q, K) -> (N, heads, Q, K): a view, no copy; autograd keeps it anyway.
+        self.store.maps[self.name] = probs.view(-1, attn.heads, *probs.shape[1:])
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:

@@ -42,11 +42,6 @@ def dual_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw,
     return total_loss(dual_terms(sur, draw, weights), latents)
 
 
-def denoise_loss(sur: sg.Surrogate, work: torch.Tensor, draw: sg.NoiseDraw) -> torch.Tensor:
-    """S_dyn's denoising loss on ``work`` (as :func:`dual_loss`'s images), 0-d fp32 mean."""
-    return total_loss(denoise_terms(sur, draw), sg.encode(sur, work, draw))
-
-
 def attention_loss(sur: sg.Surrogate, work: torch.Tensor, clean: torch.Tensor,
                    draw: sg.NoiseDraw, store: AttentionStore) -> torch.Tensor:
     """``L_att``: the static surrogate's attention maps on ``clean`` against the dynamic one's

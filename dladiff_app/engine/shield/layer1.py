@@ -266,18 +266,6 @@ def protect_album_layer1(
     eps, alpha = pgd.from_255(settings.finetune_eps), pgd.from_255(settings.step1)
     n = len(images)
     policy = views if views is not None else (ViewPolicy() if settings.eot else CENTRE_ONLY)
-    # Photos per pass and checkpointing planned from the free memory before the first step.
-    plan = plan_layer1(free_bytes(dev), photos=n, views_per_photo=2 if policy.flip_pairs else 1,
-                       size=size, element_bytes=2 if autocast_dtype else 4,
-                       micro_batch=micro_batch)
-    if plan.checkpointing:
-        sur.unet.enable_gradient_checkpointing()
-        sur.vae.enable_gradient_checkpointing()
-    album = StepDown(sur, n, plan.micro_batch, size, dev_name, notify,
-                     split_backward=plan.split_backward)
-    objective = settings.layer1_objective
-    stats = Layer1Stats(objective=objective, working_size=size,
-                        attacker_views=policy.describe(), memory_plan=plan.describe())
     pixel_scale, scaler = pixel_scale_for(sur), grad_scaler_for(sur)
     seed = settings.seed
     gen_start, gen_pgd, gen_dyn, gen_prior, gen_refresh, gen_view = (
@@ -296,6 +284,23 @@ def protect_album_layer1(
     sg.add_lora(sur, PRIOR, rank=lora_rank, seed=seed + 10)
     sg.add_lora(sur, DYN, rank=lora_rank, seed=seed + 11)
     opt_dyn = sg.make_optimizer(sur, DYN, lora_lr)
+    # Photos per pass and checkpointing planned from the memory left once the album's clean
+    # photos and both adapters are on the device, before the first step.
+    plan = plan_layer1(free_bytes(dev), photos=n, views_per_photo=2 if policy.flip_pairs else 1,
+                       size=size, element_bytes=2 if autocast_dtype else 4,
+                       micro_batch=micro_batch)
+    # Set either way: a warm surrogate shared across albums keeps what an earlier plan (or an
+    # out-of-memory step-down) switched on.
+    for module in (sur.unet, sur.vae):
+        if plan.checkpointing:
+            module.enable_gradient_checkpointing()
+        else:
+            module.disable_gradient_checkpointing()
+    album = StepDown(sur, n, plan.micro_batch, size, dev_name, notify,
+                     split_backward=plan.split_backward)
+    objective = settings.layer1_objective
+    stats = Layer1Stats(objective=objective, working_size=size,
+                        attacker_views=policy.describe(), memory_plan=plan.describe())
 
     epochs, iter3 = settings.epochs, settings.iter3
     # The paper's static surrogate stays as trained; the old dual objective refreshed it.
